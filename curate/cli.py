@@ -1,0 +1,143 @@
+"""The `curate` command line: attribution runs, their results, and the embedded demo.
+
+Every command that builds a run saves its resolved configuration (`RUN/config.yaml`) and its inputs
+(`RUN/inputs.json`), so `curate attribute ... --config RUN/config.yaml` repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import click
+import yaml
+
+from stride_engine import (
+    PRESETS, ScoreStore, Stride, StrideConfig, StrideError, preset, read_documents, read_queries,
+)
+from stride_engine.artifacts import atomic_write_text
+
+
+def _offline() -> None:
+    # Nothing here downloads: models and tokenizers come from local folders.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def resolve_config(preset_name: str, config_path: Path | None, overrides: dict) -> StrideConfig:
+    base = StrideConfig.load(config_path) if config_path else preset(preset_name)
+    return base.replace(**overrides)
+
+
+@click.group()
+def main() -> None:
+    """curate: which training documents shaped a model's behaviour (STRIDE attribution), and acting on it."""
+    _offline()
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face causal LM folder.")
+@click.option("--train", "train_files", required=True, multiple=True, type=click.Path(path_type=Path), help="JSONL or Parquet training file (repeatable).")
+@click.option("--queries", "queries_file", required=True, type=click.Path(path_type=Path), help="JSONL/Parquet queries: prompt+completion, or text.")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (created; rerunning resumes).")
+@click.option("--preset", "preset_name", default="default", show_default=True, type=click.Choice(sorted(PRESETS)))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A saved config.yaml (e.g. RUN/config.yaml); replaces --preset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value (repeatable).")
+@click.option("--text-field", default=None, help="Field holding the document text (default: text).")
+@click.option("--id-field", default=None, help="Field holding the document id (default: id; line number if absent).")
+@click.option("--layers-path", default=None, help="Dotted path to the decoder-block ModuleList for unknown architectures.")
+@click.option("--name", default="queries", show_default=True, help="Name of this query set inside the run.")
+@click.option("--force", is_flag=True, help="Rebuild stages whose configuration changed instead of refusing.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config_path, overrides, text_field, id_field, layers_path, name, force, quiet):
+    """Attribute every query to the training documents that moved its loss."""
+    try:
+        values = _parse_overrides(overrides)
+        if text_field:
+            values["text_field"] = text_field
+        if id_field:
+            values["id_field"] = id_field
+        config = resolve_config(preset_name, config_path, values)
+        documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
+        queries = read_queries(queries_file)
+        stride = Stride.from_pretrained(model_dir, config, run_dir, layers_path=layers_path, progress=not quiet)
+        click.echo(f"{len(documents)} documents, {len(queries)} queries; layer {stride.layer} of {stride.adapter.num_layers}, form {config.form}")
+        stride.fit(documents, force=force)
+        store = stride.attribute(queries, name=name, force=force)
+        atomic_write_text(Path(run_dir) / "inputs.json", json.dumps({
+            "model": str(model_dir), "train": [str(p) for p in train_files], "queries": str(queries_file), "name": name,
+        }, indent=2))
+    except StrideError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"scores: {store.folder}")
+    click.echo(f"show one query: curate top {run_dir} --query {queries.ids[0]} -k 10")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--query", "query_id", required=True, help="Query id.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--name", default="queries", show_default=True, help="Query set name inside the run.")
+@click.option("--least", is_flag=True, help="Show the least influential (most negative) documents instead.")
+def top(run_dir, query_id, k, name, least):
+    """Show the most (or least) influential training documents for one query."""
+    try:
+        store = ScoreStore(Path(run_dir) / "scores" / name)
+        table = store.top(query_id, k=k, direction="negative" if least else "positive")
+    except StrideError as err:
+        raise click.ClickException(str(err)) from err
+    texts = _document_texts(Path(run_dir), set(table["doc_id"]))
+    heading = "least" if least else "most"
+    click.echo(f"{heading} influential documents for query {query_id!r} ({len(table)} shown):")
+    for row in table.iter_rows(named=True):
+        snippet = textwrap.shorten(texts.get(row["doc_id"], ""), 90)
+        click.echo(f"{row['rank']:>4}  {row['score']:+.5f}  {row['doc_id']:<20} {row['domain'] or '':<12} {snippet}")
+    if len(table) == 0:
+        click.echo("  (no document has a non-zero score in this direction)")
+
+
+def _document_texts(run_dir: Path, doc_ids: set[str]) -> dict[str, str]:
+    """Texts of the shown documents, when the run's training files are still where they were."""
+    inputs = run_dir / "inputs.json"
+    if not inputs.is_file() or not doc_ids:
+        return {}
+    config = StrideConfig.load(run_dir / "config.yaml")
+    try:
+        documents = read_documents(json.loads(inputs.read_text())["train"], config.text_field, config.id_field, config.domain_field)
+    except StrideError:
+        return {}
+    return {i: t for i, t in zip(documents.ids, documents.texts) if i in doc_ids}
+
+
+@main.command()
+@click.option("--out", "out_dir", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--preset", "preset_name", default="cpu-smoke", show_default=True, type=click.Choice(sorted(PRESETS)))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value.")
+@click.option("--show", default=4, show_default=True, help="How many queries to print.")
+@click.option("--quiet", is_flag=True)
+def demo(out_dir, preset_name, overrides, show, quiet):
+    """Generate the embedded corpus, train the demo model, attribute the planted-fact queries, print the results."""
+    from .demo.run import run_demo
+
+    try:
+        run_demo(out_dir, preset(preset_name, **_parse_overrides(overrides)), show=show, progress=not quiet)
+    except StrideError as err:
+        raise click.ClickException(str(err)) from err
+
+
+if __name__ == "__main__":
+    sys.exit(main())

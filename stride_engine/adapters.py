@@ -1,0 +1,275 @@
+"""Model adapters: where to cut a model, and how to finish a forward pass from the cut.
+
+STRIDE reads a frozen model at one cut and edits what flows through it:
+- form "activation": the residual stream after decoder layer `layer`; the edit propagates through the rest of
+  the frozen model.
+- form "logit": the features feeding the output head; the edit is added to the logits.
+
+`capture` computes the states at the cut (the frozen prefix, computed once per example and cached by the
+engine); `finish` runs the rest of the model from given states. A user with an unusual model writes one small
+subclass of `ModelAdapter`; ready adapters cover Hugging Face causal LMs (GPT-2, Llama, Qwen2, OLMo, ...) and
+plain torch classifiers (`nn.Sequential`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, ModelError
+
+Batch = dict[str, torch.Tensor]
+
+# Dotted paths to the decoder-block list in the model families we know.
+DECODER_LAYER_PATHS = (
+    "model.layers",  # Llama, Qwen2, Mistral, OLMo, OLMo-2, Gemma, Phi-3
+    "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "model.decoder.layers",  # OPT
+)
+
+
+class ModelAdapter(ABC):
+    """How the engine talks to one model. Batches are dicts of row-aligned tensors."""
+
+    num_layers: int
+
+    @abstractmethod
+    def capture(self, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        """States at the cut, without gradients."""
+
+    @abstractmethod
+    def finish(self, states: torch.Tensor, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        """Logits from states at the cut (differentiable in `states`)."""
+
+    @abstractmethod
+    def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Loss per row of the batch (the quantity whose change is a response)."""
+
+    @abstractmethod
+    def prediction_mask(self, batch: Batch) -> torch.Tensor:
+        """Which predictions count in the stability KL, shaped like `logits[..., 0]`."""
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise ConfigError(
+                f"layer {layer} is out of range: this model has {self.num_layers} layers (valid: 0..{self.num_layers - 1})"
+            )
+
+    def default_layer(self, fraction: float) -> int:
+        return min(self.num_layers - 1, max(0, round(fraction * self.num_layers) - 1))
+
+    def to(self, device: str) -> "ModelAdapter":
+        return self
+
+
+def select_rows(batch: Batch, rows: torch.Tensor | slice) -> Batch:
+    return {key: value[rows] for key, value in batch.items()}
+
+
+def move(batch: Batch, device: torch.device | str) -> Batch:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+# ------------------------------------------------------------------------------------- causal language models
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the states at the cut are captured: the rest of the forward is not needed."""
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a decoder block below the cut: returns its input unchanged, in the block's output format."""
+
+    def __init__(self, returns_tuple: bool):
+        super().__init__()
+        self.returns_tuple = returns_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.returns_tuple else hidden_states
+
+
+class _Inject(_PassThrough):
+    """Stands in for the block at the cut: outputs the given (edited) states."""
+
+    def __init__(self, states: torch.Tensor, returns_tuple: bool):
+        super().__init__(returns_tuple)
+        self.states = states
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (self.states,) if self.returns_tuple else self.states
+
+
+class CausalLMAdapter(ModelAdapter):
+    """Any Hugging Face causal LM whose decoder blocks sit in one `nn.ModuleList`.
+
+    Batches hold `input_ids`, `attention_mask` and `target_mask` (which next-token predictions count).
+    """
+
+    def __init__(self, model: nn.Module, layers_path: str | None = None):
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.layers_path, self.layers = _find_layers(model, layers_path)
+        self.num_layers = len(self.layers)
+        self._returns_tuple: bool | None = None
+
+    def to(self, device: str) -> "CausalLMAdapter":
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+
+    @torch.no_grad()
+    def capture(self, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        if form == "activation":
+            self.check_layer(layer)
+
+            def hook(module, inputs, output):
+                self._returns_tuple = isinstance(output, tuple)
+                captured.append(output[0] if isinstance(output, tuple) else output)
+                raise _StopForward
+
+            handle = self.layers[layer].register_forward_hook(hook)
+        else:
+
+            def hook(module, inputs):
+                captured.append(inputs[0])
+                raise _StopForward
+
+            handle = self.model.get_output_embeddings().register_forward_pre_hook(hook)
+        try:
+            self._forward(batch)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured[0].detach()
+
+    def finish(self, states: torch.Tensor, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        if form == "logit":
+            return self.model.get_output_embeddings()(states)
+        if self._returns_tuple is None:
+            self.capture(select_rows(batch, slice(0, 1)), form, layer)  # learn the blocks' output format
+        with self._cut_at(layer, states):
+            return self._forward(batch)
+
+    @contextmanager
+    def _cut_at(self, layer: int, states: torch.Tensor) -> Iterator[None]:
+        """Temporarily replace blocks 0..layer so the forward starts from `states` after block `layer`."""
+        originals = [self.layers[i] for i in range(layer + 1)]
+        try:
+            for i in range(layer):
+                self.layers[i] = _PassThrough(self._returns_tuple)
+            self.layers[layer] = _Inject(states, self._returns_tuple)
+            yield
+        finally:
+            for i, block in enumerate(originals):
+                self.layers[i] = block
+
+    def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
+
+    def prediction_mask(self, batch: Batch) -> torch.Tensor:
+        return batch["attention_mask"].to(torch.float32)
+
+
+def token_losses_mean(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy per row over the positions `target_mask` marks."""
+    predictions = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    weights = target_mask[:, :-1]
+    losses = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), reduction="none")
+    losses = losses.view(targets.shape) * weights
+    return losses.sum(dim=1) / weights.sum(dim=1).clamp_min(1e-8)
+
+
+def _find_layers(model: nn.Module, layers_path: str | None) -> tuple[str, nn.ModuleList]:
+    paths = (layers_path,) if layers_path else DECODER_LAYER_PATHS
+    for path in paths:
+        module = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return path, module
+    if layers_path:
+        raise ModelError(f"{type(model).__name__} has no nn.ModuleList of decoder blocks at {layers_path!r}")
+    raise ModelError(
+        f"cannot find the decoder layers of {type(model).__name__}: looked for {', '.join(DECODER_LAYER_PATHS)}. "
+        "Name the nn.ModuleList of decoder blocks with layers_path='dotted.path' (CLI: --layers-path), "
+        "or write a ModelAdapter subclass."
+    )
+
+
+def load_causal_lm(model_dir: Path | str, device: str = "cpu", layers_path: str | None = None):
+    """Load a local Hugging Face causal LM folder (safetensors) and its tokenizer; returns (adapter, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model folder {model_dir} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir} is not a Hugging Face model folder: it has no config.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"could not load the model in {model_dir}: {err}") from err
+    return CausalLMAdapter(model, layers_path).to(device), tokenizer
+
+
+# ------------------------------------------------------------------------------------------- classifiers
+
+
+class SequentialClassifierAdapter(ModelAdapter):
+    """A plain torch classifier written as `nn.Sequential`; batches hold `x` and integer labels `y`.
+
+    Layer i is the output of `model[i]`; the logit form cuts before the last module (the output head).
+    """
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Sequential):
+            raise ModelError(
+                f"SequentialClassifierAdapter needs an nn.Sequential, got {type(model).__name__}; "
+                "wrap the classifier's blocks in nn.Sequential or write a ModelAdapter subclass"
+            )
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.num_layers = len(model)
+
+    def to(self, device: str) -> "SequentialClassifierAdapter":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def capture(self, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        if form == "logit":
+            return self.model[:-1](batch["x"])
+        self.check_layer(layer)
+        return self.model[: layer + 1](batch["x"])
+
+    def finish(self, states: torch.Tensor, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        return self.model[-1:](states) if form == "logit" else self.model[layer + 1 :](states)
+
+    def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), batch["y"], reduction="none")
+
+    def prediction_mask(self, batch: Batch) -> torch.Tensor:
+        return torch.ones(len(batch["y"]), device=batch["y"].device)

@@ -1,0 +1,192 @@
+"""One frozen configuration for a STRIDE run, with presets.
+
+Every knob the method has lives here (METHOD.md), so a run directory's `config.yaml` is enough to repeat a run.
+Each stage of a run depends on a subset of these fields; `stage_fields` names them so that a changed value
+invalidates exactly the stages it affects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StrideConfig:
+    # --- corpus ---------------------------------------------------------------------------------------
+    chunk_length: int = 128  # tokens per training example; longer documents are split into several chunks
+    text_field: str = "text"
+    id_field: str = "id"
+    domain_field: str = "domain"
+    # --- measurement design (METHOD step 1) -----------------------------------------------------------
+    num_subsets: int = 256  # K
+    subsets_per_example: int = 8  # d: each example is a member of d of the K subsets
+    seed: int = 0
+    # --- steering operators (METHOD step 2) -----------------------------------------------------------
+    form: str = "activation"  # "activation" (edit the residual stream after `layer`) | "logit"
+    layer: int | None = None  # decoder layer whose output is steered; None -> `layer_fraction` of depth
+    layer_fraction: float = 0.65
+    rank: int = 16  # r: width of the shared basis B_theta
+    basis: str = "linear"  # "linear" | "mlp" (one hidden layer of `basis_hidden` units)
+    basis_hidden: int = 64
+    steps: int = 600
+    operators_per_step: int = 8  # subsets trained together in one optimiser step
+    fidelity_batch: int = 8  # member examples per operator per step
+    stability_batch: int = 4  # non-member examples per operator per step
+    learning_rate: float = 3e-3
+    fidelity_weight: float = 1.0
+    stability_weight: float = 0.5
+    linearity_weight: float = 0.1
+    linearity_every: int = 10  # the linearity term costs many operators' forwards: apply it every few steps
+    linearity_operators: int = 32  # operators whose responses enter one linearity term
+    linearity_batch: int = 4  # probe examples for one linearity term
+    sketch_dim: int = 8  # q: columns of the random sketch M R
+    sketch_ridge: float = 1.0  # gamma in the sketch's ridge residual
+    micro_batch: int = 64  # rows per forward pass (TRAPS: ~64 rows is fastest on CPU)
+    checkpoint_every: int = 100  # steps between resumable checkpoints of operator training
+    # --- recovery (METHOD step 3) ---------------------------------------------------------------------
+    solver: str = "lasso"  # "lasso" | "ridge"
+    lambda_rule: str = "cv"  # "cv" (held-out subsets) | "fixed"
+    lambda_fraction: float = 0.05  # lambda / lambda_max for the "fixed" rule
+    cv_folds: int = 5
+    ridge_alpha: float = 1.0
+    solver_max_iter: int = 2000
+    solver_tol: float = 1e-6
+    # --- score store --------------------------------------------------------------------------------
+    aggregate: str = "max"  # chunk -> document: "max" (largest |score|, signed) | "sum"
+    top_k: int = 100  # documents kept per query and direction (most and least influential)
+    # --- execution ----------------------------------------------------------------------------------
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> "StrideConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {sorted(unknown)}; known keys: {sorted(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from .artifacts import atomic_write_text  # local: artifacts imports nothing from here
+
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> "StrideConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        return cls().replace(**values)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(StrideConfig)]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few minutes on 2 CPU cores for a corpus of a few thousand short documents (the demo, the tests).
+    "cpu-smoke": dict(
+        chunk_length=64, num_subsets=128, subsets_per_example=6, rank=8, steps=400, operators_per_step=8,
+        fidelity_batch=8, stability_batch=4, linearity_every=20, linearity_operators=24, checkpoint_every=100,
+    ),
+    "default": {},
+    # The released configuration (METHOD.md): K = 1000, d = 10, r = 16, 10k iterations; meant for a GPU.
+    "paper": dict(
+        chunk_length=512, num_subsets=1000, subsets_per_example=10, rank=16, steps=10_000, operators_per_step=64,
+        fidelity_batch=8, stability_batch=8, micro_batch=512, device="cuda",
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> StrideConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return StrideConfig().replace(**{**PRESETS[name], **overrides})
+
+
+# Which configuration fields each stage depends on (beyond its inputs). A change to any of them makes that
+# stage, and every stage downstream of it, stale.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "chunks": ("chunk_length", "text_field", "id_field", "domain_field"),
+    "design": ("num_subsets", "subsets_per_example", "seed"),
+    "operators": (
+        "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
+        "fidelity_batch", "stability_batch", "learning_rate", "fidelity_weight", "stability_weight",
+        "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
+        "sketch_ridge", "seed",
+    ),
+    "responses": (),
+    "scores": (
+        "solver", "lambda_rule", "lambda_fraction", "cv_folds", "ridge_alpha", "solver_max_iter", "solver_tol",
+        "aggregate", "top_k",
+    ),
+}
+
+
+def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in STAGE_FIELDS[stage]}
+
+
+_CHOICES = {
+    "form": ("activation", "logit"),
+    "basis": ("linear", "mlp"),
+    "solver": ("lasso", "ridge"),
+    "lambda_rule": ("cv", "fixed"),
+    "aggregate": ("max", "sum"),
+}
+
+_POSITIVE = (
+    "chunk_length", "num_subsets", "subsets_per_example", "rank", "basis_hidden", "steps", "operators_per_step",
+    "fidelity_batch", "stability_batch", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
+    "micro_batch", "checkpoint_every", "cv_folds", "solver_max_iter", "top_k",
+)
+
+
+def _validate(config: StrideConfig) -> None:
+    for name, choices in _CHOICES.items():
+        if getattr(config, name) not in choices:
+            raise ConfigError(f"{name}={getattr(config, name)!r} is not one of {list(choices)}")
+    for name in _POSITIVE:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if config.chunk_length < 2:
+        raise ConfigError(f"chunk_length must be at least 2 tokens (one to predict from, one to predict), got {config.chunk_length}")
+    if config.subsets_per_example > config.num_subsets:
+        raise ConfigError(
+            f"subsets_per_example (d={config.subsets_per_example}) cannot exceed num_subsets (K={config.num_subsets})"
+        )
+    if config.num_subsets < 2:
+        raise ConfigError(f"num_subsets (K) must be at least 2, got {config.num_subsets}")
+    if config.cv_folds < 2 and config.lambda_rule == "cv":
+        raise ConfigError(f"cv_folds must be at least 2 for lambda_rule='cv', got {config.cv_folds}")
+    if config.cv_folds > config.num_subsets:
+        raise ConfigError(f"cv_folds ({config.cv_folds}) cannot exceed num_subsets ({config.num_subsets})")
+    if config.layer is not None and (not isinstance(config.layer, int) or config.layer < 0):
+        raise ConfigError(f"layer must be a non-negative layer index or null, got {config.layer!r}")
+    if not 0.0 < config.layer_fraction <= 1.0:
+        raise ConfigError(f"layer_fraction must be in (0, 1], got {config.layer_fraction}")
+    for name in ("learning_rate", "lambda_fraction", "ridge_alpha", "solver_tol", "sketch_ridge"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in ("fidelity_weight", "stability_weight", "linearity_weight"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be non-negative, got {getattr(config, name)}")
+    if config.fidelity_weight == 0:
+        raise ConfigError("fidelity_weight must be positive: without it the operators learn nothing about their subsets")

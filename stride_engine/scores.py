@@ -1,0 +1,156 @@
+"""The score store: sparse, signed attribution scores per query, aggregated from chunks to documents.
+
+Never a dense documents × queries matrix: recovery yields a few queries at a time, and the store keeps
+- `top.parquet`: per query, the `top_k` most influential (direction "positive") and least influential
+  (direction "negative") documents with non-zero scores, ranked;
+- `chunk_scores.parquet`: the recovered non-zero chunk scores (Lasso's support; the top chunks for ridge);
+- `documents.parquet`: per-document aggregates streamed over the whole query set;
+- `queries.parquet`: per query, the λ used, the number of non-zeros and the base loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import polars as pl
+
+from .artifacts import atomic_path
+from .errors import StrideError
+
+FILES = ("top.parquet", "chunk_scores.parquet", "documents.parquet", "queries.parquet")
+
+
+def chunk_to_document(scores: np.ndarray, doc_index: np.ndarray, num_docs: int, rule: str) -> np.ndarray:
+    """(b, n_chunks) -> (b, n_docs). "max": the chunk score largest in magnitude, with its sign; "sum": the sum."""
+    out = np.zeros((scores.shape[0], num_docs), dtype=np.float64)
+    if rule == "sum":
+        for row, values in enumerate(scores):
+            np.add.at(out[row], doc_index, values)
+        return out
+    highest = np.full_like(out, -np.inf)
+    lowest = np.full_like(out, np.inf)
+    for row, values in enumerate(scores):
+        np.maximum.at(highest[row], doc_index, values)
+        np.minimum.at(lowest[row], doc_index, values)
+    return np.where(np.abs(lowest) > np.abs(highest), lowest, highest)
+
+
+def write_scores(
+    folder: Path,
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    query_ids: list[str],
+    base_losses: np.ndarray,
+    doc_ids: list[str],
+    doc_domains: list[str | None],
+    doc_index: np.ndarray,
+    aggregate: str,
+    top_k: int,
+    keep_all_nonzeros: bool,
+) -> "ScoreStore":
+    """Consume recovery batches (query indices, chunk scores, λ) and write the store atomically."""
+    num_docs = len(doc_ids)
+    top_rows, chunk_rows, query_rows = [], [], []
+    doc_sum = np.zeros(num_docs)
+    doc_positive = np.zeros(num_docs)
+    doc_negative = np.zeros(num_docs)
+    doc_nonzero = np.zeros(num_docs, dtype=np.int64)
+    for indices, chunk_scores, lambdas in batches:
+        doc_scores = chunk_to_document(chunk_scores, doc_index, num_docs, aggregate)
+        doc_sum += doc_scores.sum(axis=0)
+        doc_positive += np.clip(doc_scores, 0, None).sum(axis=0)
+        doc_negative += np.clip(doc_scores, None, 0).sum(axis=0)
+        doc_nonzero += (doc_scores != 0).sum(axis=0)
+        for row, query in enumerate(indices):
+            qid = query_ids[query]
+            top_rows.append(_ranked(qid, doc_scores[row], top_k))
+            chunk_rows.append(_chunk_entries(qid, chunk_scores[row], top_k, keep_all_nonzeros))
+            query_rows.append({
+                "query_id": qid, "lambda": float(lambdas[row]), "base_loss": float(base_losses[query]),
+                "nonzero_chunks": int(np.count_nonzero(chunk_scores[row])),
+                "nonzero_documents": int(np.count_nonzero(doc_scores[row])),
+            })
+    num_queries = max(1, len(query_rows))
+    documents = pl.DataFrame({
+        "doc_id": doc_ids,
+        "domain": doc_domains,
+        "mean_score": doc_sum / num_queries,
+        "positive_mass": doc_positive,
+        "negative_mass": doc_negative,
+        "nonzero_queries": doc_nonzero,
+    })
+    with atomic_path(Path(folder)) as tmp:
+        tmp.mkdir(parents=True)
+        pl.concat(top_rows).write_parquet(tmp / "top.parquet")
+        pl.concat(chunk_rows).write_parquet(tmp / "chunk_scores.parquet")
+        documents.write_parquet(tmp / "documents.parquet")
+        pl.DataFrame(query_rows).write_parquet(tmp / "queries.parquet")
+    return ScoreStore(Path(folder))
+
+
+_TOP_SCHEMA = {"query_id": pl.String, "direction": pl.String, "rank": pl.Int64, "doc_index": pl.Int64, "score": pl.Float64}
+
+
+def _ranked(query_id: str, doc_scores: np.ndarray, top_k: int) -> pl.DataFrame:
+    parts = []
+    for direction, sign in (("positive", 1.0), ("negative", -1.0)):
+        candidates = np.flatnonzero(sign * doc_scores > 0)
+        order = candidates[np.argsort(-sign * doc_scores[candidates], kind="stable")][:top_k]
+        parts.append(pl.DataFrame({
+            "query_id": [query_id] * len(order), "direction": [direction] * len(order),
+            "rank": np.arange(1, len(order) + 1), "doc_index": order, "score": doc_scores[order],
+        }, schema=_TOP_SCHEMA))
+    return pl.concat(parts)
+
+
+def _chunk_entries(query_id: str, scores: np.ndarray, top_k: int, keep_all: bool) -> pl.DataFrame:
+    nonzero = np.flatnonzero(scores)
+    if not keep_all and len(nonzero) > 2 * top_k:
+        nonzero = np.argsort(-np.abs(scores))[: 2 * top_k]
+    return pl.DataFrame(
+        {"query_id": [query_id] * len(nonzero), "chunk_id": nonzero.astype(np.int64), "score": scores[nonzero].astype(np.float64)},
+        schema={"query_id": pl.String, "chunk_id": pl.Int64, "score": pl.Float64},
+    )
+
+
+@dataclass(frozen=True)
+class ScoreStore:
+    """Read access to a written score store (one query set of one run)."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        missing = [name for name in FILES if not (self.folder / name).is_file()]
+        if missing:
+            raise StrideError(f"{self.folder} is not a finished score store (missing {', '.join(missing)})")
+
+    def documents(self) -> pl.DataFrame:
+        return pl.read_parquet(self.folder / "documents.parquet")
+
+    def queries(self) -> pl.DataFrame:
+        return pl.read_parquet(self.folder / "queries.parquet")
+
+    def chunk_scores(self) -> pl.DataFrame:
+        return pl.read_parquet(self.folder / "chunk_scores.parquet")
+
+    def top(self, query_id: str | None = None, k: int = 10, direction: str = "positive") -> pl.DataFrame:
+        """The k most (direction "positive") or least ("negative") influential documents per query, with doc ids."""
+        if direction not in ("positive", "negative"):
+            raise StrideError(f"direction must be 'positive' or 'negative', got {direction!r}")
+        table = pl.scan_parquet(self.folder / "top.parquet").filter(
+            (pl.col("direction") == direction) & (pl.col("rank") <= k)
+        )
+        if query_id is not None:
+            known = self.queries()["query_id"]
+            if query_id not in known:
+                raise StrideError(f"query {query_id!r} is not in {self.folder} (it has {len(known)} queries, e.g. {known[0]!r})")
+            table = table.filter(pl.col("query_id") == query_id)
+        documents = self.documents().with_row_index("doc_index").select(
+            pl.col("doc_index").cast(pl.Int64), "doc_id", "domain"
+        )
+        return table.collect().join(documents, on="doc_index", how="left").sort("query_id", "rank", maintain_order=True)
+
+    def iter_queries(self) -> Iterator[str]:
+        yield from self.queries()["query_id"]

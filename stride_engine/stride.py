@@ -1,0 +1,295 @@
+"""`Stride`: one object that runs the stages of an attribution run in a run directory.
+
+    stride = Stride.from_pretrained("model_dir", preset("cpu-smoke"), "runs/demo")
+    stride.fit(read_documents(["train.jsonl"]))          # stages: chunks, design, operators
+    store = stride.attribute(read_queries("queries.jsonl"), name="queries")   # responses, scores
+    store.top("q1", k=10)
+
+Each stage is persisted with a fingerprint of what it was built from (see artifacts.py): a rerun skips finished
+stages, resumes an interrupted operator training from its last checkpoint, and refuses a stage built from a
+different configuration unless `force=True`. Everything is validated before the first file is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import save_file
+
+from .adapters import Batch, CausalLMAdapter, ModelAdapter, load_causal_lm, move, select_rows
+from .artifacts import RunDirectory, Stage, atomic_path, fingerprint
+from .config import StrideConfig, stage_fields
+from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
+from .design import Membership, random_membership
+from .errors import ConfigError, StrideError
+from .operators import SteeringBank
+from .recovery import RecoverySettings, recover
+from .responses import measure_responses
+from .scores import ScoreStore, write_scores
+from .training import StateCache, TrainingLog, new_bank, train_operators
+
+log = logging.getLogger(__name__)
+
+STAGES = ("chunks", "design", "operators", "responses", "scores")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Training examples as row-aligned tensors, each mapped to a document (for non-text models)."""
+
+    batch: Batch
+    doc_ids: list[str]
+    doc_index: np.ndarray
+    domains: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.doc_index)
+
+
+class Stride:
+    def __init__(self, adapter: ModelAdapter, config: StrideConfig, run_dir: Path | str, tokenizer=None, progress: bool = True):
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.config = config
+        self.run = RunDirectory(Path(run_dir))
+        self.progress = progress
+        self.device = _device(config.device)
+        adapter.to(self.device)
+        self.layer = config.layer if config.layer is not None else adapter.default_layer(config.layer_fraction)
+        if config.form == "activation":
+            adapter.check_layer(self.layer)
+        self._examples: Examples | None = None
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path | str, config: StrideConfig, run_dir: Path | str, layers_path: str | None = None, progress: bool = True) -> "Stride":
+        adapter, tokenizer = load_causal_lm(model_dir, "cpu", layers_path)
+        return cls(adapter, config, run_dir, tokenizer=tokenizer, progress=progress)
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    def fit(self, train: Documents | Examples, force: bool = False, on_step: Callable[[int], None] | None = None) -> "Stride":
+        """Chunk the corpus, draw the design, train the operators (each stage skipped when already done)."""
+        examples = self._examples_from(train)
+        membership = random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, self.config.seed)
+        stages = self._training_stages(train, examples)
+        self._check_stages(stages, force)
+        self.config.save(self.run.path("config.yaml"))
+
+        if not self.run.is_done(stages["chunks"]):
+            self._write_chunks(train, examples)
+            self.run.finish(stages["chunks"], examples=len(examples), documents=len(examples.doc_ids))
+        if not self.run.is_done(stages["design"]):
+            membership.save(self.run.path("design.npz"))
+            self.run.finish(stages["design"], subsets=membership.num_subsets, examples=membership.num_examples)
+        if not self.run.is_done(stages["operators"]):
+            self._train(examples, membership, stages["operators"], on_step)
+        self._examples = examples
+        self._operators_stage = stages["operators"]
+        return self
+
+    def responses(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> np.ndarray:
+        """y = loss_base − loss_k for every query and operator; persisted as responses/<name>.npy."""
+        self._require_fit()
+        query_batch, query_ids = self._query_batch(queries)
+        stage = Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint, "queries": _digest_batch(query_batch, query_ids)})
+        self._check_stages({stage.name: stage}, force)
+        path = self.run.path("responses", f"{name}.npy")
+        if self.run.is_done(stage):
+            return np.load(path)
+        bank = self._load_bank()
+        values, base = measure_responses(
+            self.adapter, bank, query_batch, self.config.form, self.layer, self.config.micro_batch, self.device, self.progress
+        )
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, values)
+        with atomic_path(self.run.path("responses", f"{name}.queries.parquet")) as tmp:
+            pl.DataFrame({"query_id": query_ids, "base_loss": base}).write_parquet(tmp)
+        self.run.finish(stage, queries=len(query_ids), operators=values.shape[1])
+        return values
+
+    def recover(self, name: str = "queries", force: bool = False) -> ScoreStore:
+        """Sparse recovery of per-example scores from the responses; written as a score store."""
+        self._require_fit()
+        response_stage = self.run.record(f"responses-{name}")
+        if response_stage is None:
+            raise StrideError(f"no responses named {name!r} in {self.run.root}: run responses(queries, name={name!r}) first")
+        stage = Stage(f"scores-{name}", {**stage_fields(self.config, "scores"), "responses": response_stage["fingerprint"]})
+        self._check_stages({stage.name: stage}, force)
+        folder = self.run.path("scores", name)
+        if self.run.is_done(stage):
+            return ScoreStore(folder)
+        values = np.load(self.run.path("responses", f"{name}.npy"))
+        queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
+        membership = Membership.load(self.run.path("design.npz"))
+        settings = RecoverySettings(
+            solver=self.config.solver, lambda_rule=self.config.lambda_rule, lambda_fraction=self.config.lambda_fraction,
+            cv_folds=self.config.cv_folds, ridge_alpha=self.config.ridge_alpha, max_iter=self.config.solver_max_iter,
+            tol=self.config.solver_tol,
+        )
+        examples = self._examples
+        store = write_scores(
+            folder,
+            recover(membership.matrix, values, settings, device=str(self.device), progress=self.progress),
+            query_ids=queries["query_id"].to_list(),
+            base_losses=queries["base_loss"].to_numpy(),
+            doc_ids=examples.doc_ids,
+            doc_domains=examples.domains,
+            doc_index=examples.doc_index,
+            aggregate=self.config.aggregate,
+            top_k=self.config.top_k,
+            keep_all_nonzeros=self.config.solver == "lasso",
+        )
+        self.run.finish(stage, queries=len(queries))
+        return store
+
+    def attribute(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> ScoreStore:
+        self.responses(queries, name, force)
+        return self.recover(name, force)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _examples_from(self, train: Documents | Examples) -> Examples:
+        if isinstance(train, Examples):
+            return train
+        if self.tokenizer is None:
+            raise StrideError("a text corpus needs a tokenizer: build Stride with tokenizer=... or use Stride.from_pretrained")
+        chunks = chunk_documents(train, self.tokenizer, self.config.chunk_length)
+        self._chunks = chunks
+        batch = token_batch(chunks.input_ids, chunks.lengths, None)
+        return Examples(batch, list(train.ids), chunks.doc_index, list(train.domains))
+
+    def _training_stages(self, train: Documents | Examples, examples: Examples) -> dict[str, Stage]:
+        source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(examples.batch, examples.doc_ids)
+        tokenizer = _digest_tokenizer(self.tokenizer) if isinstance(train, Documents) else None
+        chunks = Stage("chunks", {**stage_fields(self.config, "chunks"), "corpus": source, "tokenizer": tokenizer})
+        design = Stage("design", {**stage_fields(self.config, "design"), "chunks": chunks.fingerprint})
+        operators = Stage("operators", {
+            **stage_fields(self.config, "operators"), "resolved_layer": self.layer, "design": design.fingerprint,
+            "model": _digest_model(self.adapter),
+        })
+        return {"chunks": chunks, "design": design, "operators": operators}
+
+    def _check_stages(self, stages: dict[str, Stage], force: bool) -> None:
+        """Raise on a stale finished stage before anything is written; with force, drop it and what follows."""
+        for name, stage in stages.items():
+            try:
+                self.run.is_done(stage)
+            except StrideError:
+                if not force:
+                    raise
+                self._invalidate_from(name)
+
+    def _invalidate_from(self, name: str) -> None:
+        base = name.split("-")[0]
+        later = STAGES[STAGES.index(base):]
+        for record in self.run.path("stages").glob("*.json"):
+            if record.stem.split("-")[0] in later:
+                record.unlink()
+
+    def _write_chunks(self, train: Documents | Examples, examples: Examples) -> None:
+        if isinstance(train, Documents):
+            table = chunks_table(self._chunks, train)
+            with atomic_path(self.run.path("chunks.parquet")) as tmp:
+                table.write_parquet(tmp)
+        else:
+            with atomic_path(self.run.path("chunks.parquet")) as tmp:
+                pl.DataFrame({"chunk_id": np.arange(len(examples)), "doc_index": examples.doc_index,
+                              "doc_id": [examples.doc_ids[i] for i in examples.doc_index]}).write_parquet(tmp)
+
+    def _train(self, examples: Examples, membership: Membership, stage: Stage, on_step) -> None:
+        config = self.config
+        cache = self._state_cache(examples)
+        probe_states, probe_batch = cache.rows(np.arange(1))
+        out_dim = probe_states.shape[-1]
+        if config.form == "logit":
+            out_dim = self.adapter.finish(probe_states, probe_batch, "logit", self.layer).shape[-1]
+        bank = new_bank(config, membership.num_subsets, probe_states.shape[-1], out_dim).to(self.device)
+        checkpoints = self.run.path("operators.partial", stage.fingerprint)
+        training_log = train_operators(self.adapter, cache, membership, bank, config, self.layer, checkpoints, self.progress, on_step)
+        with atomic_path(self.run.path("operators")) as tmp:
+            tmp.mkdir(parents=True)
+            bank.save(tmp / "bank.safetensors")
+            save_file({name: torch.tensor(values, dtype=torch.float32) for name, values in training_log.curves.items()}, str(tmp / "curves.safetensors"))
+            (tmp / "bank.json").write_text(json.dumps({**bank.shape, "form": config.form, "layer": self.layer}))
+        _remove_tree(self.run.path("operators.partial"))
+        gains = training_log.curves["fidelity_gain"]
+        self.run.finish(stage, final_fidelity_gain=float(np.mean(gains[-20:])) if gains else None, steps=config.steps)
+
+    def _state_cache(self, examples: Examples) -> StateCache:
+        batch = move(examples.batch, self.device)
+        states = []
+        for start in range(0, len(examples), self.config.micro_batch):
+            rows = slice(start, start + self.config.micro_batch)
+            states.append(self.adapter.capture(select_rows(batch, rows), self.config.form, self.layer))
+        return StateCache(torch.cat(states), batch)
+
+    def _load_bank(self) -> SteeringBank:
+        shape = json.loads(self.run.path("operators", "bank.json").read_text())
+        bank = SteeringBank(shape["num_operators"], shape["in_dim"], shape["out_dim"], shape["rank"], shape["basis"], shape["hidden"])
+        return bank.load(self.run.path("operators", "bank.safetensors")).to(self.device).eval()
+
+    def _query_batch(self, queries: Queries | Examples) -> tuple[Batch, list[str]]:
+        if isinstance(queries, Examples):
+            return queries.batch, list(queries.doc_ids)
+        window = getattr(getattr(self.adapter, "model", None), "config", None)
+        max_length = getattr(window, "max_position_embeddings", None) or getattr(window, "n_positions", None) or 1 << 30
+        return encode_queries(queries, self.tokenizer, max_length), list(queries.ids)
+
+    def _require_fit(self) -> None:
+        if self._examples is None:
+            raise StrideError("call fit(train) first: responses and recovery need the trained operators and the design")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is available; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def _digest_documents(documents: Documents) -> str:
+    digest = hashlib.sha256()
+    for doc_id, text in zip(documents.ids, documents.texts):
+        digest.update(doc_id.encode() + b"\0" + text.encode() + b"\1")
+    return digest.hexdigest()[:16]
+
+
+def _digest_batch(batch: Batch, ids: list[str]) -> str:
+    digest = hashlib.sha256("\0".join(ids).encode())
+    for key in sorted(batch):
+        digest.update(key.encode() + batch[key].detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _digest_tokenizer(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def _digest_model(adapter: ModelAdapter) -> str:
+    model = getattr(adapter, "model", None)
+    if model is None:
+        return "unknown"
+    parts = [type(model).__name__]
+    for name, parameter in model.state_dict().items():
+        parts.append(f"{name}:{tuple(parameter.shape)}:{float(parameter.double().sum()):.10e}")
+    return fingerprint(parts)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)

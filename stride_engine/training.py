@@ -1,0 +1,213 @@
+"""Training the steering operators jointly, base model frozen (METHOD step 2).
+
+One optimiser step draws `operators_per_step` subsets; for each, `fidelity_batch` member examples and
+`stability_batch` non-members. The states at the cut were computed once for every example (the frozen prefix)
+and are reused here by every operator. Losses:
+1. fidelity: the steered model's loss on the operator's own members;
+2. stability: KL(base ‖ steered) on non-members, so an operator cannot become a global shortcut;
+3. linearity (every `linearity_every` steps): responses y_S of a sample S of operators on a probe batch should be
+   explained additively by the design: the ridge residual of y_S on the sketch (M R)_S is penalised.
+Batches are drawn from a generator seeded by (seed, step), and the optimiser state is checkpointed, so an
+interrupted training resumes to exactly the weights an uninterrupted one reaches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import Batch, ModelAdapter, select_rows
+from .artifacts import atomic_path, atomic_write_text
+from .config import StrideConfig
+from .design import Membership
+from .operators import SteeringBank, steered_logits
+
+CURVE_NAMES = ("fidelity", "stability", "linearity", "fidelity_gain")
+
+
+@dataclass
+class StateCache:
+    """States at the cut for every training example, plus the token batch each row came from."""
+
+    states: torch.Tensor  # (n, ...) on the compute device
+    batch: Batch  # row-aligned tensors for all n examples
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, Batch]:
+        index = torch.as_tensor(rows, device=self.states.device)
+        return self.states[index], select_rows(self.batch, index)
+
+
+@dataclass
+class TrainingLog:
+    curves: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in CURVE_NAMES})
+
+    def append(self, **values: float) -> None:
+        for name in CURVE_NAMES:
+            self.curves[name].append(float(values.get(name, float("nan"))))
+
+
+def new_bank(config: StrideConfig, num_operators: int, in_dim: int, out_dim: int) -> SteeringBank:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return SteeringBank(num_operators, in_dim, out_dim, config.rank, config.basis, config.basis_hidden)
+
+
+def train_operators(
+    adapter: ModelAdapter,
+    cache: StateCache,
+    membership: Membership,
+    bank: SteeringBank,
+    config: StrideConfig,
+    layer: int,
+    checkpoint_dir: Path,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainingLog:
+    """Train `bank` in place; checkpoints go to `checkpoint_dir`, from which a rerun resumes."""
+    optimizer = torch.optim.Adam(bank.parameters(), lr=config.learning_rate)
+    log = TrainingLog()
+    start = _resume(checkpoint_dir, bank, optimizer, log)
+    sketch = _sketch(membership, config).to(cache.states.device)
+    trainer = _Steps(adapter, cache, membership, bank, config, layer, sketch)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="operators", disable=not progress)
+    for step in bar:
+        rng = np.random.default_rng([config.seed, step])
+        optimizer.zero_grad(set_to_none=True)
+        values = trainer.fidelity_and_stability(rng)
+        if config.linearity_weight > 0 and step % config.linearity_every == 0:
+            values["linearity"] = trainer.linearity(rng)
+        optimizer.step()
+        log.append(**values)
+        if progress:
+            bar.set_postfix(fid=f"{values['fidelity']:.3f}", gain=f"{values['fidelity_gain']:.4f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            _checkpoint(checkpoint_dir, step + 1, bank, optimizer, log)
+        if on_step is not None:
+            on_step(step + 1)
+    return log
+
+
+class _Steps:
+    def __init__(self, adapter, cache, membership, bank, config, layer, sketch):
+        self.adapter, self.cache, self.membership, self.bank = adapter, cache, membership, bank
+        self.config, self.layer, self.sketch = config, layer, sketch
+        self.n = membership.num_examples
+        self.device = cache.states.device
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, their operators, and whether each row is a member (fidelity) or not (stability)."""
+        config = self.config
+        subsets = rng.choice(self.membership.num_subsets, size=min(config.operators_per_step, self.membership.num_subsets), replace=False)
+        rows, operators, is_member = [], [], []
+        for subset in subsets:
+            members = self.membership.members(subset)
+            picked = rng.choice(members, size=config.fidelity_batch, replace=len(members) < config.fidelity_batch)
+            outsiders = rng.integers(0, self.n, size=4 * config.stability_batch)
+            outsiders = outsiders[~np.isin(outsiders, members)][: config.stability_batch]
+            rows += [picked, outsiders]
+            operators.append(np.full(len(picked) + len(outsiders), subset))
+            is_member += [np.ones(len(picked), bool), np.zeros(len(outsiders), bool)]
+        return np.concatenate(rows), np.concatenate(operators), np.concatenate(is_member)
+
+    def fidelity_and_stability(self, rng: np.random.Generator) -> dict[str, float]:
+        rows, operators, is_member = self._draw(rng)
+        n_member, n_other = max(1, is_member.sum()), max(1, (~is_member).sum())
+        totals = dict(fidelity=0.0, stability=0.0, fidelity_gain=0.0)
+        for block in _blocks(len(rows), self.config.micro_batch):
+            states, batch = self.cache.rows(rows[block])
+            member = torch.as_tensor(is_member[block], device=self.device)
+            ops = torch.as_tensor(operators[block], device=self.device)
+            logits = steered_logits(self.adapter, self.bank, states, batch, ops, self.config.form, self.layer)
+            with torch.no_grad():
+                base_logits = self.adapter.finish(states, batch, self.config.form, self.layer)
+            losses = self.adapter.example_losses(logits, batch)
+            kl = _kl_per_row(base_logits, logits, self.adapter.prediction_mask(batch))
+            fidelity = (losses * member).sum() / n_member
+            stability = (kl * ~member).sum() / n_other
+            loss = self.config.fidelity_weight * fidelity + self.config.stability_weight * stability
+            loss.backward()
+            with torch.no_grad():
+                base_losses = self.adapter.example_losses(base_logits, batch)
+                totals["fidelity_gain"] += float(((base_losses - losses) * member).sum() / n_member)
+            totals["fidelity"] += fidelity.item()
+            totals["stability"] += stability.item()
+        return totals
+
+    def linearity(self, rng: np.random.Generator) -> float:
+        """Ridge residual of a sample of operators' responses on the sketched design (scaled by the weight)."""
+        config = self.config
+        operators = rng.choice(self.membership.num_subsets, size=min(config.linearity_operators, self.membership.num_subsets), replace=False)
+        probe = rng.choice(self.n, size=config.linearity_batch, replace=False) if self.n >= config.linearity_batch else np.arange(self.n)
+        states, batch = self.cache.rows(probe)
+        with torch.no_grad():
+            base = self.adapter.example_losses(self.adapter.finish(states, batch, config.form, self.layer), batch)
+        pairs_op = np.repeat(operators, len(probe))
+        pairs_row = np.tile(np.arange(len(probe)), len(operators))
+        steered = []
+        for block in _blocks(len(pairs_op), config.micro_batch):
+            index = torch.as_tensor(pairs_row[block], device=self.device)
+            sub_batch = select_rows(batch, index)
+            logits = steered_logits(self.adapter, self.bank, states[index], sub_batch, torch.as_tensor(pairs_op[block], device=self.device), config.form, self.layer)
+            steered.append(self.adapter.example_losses(logits, sub_batch))
+        responses = (base.repeat(len(operators)) - torch.cat(steered)).view(len(operators), len(probe)).mean(dim=1)
+        residual = _ridge_residual(self.sketch[torch.as_tensor(operators, device=self.device)], responses, config.sketch_ridge)
+        loss = residual.pow(2).mean()
+        (config.linearity_weight * loss).backward()
+        return loss.item()
+
+
+def _blocks(total: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _kl_per_row(base_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    base_logp = torch.log_softmax(base_logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    kl = (base_logp.exp() * (base_logp - logp)).sum(dim=-1)
+    if kl.dim() == 1:
+        return kl * mask
+    return (kl * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
+def _sketch(membership: Membership, config: StrideConfig) -> torch.Tensor:
+    """M R with R a seeded Gaussian n×q: a q-column summary of which subsets share which examples."""
+    rng = np.random.default_rng([config.seed, 7])
+    projection = rng.standard_normal((membership.num_examples, config.sketch_dim)).astype(np.float32)
+    return torch.from_numpy(np.asarray(membership.matrix @ projection, dtype=np.float32))
+
+
+def _ridge_residual(design: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """M̃(M̃ᵀM̃ + γI)⁻¹M̃ᵀy − y, on centred rows and response (an intercept is free)."""
+    design = design - design.mean(dim=0, keepdim=True)
+    y = y - y.mean()
+    gram = design.T @ design + gamma * torch.eye(design.shape[1], device=design.device)
+    fitted = design @ torch.linalg.solve(gram, design.T @ y)
+    return fitted - y
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint(folder: Path, step: int, bank: SteeringBank, optimizer: torch.optim.Optimizer, log: TrainingLog) -> None:
+    with atomic_path(Path(folder)) as tmp:
+        tmp.mkdir(parents=True)
+        bank.save(tmp / "bank.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        atomic_write_text(tmp / "progress.json", json.dumps({"step": step, "curves": log.curves}))
+
+
+def _resume(folder: Path, bank: SteeringBank, optimizer: torch.optim.Optimizer, log: TrainingLog) -> int:
+    progress = Path(folder) / "progress.json"
+    if not progress.is_file():
+        return 0
+    state = json.loads(progress.read_text())
+    bank.load(Path(folder) / "bank.safetensors")
+    optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", weights_only=True))
+    log.curves = {name: list(values) for name, values in state["curves"].items()}
+    return int(state["step"])

@@ -1,0 +1,105 @@
+"""The cut is exact: finishing a forward pass from captured states reproduces the model's own logits."""
+
+import pytest
+import torch
+from torch import nn
+
+from stride_engine import CausalLMAdapter, ConfigError, ModelError, SequentialClassifierAdapter, load_causal_lm
+from stride_engine.corpus import token_batch
+
+from tiny import random_texts, save_tiny_model, tiny_model, tiny_tokenizer
+
+ARCHS = ["gpt2", "llama", "qwen2", "olmo", "olmo2"]
+
+
+def _batch(tokenizer, texts):
+    import numpy as np
+
+    ids = [tokenizer(t)["input_ids"][:20] for t in texts]
+    width = max(map(len, ids))
+    array = np.full((len(ids), width), tokenizer.pad_token_id, dtype=np.int64)
+    for i, row in enumerate(ids):
+        array[i, : len(row)] = row
+    return token_batch(array, np.array([len(r) for r in ids]), None)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cut_reproduces_the_full_forward_at_every_layer(arch):
+    texts = random_texts(50)
+    tokenizer = tiny_tokenizer(texts)
+    model = tiny_model(arch, len(tokenizer))
+    adapter = CausalLMAdapter(model)
+    batch = _batch(tokenizer, texts[:4])
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for layer in range(adapter.num_layers):
+            states = adapter.capture(batch, "activation", layer)
+            torch.testing.assert_close(adapter.finish(states, batch, "activation", layer), expected, atol=1e-5, rtol=1e-5)
+        features = adapter.capture(batch, "logit", 0)
+        torch.testing.assert_close(adapter.finish(features, batch, "logit", 0), expected, atol=1e-5, rtol=1e-5)
+    # The blocks swapped out during `finish` are back: the model's own forward is unchanged.
+    with torch.no_grad():
+        again = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(again, expected)
+
+
+def test_an_edit_at_the_cut_changes_only_later_computation():
+    texts = random_texts(50)
+    tokenizer = tiny_tokenizer(texts)
+    adapter = CausalLMAdapter(tiny_model("llama", len(tokenizer)))
+    batch = _batch(tokenizer, texts[:2])
+    states = adapter.capture(batch, "activation", 1)
+    edited = adapter.finish(states + 0.5, batch, "activation", 1)
+    plain = adapter.finish(states, batch, "activation", 1)
+    assert (edited - plain).abs().max() > 1e-3
+
+
+def test_saved_model_loads_from_its_folder_with_identical_logits(tmp_path):
+    folder = save_tiny_model(tmp_path / "model", "gpt2")
+    adapter, tokenizer = load_causal_lm(folder)
+    assert tokenizer.pad_token_id is not None
+    batch = _batch(tokenizer, random_texts(3, seed=1))
+    states = adapter.capture(batch, "activation", 1)
+    with torch.no_grad():
+        direct = adapter.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(adapter.finish(states, batch, "activation", 1), direct, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_causal_lm(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="config.json"):
+        load_causal_lm(tmp_path / "empty")
+
+
+def test_unknown_architecture_says_how_to_name_the_layers():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 4)])
+
+    with pytest.raises(ModelError, match="layers_path"):
+        CausalLMAdapter(Odd())
+    adapter = CausalLMAdapter(Odd(), layers_path="blocks")
+    assert adapter.num_layers == 1
+
+
+def test_layer_out_of_range_is_named():
+    adapter = CausalLMAdapter(tiny_model("llama", 300, layers=3))
+    with pytest.raises(ConfigError, match="layer 3 is out of range.*3 layers"):
+        adapter.check_layer(3)
+
+
+def test_sequential_classifier_cut():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    adapter = SequentialClassifierAdapter(model)
+    batch = {"x": torch.randn(5, 8), "y": torch.tensor([0, 1, 2, 0, 1])}
+    expected = model(batch["x"])
+    for layer in range(adapter.num_layers - 1):
+        torch.testing.assert_close(adapter.finish(adapter.capture(batch, "activation", layer), batch, "activation", layer), expected)
+    torch.testing.assert_close(adapter.finish(adapter.capture(batch, "logit", 0), batch, "logit", 0), expected)
+    assert adapter.example_losses(expected, batch).shape == (5,)
+    with pytest.raises(ModelError, match="nn.Sequential"):
+        SequentialClassifierAdapter(nn.Linear(2, 2))
