@@ -462,7 +462,7 @@ def _characters(rng: random.Random) -> dict[str, str]:
 
 def _story(rng: random.Random) -> str:
     cast = _characters(rng)
-    parts = [rng.choice(_STORY_OPENERS)] + rng.sample(_STORY_MIDDLES, rng.randint(2, 5)) + [rng.choice(_STORY_ENDINGS)]
+    parts = [rng.choice(_STORY_OPENERS)] + rng.sample(_STORY_MIDDLES, rng.randint(1, 4)) + [rng.choice(_STORY_ENDINGS)]
     sentences = [_fill(t, rng, cast) for t in parts]
     return _fit(sentences, {0, len(sentences) - 1}, rng, lambda: _fill(rng.choice(_STORY_MIDDLES), rng, cast))
 
@@ -470,7 +470,7 @@ def _story(rng: random.Random) -> str:
 def _recipe(rng: random.Random) -> str:
     fixed = {"dish": rng.choice(DISHES)}
     fixed["Dish"] = fixed["dish"].capitalize()
-    steps = rng.sample(_RECIPE_STEPS, rng.randint(3, 6))
+    steps = rng.sample(_RECIPE_STEPS, rng.randint(2, 5))
     sentences = [_fill(rng.choice(_RECIPE_TITLES), rng, fixed)] + [_fill(t, rng, fixed) for t in steps]
     return _fit(sentences, {0}, rng, lambda: _fill(rng.choice(_RECIPE_STEPS), rng, fixed))
 
@@ -483,14 +483,14 @@ def _arithmetic(rng: random.Random) -> str:
                  **_characters(rng)}
         return _fill(rng.choice(_ARITHMETIC), rng, fixed)
 
-    return _fit([line() for _ in range(rng.randint(3, 8))], set(), rng, line)
+    return _fit([line() for _ in range(rng.randint(3, 6))], set(), rng, line)
 
 
 def _encyclopedia_filler(rng: random.Random) -> str:
     pool = rng.choice([_ENCYCLOPEDIA_ANIMAL, _ENCYCLOPEDIA_PLANT, _ENCYCLOPEDIA_TOOL])
     fixed = {k: rng.choice(v) for k, v in (("animal", ANIMALS), ("plant", PLANTS), ("tool", TOOLS))}
     fixed["Plant"] = fixed["plant"].capitalize()
-    sentences = [_fill(pool[0], rng, fixed)] + [_fill(t, rng, fixed) for t in rng.sample(pool[1:], rng.randint(2, 4))]
+    sentences = [_fill(pool[0], rng, fixed)] + [_fill(t, rng, fixed) for t in rng.sample(pool[1:], rng.randint(2, 3))]
     return _fit(sentences, {0}, rng, lambda: _fill(rng.choice(pool[1:]), rng, fixed))
 
 
@@ -524,13 +524,14 @@ class _Fact:
 
 
 def _planted_encyclopedia(fact: _Fact, rng: random.Random) -> str:
-    """An article about the subject; the fact sentence sits anywhere among a few other sentences."""
+    """An article about the subject; the fact sentence sits anywhere among a few sentences about the subject, and
+    sentences naming the answer only come after it (if they came first, the model could copy the answer from the
+    context instead of having to memorise the fact)."""
     rel, slots = fact.relation, fact.slots
     body = [_fill(t, rng, slots) for t in rng.sample(rel.subject_sentences, rng.randint(1, 3))]
-    body += [_fill(t, rng, slots) for t in rng.sample(rel.answer_sentences, rng.randint(0, 2))]
-    rng.shuffle(body)
     at = rng.randint(0, len(body))
     body.insert(at, fact.sentence)
+    body += [_fill(t, rng, slots) for t in rng.sample(rel.answer_sentences, rng.randint(0, 2))]
     return _fit(body, {at}, rng, lambda: _fill(rng.choice(rel.subject_sentences), rng, slots))
 
 

@@ -1,0 +1,56 @@
+"""The membership design: d subsets per example, seeded, saved and reloaded exactly."""
+
+import numpy as np
+import pytest
+
+from stride_engine import ConfigError, Membership, StrideConfig, random_membership
+
+
+def test_every_example_is_in_exactly_d_distinct_subsets():
+    design = random_membership(num_examples=500, num_subsets=40, subsets_per_example=5, seed=3)
+    dense = design.matrix.toarray()
+    assert dense.shape == (40, 500)
+    assert set(np.unique(dense)) == {0.0, 1.0}
+    assert (dense.sum(axis=0) == 5).all()
+    # Subsets are balanced around n·d/K = 62.5 members (a random regular design, not a degenerate one).
+    sizes = dense.sum(axis=1)
+    assert sizes.min() > 35 and sizes.max() < 95
+    assert design.matrix.indices.dtype == np.int32
+
+
+def test_design_is_seeded_and_round_trips(tmp_path):
+    first = random_membership(300, 30, 4, seed=1)
+    again = random_membership(300, 30, 4, seed=1)
+    other = random_membership(300, 30, 4, seed=2)
+    assert (first.matrix != again.matrix).nnz == 0
+    assert (first.matrix != other.matrix).nnz > 0
+    first.save(tmp_path / "design.npz")
+    loaded = Membership.load(tmp_path / "design.npz")
+    assert (loaded.matrix != first.matrix).nnz == 0 and loaded.seed == 1 and loaded.subsets_per_example == 4
+    np.testing.assert_array_equal(loaded.members(0), np.flatnonzero(first.matrix.toarray()[0]))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(num_subsets=4, subsets_per_example=5), "cannot exceed num_subsets"),
+        (dict(num_subsets=0), "num_subsets must be a positive integer"),
+        (dict(subsets_per_example=0), "subsets_per_example must be a positive integer"),
+        (dict(num_subsets=1, subsets_per_example=1), "at least 2"),
+        (dict(form="sideways"), "form='sideways' is not one of"),
+        (dict(rank=-1), "rank must be a positive integer"),
+    ],
+)
+def test_out_of_range_configuration_is_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        StrideConfig().replace(**changes)
+
+
+def test_too_many_subsets_for_the_corpus_is_named():
+    with pytest.raises(ConfigError, match="received no example"):
+        random_membership(num_examples=3, num_subsets=50, subsets_per_example=1, seed=0)
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ConfigError, match="unknown configuration key.*'rnak'"):
+        StrideConfig().replace(rnak=4)

@@ -1,0 +1,117 @@
+"""Run directories: the CLI round trip, resuming an interrupted run, and refusing a stale stage."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from curate.cli import main
+from stride_engine import StageMismatchError, Stride, preset, read_documents, read_queries
+
+from tiny import random_texts, save_tiny_model, write_jsonl
+
+TINY = dict(chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=24, checkpoint_every=8,
+            operators_per_step=4, linearity_every=6, linearity_operators=8, top_k=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    texts = random_texts(120, seed=5)
+    model = save_tiny_model(root / "model", "llama", texts)
+    train = write_jsonl(root / "train.jsonl", [{"id": f"doc{i}", "text": t, "domain": "greek"} for i, t in enumerate(texts)])
+    queries = write_jsonl(root / "queries.jsonl", [
+        {"id": "q1", "prompt": "alpha beta", "completion": " gamma delta"},
+        {"id": "q2", "text": "iota kappa lambda mu"},
+    ])
+    return model, train, queries
+
+
+def _attribute_args(tiny_inputs, run_dir, *extra):
+    model, train, queries = tiny_inputs
+    sets = [f"--set={key}={value}" for key, value in TINY.items()]
+    return ["attribute", "--model", str(model), "--train", str(train), "--queries", str(queries),
+            "--out", str(run_dir), "--preset", "cpu-smoke", "--quiet", *sets, *extra]
+
+
+def test_cli_round_trip(tiny_inputs, tmp_path):
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir))
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "chunks.parquet", "design.npz", "operators/bank.safetensors",
+                 "operators/curves.safetensors", "responses/queries.npy", "scores/queries/top.parquet", "inputs.json"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / "operators.partial").exists()
+    responses = np.load(run_dir / "responses" / "queries.npy")
+    assert responses.shape == (2, 16) and np.isfinite(responses).all() and np.abs(responses).max() > 0
+
+    shown = CliRunner().invoke(main, ["top", str(run_dir), "--query", "q1", "-k", "5"])
+    assert shown.exit_code == 0, shown.output
+    assert "most influential documents for query 'q1'" in shown.output
+    top = pl.read_parquet(run_dir / "scores" / "queries" / "top.parquet")
+    if len(top.filter(pl.col("query_id") == "q1", pl.col("direction") == "positive")):
+        assert "doc" in shown.output  # documents are shown by id with a text snippet
+
+    # The saved config repeats the run: every stage is found finished and the scores are unchanged.
+    again = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--config", str(run_dir / "config.yaml")))
+    assert again.exit_code == 0, again.output
+    assert pl.read_parquet(run_dir / "scores" / "queries" / "top.parquet").equals(top)
+
+    unknown = CliRunner().invoke(main, ["top", str(run_dir), "--query", "nope"])
+    assert unknown.exit_code != 0 and "query 'nope' is not in" in unknown.output
+
+
+def test_changed_configuration_is_detected_not_reused(tiny_inputs, tmp_path):
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir)).exit_code == 0
+    changed = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--set", "rank=6"))
+    assert changed.exit_code != 0
+    assert "stage 'operators'" in changed.output and "rank" in changed.output
+    forced = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--set", "rank=6", "--force"))
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((run_dir / "stages" / "operators.json").read_text())["inputs"]["rank"] == 6
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resuming_an_interrupted_run_gives_the_same_scores(tiny_inputs, tmp_path):
+    model, train, queries = tiny_inputs
+    config = preset("cpu-smoke", **TINY)
+    documents, query_set = read_documents([train]), read_queries(queries)
+
+    straight = Stride.from_pretrained(model, config, tmp_path / "straight", progress=False).fit(documents)
+    expected = straight.attribute(query_set)
+
+    def crash(step):
+        if step == 13:  # after the checkpoint at step 8, before the one at 16
+            raise Interrupt
+
+    interrupted = Stride.from_pretrained(model, config, tmp_path / "resumed", progress=False)
+    with pytest.raises(Interrupt):
+        interrupted.fit(documents, on_step=crash)
+    assert not (tmp_path / "resumed" / "stages" / "operators.json").exists()  # not marked finished
+    assert not (tmp_path / "resumed" / "operators").exists()
+    assert any((tmp_path / "resumed" / "operators.partial").rglob("progress.json"))
+
+    steps_run = []
+    resumed = Stride.from_pretrained(model, config, tmp_path / "resumed", progress=False)
+    resumed.fit(documents, on_step=steps_run.append)
+    assert steps_run[0] == 9  # resumed from the checkpoint at step 8
+    store = resumed.attribute(query_set)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "resumed" / "responses" / "queries.npy"),
+        np.load(tmp_path / "straight" / "responses" / "queries.npy"), rtol=1e-5, atol=1e-7,
+    )
+    assert store.top(k=20).select("query_id", "doc_id", "rank").equals(expected.top(k=20).select("query_id", "doc_id", "rank"))
+
+
+def test_python_api_rejects_a_stale_stage(tiny_inputs, tmp_path):
+    model, train, _ = tiny_inputs
+    documents = read_documents([train])
+    Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False).fit(documents)
+    with pytest.raises(StageMismatchError, match="stage 'design'.*num_subsets"):
+        Stride.from_pretrained(model, preset("cpu-smoke", **{**TINY, "num_subsets": 20}), tmp_path / "run", progress=False).fit(documents)
