@@ -462,7 +462,7 @@ def _characters(rng: random.Random) -> dict[str, str]:
 
 def _story(rng: random.Random) -> str:
     cast = _characters(rng)
-    parts = [rng.choice(_STORY_OPENERS)] + rng.sample(_STORY_MIDDLES, rng.randint(1, 4)) + [rng.choice(_STORY_ENDINGS)]
+    parts = [rng.choice(_STORY_OPENERS)] + rng.sample(_STORY_MIDDLES, rng.randint(1, 3)) + [rng.choice(_STORY_ENDINGS)]
     sentences = [_fill(t, rng, cast) for t in parts]
     return _fit(sentences, {0, len(sentences) - 1}, rng, lambda: _fill(rng.choice(_STORY_MIDDLES), rng, cast))
 
@@ -470,7 +470,7 @@ def _story(rng: random.Random) -> str:
 def _recipe(rng: random.Random) -> str:
     fixed = {"dish": rng.choice(DISHES)}
     fixed["Dish"] = fixed["dish"].capitalize()
-    steps = rng.sample(_RECIPE_STEPS, rng.randint(2, 5))
+    steps = rng.sample(_RECIPE_STEPS, rng.randint(2, 4))
     sentences = [_fill(rng.choice(_RECIPE_TITLES), rng, fixed)] + [_fill(t, rng, fixed) for t in steps]
     return _fit(sentences, {0}, rng, lambda: _fill(rng.choice(_RECIPE_STEPS), rng, fixed))
 
@@ -483,14 +483,14 @@ def _arithmetic(rng: random.Random) -> str:
                  **_characters(rng)}
         return _fill(rng.choice(_ARITHMETIC), rng, fixed)
 
-    return _fit([line() for _ in range(rng.randint(3, 6))], set(), rng, line)
+    return _fit([line() for _ in range(rng.randint(2, 5))], set(), rng, line)
 
 
 def _encyclopedia_filler(rng: random.Random) -> str:
     pool = rng.choice([_ENCYCLOPEDIA_ANIMAL, _ENCYCLOPEDIA_PLANT, _ENCYCLOPEDIA_TOOL])
     fixed = {k: rng.choice(v) for k, v in (("animal", ANIMALS), ("plant", PLANTS), ("tool", TOOLS))}
     fixed["Plant"] = fixed["plant"].capitalize()
-    sentences = [_fill(pool[0], rng, fixed)] + [_fill(t, rng, fixed) for t in rng.sample(pool[1:], rng.randint(2, 3))]
+    sentences = [_fill(pool[0], rng, fixed)] + [_fill(t, rng, fixed) for t in rng.sample(pool[1:], rng.randint(1, 3))]
     return _fit(sentences, {0}, rng, lambda: _fill(rng.choice(pool[1:]), rng, fixed))
 
 
@@ -548,19 +548,20 @@ def _planted_story(fact: _Fact, rng: random.Random) -> str:
     return _fit(sentences, {at, at - 1}, rng, lambda: _fill(rng.choice(_STORY_MIDDLES), rng, fixed))
 
 
-def _distractor(fact: _Fact, rng: random.Random) -> tuple[str, str]:
-    """A document about the subject that never states the fact nor names the answer. Returns (domain, text)."""
+def _distractor(fact: _Fact, rng: random.Random, story: bool) -> str:
+    """A document about the subject that never states the fact nor names the answer: an article made of subject
+    sentences, or a story that mentions the subject in passing."""
     rel, fixed = fact.relation, {**fact.slots, **_characters(rng)}
     fixed["m"] = rel.mention.format(s=fact.subject)
-    if rng.random() < 0.5:
+    if not story:
         sentences = [_fill(t, rng, fixed) for t in rng.sample(rel.subject_sentences, rng.randint(2, 4))]
-        return "encyclopedia", _fit(sentences, set(), rng, lambda: _fill(rng.choice(rel.subject_sentences), rng, fixed))
+        return _fit(sentences, set(), rng, lambda: _fill(rng.choice(rel.subject_sentences), rng, fixed))
     sentences = [_fill(rng.choice(_STORY_OPENERS), rng, fixed), _fill(rng.choice(_GENERIC_MENTIONS), rng, fixed)]
     sentences += [_fill(t, rng, fixed) for t in rng.sample(_STORY_MIDDLES, rng.randint(1, 3))]
     if rng.random() < 0.5:
         sentences.insert(2, _fill(rng.choice(rel.subject_sentences), rng, fixed))
     sentences.append(_fill(rng.choice(_STORY_ENDINGS), rng, fixed))
-    return "stories", _fit(sentences, {1}, rng, lambda: _fill(rng.choice(_STORY_MIDDLES), rng, fixed))
+    return _fit(sentences, {1}, rng, lambda: _fill(rng.choice(_STORY_MIDDLES), rng, fixed))
 
 
 def _make_facts(rng: random.Random, num_entities: int) -> list[_Fact]:
@@ -586,8 +587,8 @@ def _unique_text(make: Callable[[], str], seen: set[str]) -> str:
 def generate_demo_corpus(
     seed: int = 0,
     *,
-    num_entities: int = 160,
-    num_filler: int = 1900,
+    num_entities: int = 140,
+    num_filler: int = 1450,
     planted_per_fact: tuple[int, int] = (2, 3),
     distractors_per_fact: tuple[int, int] = (1, 2),
 ) -> DemoCorpus:
@@ -603,17 +604,16 @@ def generate_demo_corpus(
     drafts: list[tuple[str, str, int | None]] = []  # (domain, text, index of the fact it plants or None)
 
     for i, fact in enumerate(facts):
+        # Alternate article and story so the planted documents of one fact do not share a frame.
+        first_is_story = rng.random() < 0.5
         for k in range(rng.randint(*planted_per_fact)):
-            # Alternate styles so the planted documents of one fact never share a frame; start with a random one.
-            story = (k + rng.randint(0, 1)) % 2 == 1
+            story = (k % 2 == 0) == first_is_story
             make = (lambda f=fact: _planted_story(f, rng)) if story else (lambda f=fact: _planted_encyclopedia(f, rng))
             drafts.append(("stories" if story else "encyclopedia", _unique_text(make, seen), i))
         for _ in range(rng.randint(*distractors_per_fact)):
-            domain, text = _distractor(fact, rng)
-            while text in seen:
-                domain, text = _distractor(fact, rng)
-            seen.add(text)
-            drafts.append((domain, text, None))
+            story = rng.random() < 0.5
+            text = _unique_text(lambda f=fact, st=story: _distractor(f, rng, st), seen)
+            drafts.append(("stories" if story else "encyclopedia", text, None))
 
     for j in range(num_filler):
         domain = DOMAINS[j % len(DOMAINS)]

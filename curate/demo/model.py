@@ -9,7 +9,7 @@ and model saved with ``save_pretrained``, loadable with ``AutoTokenizer`` / ``Au
 ``model/`` carries a ``DEMO_COMPLETE`` marker, written last, and is reused on the next run when it matches.
 
 Token conventions of the saved tokenizer: ``tokenizer(text)`` prepends ``<|bos|>`` (like Llama tokenizers);
-``<|eos|>`` is not added automatically. Training sequences are ``<|bos|> text <|eos|>``, so a prompt is scored as
+``<|eos|>`` is not added automatically; a text's first word gets a prefix space ("The" and " The" encode alike). Training sequences are ``<|bos|> text <|eos|>``, so a prompt is scored as
 ``tokenizer(prompt)`` followed by ``tokenizer(completion, add_special_tokens=False)``.
 """
 
@@ -47,20 +47,22 @@ __all__ = [
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 MARKER = "DEMO_COMPLETE"
 
-# Full and quick builds. Tuned on a 2-core CPU: the full build takes ~1-2 minutes, the quick one well under one,
-# and both learn most planted facts (each fact is seen 2-3 times per epoch, so they need many epochs at a high lr).
+# Full and quick builds, tuned on a 2-core CPU. A planted fact is seen only 2-3 times per epoch, so the model needs
+# ~10 epochs at a high learning rate to learn most facts; a narrow, shallow model (d96 x 2 layers, ~10k tokens/s
+# on one core) is what makes that many epochs fit in the budget. The quick build has 4x fewer steps per epoch,
+# so it uses a smaller batch and a few more epochs to get a similar number of updates per fact.
 DEMO_CONFIGS: dict[str, dict] = {
     "full": {
-        "corpus": {"num_entities": 160, "num_filler": 1900},
+        "corpus": {"num_entities": 140, "num_filler": 1450},
         "vocab_size": 2048,
-        "model": {"arch": "llama", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_length": 128},
-        "train": {"epochs": 6, "batch_size": 16, "lr": 3e-3},
+        "model": {"arch": "llama", "hidden_size": 96, "num_layers": 2, "num_heads": 4, "max_length": 128},
+        "train": {"epochs": 12, "batch_size": 16, "lr": 3e-3},
     },
     "quick": {
         "corpus": {"num_entities": 48, "num_filler": 400},
-        "vocab_size": 1024,
+        "vocab_size": 2048,
         "model": {"arch": "llama", "hidden_size": 96, "num_layers": 2, "num_heads": 4, "max_length": 128},
-        "train": {"epochs": 8, "batch_size": 16, "lr": 3e-3},
+        "train": {"epochs": 16, "batch_size": 8, "lr": 3e-3},
     },
 }
 
@@ -83,7 +85,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048) -> PreTrainedT
     """Train a byte-level BPE tokenizer on ``texts`` (no unknown bytes possible, like GPT-2's) and wrap it for
     transformers with bos/eos/pad/unk set. BPE may stop below ``vocab_size`` when it runs out of merges."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # A prefix space makes the first word of a text the same token as that word mid-text: a query prompt
+    # ("The capital of ...") then tokenizes exactly like the fact sentence inside a planted document.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -158,9 +162,10 @@ def build_model(
 
 
 def _encode_documents(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """bos + tokens + eos per document, truncated to max_length (the eos is dropped when a document is cut)."""
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id])[:max_length] for ids in encoded]
+    """bos + tokens + eos per document, at most max_length tokens (a document cut short gets no eos)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return [([bos] + ids + [eos])[:max_length] for ids in encoded["input_ids"]]
 
 
 def _epoch_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -199,6 +204,22 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _free_cores() -> int:
+    """Cores not already busy with other work, at least 1.
+
+    Why: torch's default of one thread per core is fast on an idle machine, but when other processes already keep
+    the cores busy, its spinning OpenMP threads oversubscribe them and a model this small trains 10-50x slower
+    (measured here: ~180 tokens/s with 2 threads against ~10k with 1 while two other jobs ran).
+    """
+    threads = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]  # runnable processes, averaged over the last minute
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no load average or affinity on this platform
+        return threads
+    return max(1, min(threads, cores - round(busy)))
+
+
 def train_model(
     model,
     tokenizer,
@@ -210,10 +231,12 @@ def train_model(
     max_length: int = 128,
     seed: int = 0,
     progress: bool = True,
+    num_threads: int | None = None,
 ) -> list[float]:
     """Train ``model`` on ``texts`` (one document per sequence) with AdamW, warmup and cosine decay.
 
-    Returns the loss of every optimiser step; the model is left in eval mode.
+    ``num_threads`` defaults to the cores not already busy (see ``_free_cores``); torch's thread setting is restored
+    afterwards. Returns the loss of every optimiser step; the model is left in eval mode.
     """
     sequences = _encode_documents(tokenizer, texts, max_length)
     lengths = [len(s) for s in sequences]
@@ -231,6 +254,8 @@ def train_model(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, total, warmup))
 
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads or _free_cores())
     model.train()
     losses: list[float] = []
     bar = tqdm(total=total, desc="training demo model", unit="step", disable=not progress)
@@ -251,6 +276,7 @@ def train_model(
     finally:
         bar.close()
         model.eval()
+        torch.set_num_threads(previous_threads)
     return losses
 
 
