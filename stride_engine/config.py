@@ -52,8 +52,8 @@ class StrideConfig:
     checkpoint_every: int = 100  # steps between resumable checkpoints of operator training
     # --- recovery (METHOD step 3) ---------------------------------------------------------------------
     solver: str = "lasso"  # "lasso" | "ridge"
-    lambda_rule: str = "cv"  # "cv" (held-out subsets) | "fixed"
-    lambda_fraction: float = 0.05  # lambda / lambda_max for the "fixed" rule
+    lambda_rule: str = "fixed"  # "fixed" (lambda = lambda_fraction · lambda_max) | "cv" (held-out subsets)
+    lambda_fraction: float = 0.2  # lambda / lambda_max for the "fixed" rule (measured on the demo: see README)
     cv_folds: int = 5
     ridge_alpha: float = 1.0
     solver_max_iter: int = 2000
@@ -101,9 +101,12 @@ def field_names() -> list[str]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A few minutes on 2 CPU cores for a corpus of a few thousand short documents (the demo, the tests).
+    # The logit form: on the demo model (2 layers) it found planted facts far better than the activation form
+    # (top-10 hit rate 0.96 against 0.48 at the best activation setting tried; see the README).
     "cpu-smoke": dict(
-        chunk_length=64, num_subsets=128, subsets_per_example=6, rank=8, steps=400, operators_per_step=8,
-        fidelity_batch=8, stability_batch=4, linearity_every=20, linearity_operators=24, checkpoint_every=100,
+        form="logit", chunk_length=64, num_subsets=128, subsets_per_example=4, rank=8, steps=300,
+        operators_per_step=8, fidelity_batch=8, stability_batch=4, linearity_every=20, linearity_operators=24,
+        checkpoint_every=100,
     ),
     "default": {},
     # The released configuration (METHOD.md): K = 1000, d = 10, r = 16, 10k iterations; meant for a GPU.

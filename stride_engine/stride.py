@@ -64,8 +64,8 @@ class Stride:
         self.device = _device(config.device)
         adapter.to(self.device)
         self.layer = config.layer if config.layer is not None else adapter.default_layer(config.layer_fraction)
-        if config.form == "activation":
-            adapter.check_layer(self.layer)
+        if config.form == "activation" or config.layer is not None:
+            adapter.check_layer(self.layer)  # an explicit layer is checked even where the logit form ignores it
         self._examples: Examples | None = None
 
     @classmethod
