@@ -75,7 +75,8 @@ def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config
         documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
         queries = read_queries(queries_file)
         stride = Stride.from_pretrained(model_dir, config, run_dir, layers_path=layers_path, progress=not quiet)
-        click.echo(f"{len(documents)} documents, {len(queries)} queries; layer {stride.layer} of {stride.adapter.num_layers}, form {config.form}")
+        cut = "the output features" if config.form == "logit" else f"after block {stride.layer} of {stride.adapter.num_layers}"
+        click.echo(f"{len(documents)} documents, {len(queries)} queries; {config.form} form, steering {cut}")
         stride.fit(documents, force=force)
         store = stride.attribute(queries, name=name, force=force)
         atomic_write_text(Path(run_dir) / "inputs.json", json.dumps({

@@ -31,6 +31,7 @@ from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, e
 from .design import Membership, random_membership
 from .errors import ConfigError, StrideError
 from .operators import SteeringBank
+from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
 from .responses import measure_responses
 from .scores import ScoreStore, write_scores
@@ -220,6 +221,7 @@ class Stride:
             bank.save(tmp / "bank.safetensors")
             save_file({name: torch.tensor(values, dtype=torch.float32) for name, values in training_log.curves.items()}, str(tmp / "curves.safetensors"))
             (tmp / "bank.json").write_text(json.dumps({**bank.shape, "form": config.form, "layer": self.layer}))
+            plot_training_curves(training_log.curves, tmp / "curves.png")
         _remove_tree(self.run.path("operators.partial"))
         gains = training_log.curves["fidelity_gain"]
         self.run.finish(stage, final_fidelity_gain=float(np.mean(gains[-20:])) if gains else None, steps=config.steps)

@@ -41,7 +41,7 @@ def test_cli_round_trip(tiny_inputs, tmp_path):
     result = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir))
     assert result.exit_code == 0, result.output
     for name in ("config.yaml", "chunks.parquet", "design.npz", "operators/bank.safetensors",
-                 "operators/curves.safetensors", "responses/queries.npy", "scores/queries/top.parquet", "inputs.json"):
+                 "operators/curves.safetensors", "operators/curves.png", "responses/queries.npy", "scores/queries/top.parquet", "inputs.json"):
         assert (run_dir / name).exists(), name
     assert not (run_dir / "operators.partial").exists()
     responses = np.load(run_dir / "responses" / "queries.npy")
