@@ -129,13 +129,14 @@ def _document_texts(run_dir: Path, doc_ids: set[str]) -> dict[str, str]:
 @click.option("--preset", "preset_name", default="cpu-smoke", show_default=True, type=click.Choice(sorted(PRESETS)))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value.")
 @click.option("--show", default=4, show_default=True, help="How many queries to print.")
+@click.option("--quick", is_flag=True, help="A smaller corpus (about 600 documents, 48 facts) and model: about a minute.")
 @click.option("--quiet", is_flag=True)
-def demo(out_dir, preset_name, overrides, show, quiet):
+def demo(out_dir, preset_name, overrides, show, quick, quiet):
     """Generate the embedded corpus, train the demo model, attribute the planted-fact queries, print the results."""
     from .demo.run import run_demo
 
     try:
-        run_demo(out_dir, preset(preset_name, **_parse_overrides(overrides)), show=show, progress=not quiet)
+        run_demo(out_dir, preset(preset_name, **_parse_overrides(overrides)), show=show, quick=quick, progress=not quiet)
     except StrideError as err:
         raise click.ClickException(str(err)) from err
 

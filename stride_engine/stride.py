@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 
 from .adapters import Batch, CausalLMAdapter, ModelAdapter, load_causal_lm, move, select_rows
 from .artifacts import RunDirectory, Stage, atomic_path, fingerprint
-from .config import StrideConfig, stage_fields
+from .config import STAGE_FIELDS, StrideConfig, stage_fields
 from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
 from .design import Membership, random_membership
-from .errors import ConfigError, StrideError
+from .errors import ConfigError, StageMismatchError, StrideError
 from .operators import SteeringBank
 from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
@@ -82,6 +82,7 @@ class Stride:
         membership = random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, self.config.seed)
         stages = self._training_stages(train, examples)
         self._check_stages(stages, force)
+        self._check_saved_config(force)
         self.config.save(self.run.path("config.yaml"))
 
         if not self.run.is_done(stages["chunks"]):
@@ -188,6 +189,20 @@ class Stride:
                 if not force:
                     raise
                 self._invalidate_from(name)
+
+    def _check_saved_config(self, force: bool) -> None:
+        """A changed value that affects a later stage (e.g. the solver) is refused now, before config.yaml is rewritten."""
+        saved_path = self.run.path("config.yaml")
+        if force or not saved_path.is_file():
+            return
+        saved = StrideConfig.load(saved_path)
+        for stage in STAGES:
+            changed = [k for k in STAGE_FIELDS[stage] if getattr(saved, k) != getattr(self.config, k)]
+            if changed and any(self.run.path("stages").glob(f"{stage}*.json")):
+                raise StageMismatchError(
+                    f"stage '{stage}' in {self.run.root} was built from a different configuration (changed: {', '.join(changed)}). "
+                    "Use a new run directory, or rerun with --force to rebuild it and the stages after it."
+                )
 
     def _invalidate_from(self, name: str) -> None:
         base = name.split("-")[0]

@@ -40,7 +40,15 @@ class StateCache:
 
     def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, Batch]:
         index = torch.as_tensor(rows, device=self.states.device)
-        return self.states[index], select_rows(self.batch, index)
+        return trim_padding(self.states[index], select_rows(self.batch, index))
+
+
+def trim_padding(states: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
+    """Cut right-padding shared by every row of a token batch: causal models never look at it, so it is pure cost."""
+    if "attention_mask" not in batch or states.dim() < 3:
+        return states, batch
+    width = int(batch["attention_mask"].sum(dim=1).max())
+    return states[:, :width], {key: value[:, :width] for key, value in batch.items()}
 
 
 @dataclass
@@ -121,20 +129,21 @@ class _Steps:
         totals = dict(fidelity=0.0, stability=0.0, fidelity_gain=0.0)
         for block in _blocks(len(rows), self.config.micro_batch):
             states, batch = self.cache.rows(rows[block])
-            member = torch.as_tensor(is_member[block], device=self.device)
             ops = torch.as_tensor(operators[block], device=self.device)
             logits = steered_logits(self.adapter, self.bank, states, batch, ops, self.config.form, self.layer)
             with torch.no_grad():
                 base_logits = self.adapter.finish(states, batch, self.config.form, self.layer)
-            losses = self.adapter.example_losses(logits, batch)
-            kl = _kl_per_row(base_logits, logits, self.adapter.prediction_mask(batch))
-            fidelity = (losses * member).sum() / n_member
-            stability = (kl * ~member).sum() / n_other
-            loss = self.config.fidelity_weight * fidelity + self.config.stability_weight * stability
-            loss.backward()
+            # The loss each row needs, and only that one: cross-entropy on members, KL on the others.
+            member = torch.as_tensor(is_member[block], device=self.device)
+            other = ~member
+            members, others = select_rows(batch, member), select_rows(batch, other)
+            losses = self.adapter.example_losses(logits[member], members)
+            kl = _kl_per_row(base_logits[other], logits[other], self.adapter.prediction_mask(others))
+            fidelity, stability = losses.sum() / n_member, kl.sum() / n_other
+            (self.config.fidelity_weight * fidelity + self.config.stability_weight * stability).backward()
             with torch.no_grad():
-                base_losses = self.adapter.example_losses(base_logits, batch)
-                totals["fidelity_gain"] += float(((base_losses - losses) * member).sum() / n_member)
+                base_losses = self.adapter.example_losses(base_logits[member], members)
+                totals["fidelity_gain"] += float((base_losses - losses).sum() / n_member)
             totals["fidelity"] += fidelity.item()
             totals["stability"] += stability.item()
         return totals

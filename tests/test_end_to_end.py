@@ -35,13 +35,14 @@ def test_activation_form_finds_planted_documents_above_chance(demo_assets, tmp_p
 
 
 def test_demo_command_prints_results_and_run_directory(demo_assets, tmp_path):
-    # The demo reuses finished assets; point it at the session's quick assets by copying the folder layout.
+    # The demo reuses finished assets: give it a copy of the session's quick build.
     import shutil
 
     out = tmp_path / "demo"
     shutil.copytree(demo_assets.model_dir.parent, out / "assets")
-    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--quiet", "--show", "2", "--set", "steps=60"])
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--quick", "--quiet", "--show", "2", "--set", "steps=60"])
     assert result.exit_code == 0, result.output
     assert "most influential" in result.output and "least influential" in result.output
     assert f"Run directory: {out / 'run'}" in result.output
     assert "ranks in the top 10" in result.output
+    assert "assets 0 s" in result.output  # the model was reused, not retrained

@@ -116,3 +116,15 @@ def test_python_api_rejects_a_stale_stage(tiny_inputs, tmp_path):
     Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False).fit(documents)
     with pytest.raises(StageMismatchError, match="stage 'design'.*num_subsets"):
         Stride.from_pretrained(model, preset("cpu-smoke", **{**TINY, "num_subsets": 20}), tmp_path / "run", progress=False).fit(documents)
+
+
+def test_changed_solver_is_refused_before_the_saved_config_is_rewritten(tiny_inputs, tmp_path):
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir)).exit_code == 0
+    saved = (run_dir / "config.yaml").read_text()
+    changed = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--set", "solver=ridge"))
+    assert changed.exit_code != 0 and "stage 'scores'" in changed.output and "solver" in changed.output
+    assert (run_dir / "config.yaml").read_text() == saved  # the run directory still describes what it holds
+    # A value no stage depends on (the micro-batch size) changes nothing that was computed.
+    same = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--set", "micro_batch=32"))
+    assert same.exit_code == 0, same.output

@@ -44,11 +44,11 @@ def planted_recovery(store: ScoreStore, queries: list[dict], num_documents: int,
     return PlantedRecovery(k, hits / len(queries), random_hits / len(queries), len(queries))
 
 
-def run_demo(out_dir: Path, config: StrideConfig, show: int = 4, progress: bool = True) -> PlantedRecovery:
+def run_demo(out_dir: Path, config: StrideConfig, show: int = 4, quick: bool = False, progress: bool = True) -> PlantedRecovery:
     out_dir = Path(out_dir)
     started = time.perf_counter()
     click.echo("1/3 demo corpus and model (reused when already built)")
-    assets = build_demo_assets(out_dir / "assets", progress=progress)
+    assets = build_demo_assets(out_dir / "assets", quick=quick, progress=progress)
     built = time.perf_counter()
 
     documents = read_documents([assets.corpus_path])
