@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import orjson
 import polars as pl
+import torch
 
 from .errors import CorpusError
 
@@ -42,9 +43,6 @@ class Chunks:
 
     def __len__(self) -> int:
         return len(self.lengths)
-
-    def batch(self, rows: np.ndarray) -> dict[str, "torch.Tensor"]:
-        return token_batch(self.input_ids[rows], self.lengths[rows], None)
 
 
 @dataclass(frozen=True)
@@ -205,7 +203,7 @@ def chunks_table(chunks: Chunks, documents: Documents) -> pl.DataFrame:
     )
 
 
-def encode_queries(queries: Queries, tokenizer, max_length: int) -> dict[str, "torch.Tensor"]:
+def encode_queries(queries: Queries, tokenizer, max_length: int) -> dict[str, torch.Tensor]:
     """Token batch for queries; `loss_mask` marks the completion tokens (the ones whose loss is the response)."""
     bos = tokenizer.bos_token_id
     pad_id = pad_token_id(tokenizer)
@@ -235,13 +233,11 @@ def encode_queries(queries: Queries, tokenizer, max_length: int) -> dict[str, "t
     return token_batch(input_ids, lengths, loss_mask)
 
 
-def token_batch(input_ids: np.ndarray, lengths: np.ndarray, loss_mask: np.ndarray | None) -> dict[str, "torch.Tensor"]:
+def token_batch(input_ids: np.ndarray, lengths: np.ndarray, loss_mask: np.ndarray | None) -> dict[str, torch.Tensor]:
     """Tensors the adapters take: ids, attention mask, and which positions' *next-token* loss counts.
 
     `target_mask[:, t]` weighs the prediction of token t+1 from position t.
     """
-    import torch
-
     width = input_ids.shape[1]
     positions = np.arange(width)[None, :]
     attention = (positions < lengths[:, None]).astype(np.int64)

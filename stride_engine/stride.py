@@ -24,10 +24,10 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from .adapters import Batch, CausalLMAdapter, ModelAdapter, load_causal_lm, move, select_rows
+from .adapters import Batch, ModelAdapter, load_causal_lm, move, select_rows
 from .artifacts import RunDirectory, Stage, atomic_path, fingerprint
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
-from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
+from .corpus import Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
 from .design import Membership, random_membership
 from .errors import ConfigError, StageMismatchError, StrideError
 from .operators import SteeringBank
@@ -35,7 +35,7 @@ from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
 from .responses import measure_responses
 from .scores import ScoreStore, write_scores
-from .training import StateCache, TrainingLog, new_bank, train_operators
+from .training import StateCache, new_bank, train_operators
 
 log = logging.getLogger(__name__)
 
