@@ -185,7 +185,9 @@ def _validate(config: StrideConfig) -> None:
         raise ConfigError(f"layer must be a non-negative layer index or null, got {config.layer!r}")
     if not 0.0 < config.layer_fraction <= 1.0:
         raise ConfigError(f"layer_fraction must be in (0, 1], got {config.layer_fraction}")
-    for name in ("learning_rate", "lambda_fraction", "ridge_alpha", "solver_tol", "sketch_ridge"):
+    if not 0.0 < config.lambda_fraction <= 1.0:
+        raise ConfigError(f"lambda_fraction must be in (0, 1] (a fraction of lambda_max), got {config.lambda_fraction}")
+    for name in ("learning_rate", "ridge_alpha", "solver_tol", "sketch_ridge"):
         if not getattr(config, name) > 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     for name in ("fidelity_weight", "stability_weight", "linearity_weight"):

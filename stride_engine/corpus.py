@@ -108,11 +108,7 @@ def read_documents(
             text = record[text_field]
             if not isinstance(text, str):
                 raise CorpusError(f"{where}: field '{text_field}' must be a string, got {type(text).__name__}")
-            doc_id = str(record[id_field]) if record.get(id_field) is not None else f"{path.stem}:{line_no}"
-            if doc_id in seen:
-                raise CorpusError(f"{where}: duplicate document id {doc_id!r}")
-            seen.add(doc_id)
-            ids.append(doc_id)
+            ids.append(_unique_id(record, id_field, f"{path.stem}:{line_no}", seen, where))
             texts.append(text)
             domain = record.get(domain_field)
             domains.append(None if domain is None else str(domain))
@@ -129,6 +125,7 @@ def read_queries(path: Path | str, id_field: str = "id", text_field: str = "text
     ids: list[str] = []
     prompts: list[str] = []
     completions: list[str] = []
+    seen: set[str] = set()
     for line_no, record in iter_records(path):
         where = f"{path}, record {line_no}"
         if isinstance(record.get("completion"), str):
@@ -139,15 +136,21 @@ def read_queries(path: Path | str, id_field: str = "id", text_field: str = "text
             raise CorpusError(f"{where}: a query needs a 'completion' (with an optional 'prompt') or a '{text_field}' string")
         if not completion.strip():
             raise CorpusError(f"{where}: the query's completion/text is empty")
-        query_id = str(record[id_field]) if record.get(id_field) is not None else f"q{line_no}"
-        if query_id in ids:
-            raise CorpusError(f"{where}: duplicate query id {query_id!r}")
-        ids.append(query_id)
+        ids.append(_unique_id(record, id_field, f"q{line_no}", seen, where))
         prompts.append(prompt)
         completions.append(completion)
     if not ids:
         raise CorpusError(f"the query file {path} is empty")
     return Queries(ids, prompts, completions)
+
+
+def _unique_id(record: dict, id_field: str, fallback: str, seen: set[str], where: str) -> str:
+    """The record's id (or a positional fallback when it has none); a repeated id is an error."""
+    value = str(record[id_field]) if record.get(id_field) is not None else fallback
+    if value in seen:
+        raise CorpusError(f"{where}: duplicate id {value!r}")
+    seen.add(value)
+    return value
 
 
 # -------------------------------------------------------------------------------------------- tokenising

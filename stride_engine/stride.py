@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from .adapters import Batch, ModelAdapter, load_causal_lm, move, select_rows
-from .artifacts import RunDirectory, Stage, atomic_path, fingerprint
+from .artifacts import RunDirectory, Stage, atomic_path, fingerprint, remove_path
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
 from .corpus import Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
 from .design import Membership, random_membership
@@ -214,12 +214,11 @@ class Stride:
     def _write_chunks(self, train: Documents | Examples, examples: Examples) -> None:
         if isinstance(train, Documents):
             table = chunks_table(self._chunks, train)
-            with atomic_path(self.run.path("chunks.parquet")) as tmp:
-                table.write_parquet(tmp)
         else:
-            with atomic_path(self.run.path("chunks.parquet")) as tmp:
-                pl.DataFrame({"chunk_id": np.arange(len(examples)), "doc_index": examples.doc_index,
-                              "doc_id": [examples.doc_ids[i] for i in examples.doc_index]}).write_parquet(tmp)
+            table = pl.DataFrame({"chunk_id": np.arange(len(examples)), "doc_index": examples.doc_index,
+                                  "doc_id": [examples.doc_ids[i] for i in examples.doc_index]})
+        with atomic_path(self.run.path("chunks.parquet")) as tmp:
+            table.write_parquet(tmp)
 
     def _train(self, examples: Examples, membership: Membership, stage: Stage, on_step) -> None:
         config = self.config
@@ -237,7 +236,7 @@ class Stride:
             save_file({name: torch.tensor(values, dtype=torch.float32) for name, values in training_log.curves.items()}, str(tmp / "curves.safetensors"))
             (tmp / "bank.json").write_text(json.dumps({**bank.shape, "form": config.form, "layer": self.layer}))
             plot_training_curves(training_log.curves, tmp / "curves.png")
-        _remove_tree(self.run.path("operators.partial"))
+        remove_path(self.run.path("operators.partial"))
         gains = training_log.curves["fidelity_gain"]
         self.run.finish(stage, final_fidelity_gain=float(np.mean(gains[-20:])) if gains else None, steps=config.steps)
 
@@ -303,10 +302,3 @@ def _digest_model(adapter: ModelAdapter) -> str:
     for name, parameter in model.state_dict().items():
         parts.append(f"{name}:{tuple(parameter.shape)}:{float(parameter.double().sum()):.10e}")
     return fingerprint(parts)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    if path.exists():
-        shutil.rmtree(path)
