@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all bench-smoke bench clean
 
 # torch is pinned to the CPU wheel this machine keeps on disk; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,6 +23,13 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -rs -m ""
+
+# The attribution benchmark: smoke (minutes, in CI) and full (committed results; an hour or more on 2 cores).
+bench-smoke: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m benchmarks run --suite smoke --out benchmarks/cache/smoke-results
+
+bench: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m benchmarks run --suite full
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,44 @@
+"""STRIDE through the engine's public API: fit operators, measure responses, recover per-example scores.
+
+The score store keeps only top-k and non-zeros (DESIGN.md); LDS needs every example's score, so the dense scores
+come from the same recovery call the store is written from (`stride_engine.recovery.recover`), on the run's saved
+design and responses.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stride_engine import Examples, Membership, Stride, preset
+from stride_engine.recovery import RecoverySettings, recover
+
+from ..settings.base import ExampleSet, Setting
+
+
+def stride(setting: Setting, preset_name: str = "cpu-smoke", run_dir: str | None = None, **overrides: Any) -> np.ndarray:
+    config = preset(preset_name, **overrides)
+    with tempfile.TemporaryDirectory(prefix="stride-bench-") as scratch:
+        folder = Path(run_dir) if run_dir else Path(scratch)
+        engine = Stride(setting.adapter(), config, folder, progress=False).fit(_examples(setting.train))
+        responses = engine.responses(_examples(setting.queries))
+        membership = Membership.load(folder / "design.npz")
+        settings = RecoverySettings(
+            solver=config.solver, lambda_rule=config.lambda_rule, lambda_fraction=config.lambda_fraction,
+            cv_folds=config.cv_folds, ridge_alpha=config.ridge_alpha, max_iter=config.solver_max_iter, tol=config.solver_tol,
+        )
+        scores = np.zeros((len(setting.queries), len(setting.train)))
+        for rows, values, _ in recover(membership.matrix, responses, settings):
+            scores[rows] = values
+    return scores
+
+
+def _examples(examples: ExampleSet) -> Examples:
+    n = len(examples)
+    return Examples(examples.tensors, list(examples.ids), np.arange(n), list(examples.domains or [None] * n))
+
+
+REGISTRY = {"stride": stride}

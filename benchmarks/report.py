@@ -1,0 +1,131 @@
+"""Results → a Markdown table and PNG plots (LDS per method with its per-query spread, LDS against wall time,
+top-k removal curves). Everything here reads only the results JSON, so a report can be regenerated any time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from stride_engine.artifacts import atomic_write_text
+
+GROUP_ORDER = {"stride": 0, "peer": 1, "baseline": 2, "ablation": 3}
+
+
+def write_report(results: Path) -> Path:
+    rows = json.loads(Path(results).read_text())
+    folder = results.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = [_plot_lds(rows, folder / "lds.png"), _plot_lds_time(rows, folder / "lds_vs_time.png"), _plot_removal(rows, folder / "removal.png")]
+    text = markdown(rows, [p for p in plots if p is not None], results.parent)
+    out = results.with_suffix(".md")
+    atomic_write_text(out, text)
+    return out
+
+
+def _sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r["setting"], GROUP_ORDER.get(r["group"], 9), -(r.get("lds_mean") or -9)))
+
+
+def markdown(rows: list[dict[str, Any]], plots: list[Path], base: Path) -> str:
+    commands = sorted({r.get("command", "") for r in rows} - {""})
+    lines = ["Made by " + ", then ".join(f"`{c}`" for c in commands), ""]
+    if rows:
+        machine = rows[0]["machine"]
+        lines += [f"Machine: {machine['cpus']} CPUs, {machine['platform']}, torch {machine['torch']}; commit {rows[0]['commit']}.", ""]
+    for setting in sorted({r["setting"] for r in rows}):
+        group = [r for r in _sorted(rows) if r["setting"] == setting]
+        truth = next((r["ground_truth"] for r in group if "ground_truth" in r), {})
+        ks = next((r["removal"]["k"] for r in group if r.get("removal")), [])
+        lines += [f"### {setting} ({group[0]['scale']}; LDS over {truth.get('subsets')} retrains on {truth.get('fraction'):.0%} subsets)", ""]
+        header = ["method", "group", "LDS mean", "LDS std (queries)", "LDS p10 / p90"] + [f"drop@{k}" for k in ks] + ["seconds", "peak MB"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in group:
+            if r["status"] != "ok":
+                cells = [r["method"], r["group"], r["status"] + ": " + r.get("error", "")[:80]] + [""] * (len(header) - 3)
+            else:
+                spread = np.percentile(r["lds_per_query"], [10, 90])
+                drops = r.get("removal", {}).get("drop_mean", [None] * len(ks))
+                cells = [r["method"], r["group"], f"{r['lds_mean']:.3f}", f"{r['lds_std']:.3f}", f"{spread[0]:.2f} / {spread[1]:.2f}"]
+                cells += ["" if d is None else f"{d:.3f}" for d in drops]
+                cells += [f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["drop@k: mean drop of the query's true-class probability after removing its k top-scored training examples",
+              "and retraining (averaged over seeds), a random ranking's drop is the `random` row.", ""]
+    lines += [f"![{p.stem}]({p.relative_to(base).as_posix()})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _ok(rows):
+    return [r for r in _sorted(rows) if r["status"] == "ok"]
+
+
+def _settings(rows):
+    return sorted({r["setting"] for r in rows})
+
+
+def _plot_lds(rows, path: Path) -> Path | None:
+    rows = _ok(rows)
+    if not rows:
+        return None
+    settings = _settings(rows)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 0.35 * max(len([r for r in rows if r["setting"] == s]) for s in settings) + 1.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        group = [r for r in rows if r["setting"] == setting][::-1]
+        ax.boxplot([r["lds_per_query"] for r in group], orientation="horizontal", showfliers=False, widths=0.6)
+        ax.scatter([r["lds_mean"] for r in group], range(1, len(group) + 1), marker="D", color="crimson", zorder=3, label="mean")
+        ax.set_yticks(range(1, len(group) + 1), [r["method"] for r in group])
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(f"{setting}: LDS per query")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_lds_time(rows, path: Path) -> Path | None:
+    rows = _ok(rows)
+    if not rows:
+        return None
+    settings = _settings(rows)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for r in (r for r in rows if r["setting"] == setting):
+            marker = {"stride": "o", "peer": "s", "baseline": "x", "ablation": "."}.get(r["group"], "o")
+            ax.scatter(max(r["seconds"], 0.01), r["lds_mean"], marker=marker)
+            ax.annotate(r["method"], (max(r["seconds"], 0.01), r["lds_mean"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time, seconds (log)")
+        ax.set_ylabel("LDS (mean over queries)")
+        ax.set_title(setting)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_removal(rows, path: Path) -> Path | None:
+    rows = [r for r in _ok(rows) if r.get("removal") and r["group"] != "ablation"]
+    if not rows:
+        return None
+    settings = _settings(rows)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for r in (r for r in rows if r["setting"] == setting):
+            ax.plot(r["removal"]["k"], r["removal"]["drop_mean"], marker="o", label=r["method"], ls="--" if r["group"] == "baseline" else "-")
+        ax.set_xlabel("k training examples removed")
+        ax.set_ylabel("drop in true-class probability")
+        ax.set_title(f"{setting}: top-k removal")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,153 @@
+"""The attribution benchmark's harness: its quality measures, its ground-truth cache and its runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.ground_truth import GroundTruth, load_or_compute, subset_masks
+from benchmarks.methods import MethodSpec
+from benchmarks.metrics import RemovalPlan, lds, removal_curve
+from benchmarks.report import write_report
+from benchmarks.runner import run_suite
+from benchmarks.settings.base import ExampleSet, Setting
+from benchmarks.settings.digits import DigitsSetting
+from benchmarks.suites import SettingPlan, Suite
+
+
+def _linear_truth(n=200, q=6, subsets=64, noise=0.0, seed=0) -> tuple[GroundTruth, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    effects = rng.standard_normal((q, n))
+    masks = subset_masks(n, subsets, 0.5, seed)
+    losses = -(masks @ effects.T) + noise * rng.standard_normal((subsets, q))
+    return GroundTruth(masks, losses, np.zeros(subsets), {}), effects
+
+
+def test_lds_is_one_for_the_true_datamodel_and_minus_one_for_its_negation():
+    truth, effects = _linear_truth()
+    assert lds(effects, truth) == pytest.approx(np.ones(6))
+    assert lds(-effects, truth) == pytest.approx(-np.ones(6))
+    noisy = lds(effects + 3.0 * np.random.default_rng(1).standard_normal(effects.shape), truth)
+    assert 0.0 < noisy.mean() < 0.9  # partial information: partial score
+    assert lds(np.zeros_like(effects), truth).tolist() == [0.0] * 6  # predicting nothing scores nothing
+
+
+def test_lds_refuses_scores_of_the_wrong_shape():
+    truth, effects = _linear_truth()
+    with pytest.raises(ValueError, match="expected"):
+        lds(effects.T, truth)
+
+
+class CountingSetting(Setting):
+    """A linear 'model': a query's loss is minus the summed effects of the examples it was trained on."""
+
+    name, kind = "counting", "classifier"
+
+    def __init__(self, n=50, q=3, version=0):
+        self.train = ExampleSet({"x": torch.zeros(n, 1)}, [f"t{i}" for i in range(n)])
+        self.queries = ExampleSet({"x": torch.zeros(q, 1)}, [f"q{i}" for i in range(q)])
+        self.effects = np.random.default_rng(0).standard_normal((q, n))
+        self.version, self.calls = version, 0
+
+    def model(self):
+        return torch.nn.Identity()
+
+    def adapter(self):
+        raise NotImplementedError
+
+    def example_losses(self, model, batch):
+        return batch["x"].sum(dim=1)
+
+    def retrain(self, masks: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        self.calls += len(masks)
+        return -(masks @ self.effects.T)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version}
+
+
+def test_ground_truth_is_computed_once_stored_and_reused(tmp_path):
+    setting = CountingSetting()
+    first = load_or_compute(setting, tmp_path, num_subsets=10, fraction=0.3, block=4, progress=False)
+    assert setting.calls == 10 and first.masks.sum(axis=1).tolist() == [15] * 10
+    again = CountingSetting()
+    second = load_or_compute(again, tmp_path, num_subsets=10, fraction=0.3, progress=False)
+    assert again.calls == 0  # read from disk, not retrained
+    np.testing.assert_array_equal(first.losses, second.losses)
+    assert json.loads(next(tmp_path.glob("counting-*.json")).read_text())["num_subsets"] == 10
+    changed = CountingSetting(version=1)  # a different model or data description never reuses old ground truth
+    load_or_compute(changed, tmp_path, num_subsets=10, fraction=0.3, progress=False)
+    assert changed.calls == 10
+
+
+def test_ground_truth_resumes_an_interrupted_run(tmp_path):
+    class Interrupted(CountingSetting):
+        def retrain(self, masks, seeds):
+            if self.calls >= 4:
+                raise KeyboardInterrupt
+            return super().retrain(masks, seeds)
+
+    with pytest.raises(KeyboardInterrupt):
+        load_or_compute(Interrupted(), tmp_path, num_subsets=10, fraction=0.3, block=4, progress=False)
+    assert not list(tmp_path.glob("counting-*[0-9a-f].npz"))  # no final file that looks whole
+    resumed = CountingSetting()
+    truth = load_or_compute(resumed, tmp_path, num_subsets=10, fraction=0.3, block=4, progress=False)
+    assert resumed.calls == 6  # only the subsets the interrupted run had not finished
+    np.testing.assert_allclose(truth.losses, -(truth.masks @ resumed.effects.T))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return DigitsSetting("smoke")
+
+
+def test_digits_retraining_reproduces_the_attributed_model_and_depends_on_the_data(digits):
+    model = digits.model()
+    with torch.no_grad():
+        losses = digits.example_losses(model, digits.queries.tensors).numpy()
+        accuracy = (model(digits.queries.tensors["x"]).argmax(1) == digits.queries.tensors["y"]).float().mean()
+    assert accuracy > 0.8
+    full = np.ones((1, len(digits.train)), dtype=bool)
+    np.testing.assert_allclose(digits.retrain(full, [digits.seed])[0], losses, atol=1e-4)
+    halves = subset_masks(len(digits.train), 2, 0.5, 0)
+    retrained = digits.retrain(halves, [digits.seed] * 2)
+    assert np.abs(retrained[0] - retrained[1]).max() > 1e-3
+
+
+def test_removing_a_querys_nearest_same_class_examples_hurts_it_more_than_random_removal(digits):
+    x, y = digits.train.tensors["x"], digits.train.tensors["y"]
+    qx, qy = digits.queries.tensors["x"], digits.queries.tensors["y"]
+    planted = (-torch.cdist(qx, x) + 100.0 * (qy[:, None] == y[None, :])).numpy()  # same class, then nearest
+    random = np.random.default_rng(0).standard_normal(planted.shape)
+    plan = RemovalPlan(ks=[40], seeds=[0], queries=list(range(8)))
+    informed = removal_curve(digits, planted, plan)["drop_mean"][0]
+    blind = removal_curve(digits, random, plan)["drop_mean"][0]
+    assert informed > blind + 0.02
+
+
+def test_the_runner_writes_rows_a_report_and_plots_and_records_a_failing_method(tmp_path):
+    methods = (
+        MethodSpec("random", "benchmarks.methods.baselines:random_scores", {}, "baseline"),
+        MethodSpec("stride-logit", "benchmarks.methods.stride:stride", {"preset_name": "cpu-smoke", "form": "logit", "steps": 100}, "stride"),
+        MethodSpec("broken", "benchmarks.methods.baselines:does_not_exist", {}, "peer"),
+    )
+    plan = SettingPlan("digits", "smoke", methods, lds_subsets=12, fraction=0.5, removal_ks=(10,), removal_queries=2,
+                       threads=1, cache=tmp_path / "cache")
+    path = run_suite(Suite("test", (plan,)), out=tmp_path, command="pytest")
+    rows = {row["method"]: row for row in json.loads(path.read_text())}
+    assert set(rows) == {"random", "stride-logit", "broken"}
+    ok = rows["stride-logit"]
+    for field in ("setting", "method", "lds_mean", "lds_std", "lds_per_query", "removal", "seconds", "peak_rss_mb", "machine", "commit"):
+        assert field in ok, field
+    assert len(ok["lds_per_query"]) == 20 and ok["removal"]["k"] == [10]
+    assert ok["peak_rss_mb"] > 50 and ok["seconds"] > 0
+    assert rows["broken"]["status"] == "failed" and "does_not_exist" in rows["broken"]["error"]
+    report = write_report(path)
+    text = report.read_text()
+    assert "stride-logit" in text and "failed" in text and "Made by `pytest`" in text
+    assert {p.name for p in (tmp_path / "test").glob("*.png")} == {"lds.png", "lds_vs_time.png", "removal.png"}
