@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,bench]"
+	$(BIN)/pip install --quiet --no-deps kronfluence==1.0.1  # see pyproject.toml: its torchvision breaks transformers
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,10 +27,10 @@ test-all: install
 
 # The attribution benchmark: smoke (minutes, in CI) and full (committed results; an hour or more on 2 cores).
 bench-smoke: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m benchmarks run --suite smoke --out benchmarks/cache/smoke-results
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite smoke --out benchmarks/cache/smoke-results
 
 bench: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m benchmarks run --suite full
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite full
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .report import write_report
-from .runner import RESULTS, run_suite
+from .runner import RESULTS, compute_ground_truth, run_suite
 from .suites import SUITES
 
 
@@ -28,6 +28,16 @@ def run(suite: str, settings: tuple[str, ...], methods: tuple[str, ...], out: Pa
     path = run_suite(SUITES[suite], list(settings) or None, list(methods) or None, out, command=_command())
     report = write_report(path)
     click.echo(f"results: {path}\nreport: {report}")
+
+
+@main.command("ground-truth")
+@click.option("--suite", type=click.Choice(sorted(SUITES)), default="full", show_default=True)
+@click.option("--setting", "settings", multiple=True, help="Only these settings (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
+def ground_truth(suite: str, settings: tuple[str, ...], out: Path) -> None:
+    """Compute (or confirm) the ground truth of a suite's settings without running any method."""
+    for path in compute_ground_truth(SUITES[suite], list(settings) or None, out):
+        click.echo(path)
 
 
 @main.command()

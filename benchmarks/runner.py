@@ -7,6 +7,7 @@ method, so a long run can be stopped and continued (`--only` re-runs chosen meth
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -47,8 +48,7 @@ def run_suite(
         except FileNotFoundError as missing:  # the shared corpus is absent on a user's clone: say so, run the rest
             print(f"[bench] skipping setting {plan.setting}: {missing}")
             continue
-        truth = load_or_compute(setting, out / "ground_truth" if suite.commit_ground_truth else plan.cache / "ground_truth",
-                                plan.lds_subsets, plan.fraction, seed=0, shared_init=plan.shared_init)
+        truth = _ground_truth(suite, plan, setting, out)
         removal = _removal_plan(plan, setting)
         baseline = full_data_losses(setting, removal.seeds) if removal else None
         for method in plan.methods:
@@ -60,6 +60,22 @@ def run_suite(
             rows = [r for r in rows if (r["setting"], r["method"]) != (plan.setting, method.label)] + [row]
             atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
     return path
+
+
+def compute_ground_truth(suite: Suite, only_settings: list[str] | None = None, out: Path = RESULTS) -> list[str]:
+    done = []
+    for plan in suite.settings:
+        if only_settings and plan.setting not in only_settings:
+            continue
+        setting = build_setting(plan.setting, plan.scale)
+        truth = _ground_truth(suite, plan, setting, out)
+        done.append(f"{plan.setting}: {truth.losses.shape[0]} retrains x {truth.losses.shape[1]} queries")
+    return done
+
+
+def _ground_truth(suite: Suite, plan: SettingPlan, setting, out: Path) -> GroundTruth:
+    folder = out / "ground_truth" if suite.commit_ground_truth else plan.cache / "ground_truth"
+    return load_or_compute(setting, folder, plan.lds_subsets, plan.fraction, seed=0, shared_init=plan.shared_init)
 
 
 def _removal_plan(plan: SettingPlan, setting) -> RemovalPlan | None:
@@ -85,8 +101,22 @@ def _evaluate(setting, plan: SettingPlan, method: MethodSpec, truth: GroundTruth
     per_query = lds(scores, truth)
     row.update(lds_mean=float(per_query.mean()), lds_std=float(per_query.std()), lds_per_query=per_query.round(4).tolist())
     if removal is not None and method.removal:
-        row["removal"] = removal_curve(setting, scores, removal, baseline)
+        row["removal"] = _cached_removal(setting, scores, removal, baseline, plan.cache / "removal")
     return row
+
+
+def _cached_removal(setting, scores: np.ndarray, removal: RemovalPlan, baseline: np.ndarray, folder: Path) -> dict[str, Any]:
+    """Removal retrains hundreds of models; identical scores (a deterministic method re-run for its timing) reuse
+    the stored curve."""
+    digest = hashlib.sha256(scores.tobytes())
+    digest.update(json.dumps([setting.describe(), list(removal.ks), list(removal.seeds), list(removal.queries)], sort_keys=True).encode())
+    path = folder / f"{digest.hexdigest()[:20]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    curve = removal_curve(setting, scores, removal, baseline)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(curve))
+    return curve
 
 
 def run_in_child(setting_name: str, scale: str, method: MethodSpec, threads: int) -> dict[str, Any]:

@@ -51,12 +51,93 @@ def stride_methods(preset: str, **common) -> tuple[MethodSpec, ...]:
     )
 
 
+# STRIDE on the digits MLP, tuned on the full setting's ground truth (README, "How good is it?"): many operators,
+# each updated often (64 per step, small member batches), held close to the base model outside its subset.
+DIGITS_STRIDE = dict(
+    preset_name="cpu-smoke", num_subsets=512, subsets_per_example=8, rank=8, steps=1000, operators_per_step=64,
+    fidelity_batch=4, stability_weight=5.0, lambda_fraction=0.1,
+)
+
+# One knob at a time, from the tuned configuration: K, d, rank, layer/form, each loss term, lambda rule, solver, steps.
+ABLATIONS = {
+    "K=128": dict(num_subsets=128), "K=256": dict(num_subsets=256), "K=1024": dict(num_subsets=1024),
+    "d=4": dict(subsets_per_example=4), "d=16": dict(subsets_per_example=16),
+    "rank=4": dict(rank=4), "rank=32": dict(rank=32),
+    "steps=300": dict(steps=300), "steps=3000": dict(steps=3000),
+    "no stability": dict(stability_weight=0.0), "no linearity": dict(linearity_weight=0.0),
+    "linearity x10": dict(linearity_weight=1.0),
+    "lambda cv": dict(lambda_rule="cv"), "lambda 0.05": dict(lambda_fraction=0.05), "lambda 0.4": dict(lambda_fraction=0.4),
+    "ridge": dict(solver="ridge"),
+}
+
+
+def ablations(base: dict, label: str = "stride-logit", extra: dict | None = None) -> tuple[MethodSpec, ...]:
+    variants = {**ABLATIONS, **(extra or {})}
+    return tuple(_m(f"{label} {name}", STRIDE, "ablation", False, **{**base, **change}) for name, change in variants.items())
+
+
+# Sized for the 2,850-document Llama: each optimiser step costs operators_per_step x (member + non-member) rows of
+# 128 tokens through the output head and a full-vocabulary KL, ~1.8 s per step at 32 operators x 8 rows on 2 cores,
+# so the LM gets fewer steps and operators per step than the digits MLP.
+LM_STRIDE = dict(
+    preset_name="cpu-smoke", chunk_length=128, num_subsets=256, subsets_per_example=8, rank=8, steps=300,
+    operators_per_step=16, fidelity_batch=4, stability_batch=4, stability_weight=5.0, lambda_fraction=0.1,
+)
+
+# Options from the peers' own defaults, sized for a 0.5 M-parameter Llama on 2 CPU cores (methods/gradients.py).
+LM_PEERS = (
+    _m("grad-dot", f"{GRADIENTS}:grad_dot", train_batch_size=64, query_batch_size=160, grad_chunk=16),
+    _m("grad-cos", f"{GRADIENTS}:grad_cos", train_batch_size=64, query_batch_size=160, grad_chunk=16),
+    _m("trak", f"{GRADIENTS}:trak", proj_dim=512, train_batch_size=128),
+    _m("logra", f"{GRADIENTS}:logra", proj_dim=1024),
+    _m("ekfac", f"{GRADIENTS}:ekfac"),
+    _m("bm25", f"{TEXT}:bm25"),
+    _m("embedding", f"{TEXT}:embedding"),
+)
+
+FULL = Suite("full", (
+    SettingPlan(
+        "digits", "full", lds_subsets=256, fraction=0.5, removal_ks=(10, 25, 50, 100), removal_seeds=(0, 1, 2),
+        removal_queries=30,
+        methods=(
+            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **DIGITS_STRIDE),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=3, **DIGITS_STRIDE),
+            _m("grad-dot", f"{GRADIENTS}:grad_dot"),
+            _m("grad-cos", f"{GRADIENTS}:grad_cos"),
+            _m("trak", f"{GRADIENTS}:trak"),
+            _m("logra", f"{GRADIENTS}:logra"),
+            _m("ekfac", f"{GRADIENTS}:ekfac"),
+            *ablations({**DIGITS_STRIDE, "form": "logit"}, extra={"activation layer=1": dict(form="activation", layer=1)}),
+        ),
+    ),
+    SettingPlan(
+        "pretrain", "full", lds_subsets=64, fraction=0.3,
+        methods=(
+            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
+            *LM_PEERS,
+        ),
+    ),
+    SettingPlan(
+        "finetune", "full", lds_subsets=64, fraction=0.3,
+        methods=(
+            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
+            *LM_PEERS,
+        ),
+    ),
+), commit_ground_truth=True)
+
 SMOKE = Suite("smoke", (
     SettingPlan(
         "digits", "smoke", lds_subsets=32, fraction=0.5, removal_ks=(10, 50), removal_seeds=(0,), removal_queries=5,
         methods=(
             _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
-            *stride_methods("cpu-smoke"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **dict(DIGITS_STRIDE, num_subsets=256, steps=300)),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=3, **dict(DIGITS_STRIDE, num_subsets=256, steps=300)),
             _m("grad-dot", f"{GRADIENTS}:grad_dot"),
             _m("trak", f"{GRADIENTS}:trak"),
         ),
@@ -65,11 +146,11 @@ SMOKE = Suite("smoke", (
         "pretrain", "smoke", lds_subsets=8, fraction=0.3,
         methods=(
             _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
-            *stride_methods("cpu-smoke"),
+            _m("stride-logit", STRIDE, "stride", form="logit", preset_name="cpu-smoke", chunk_length=128, num_subsets=64, steps=100),
             _m("grad-dot", f"{GRADIENTS}:grad_dot"),
             _m("bm25", f"{TEXT}:bm25"),
         ),
     ),
 ))
 
-SUITES = {"smoke": SMOKE}
+SUITES = {"smoke": SMOKE, "full": FULL}

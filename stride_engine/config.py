@@ -108,7 +108,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         operators_per_step=8, fidelity_batch=8, stability_batch=4, linearity_every=20, linearity_operators=24,
         checkpoint_every=100,
     ),
-    "default": {},
+    # Tuned by the attribution benchmark (README, "How good is it?"): the logit form beat the activation form on
+    # both settings (digits LDS 0.36 vs 0.28, pre-training LM 0.10 vs 0.03); many operator updates per step with
+    # small member batches and a strong stability term moved digits LDS from 0.02 to 0.36; lambda 0.1 x lambda_max
+    # tied cross-validation (0.361 vs 0.367) at a fraction of its cost.
+    "default": dict(
+        form="logit", num_subsets=512, subsets_per_example=8, rank=8, steps=1000, operators_per_step=64,
+        fidelity_batch=4, stability_batch=4, stability_weight=5.0, lambda_fraction=0.1,
+    ),
     # The released configuration (METHOD.md): K = 1000, d = 10, r = 16, 10k iterations; meant for a GPU.
     "paper": dict(
         chunk_length=512, num_subsets=1000, subsets_per_example=10, rank=16, steps=10_000, operators_per_step=64,

@@ -151,3 +151,14 @@ def test_the_runner_writes_rows_a_report_and_plots_and_records_a_failing_method(
     text = report.read_text()
     assert "stride-logit" in text and "failed" in text and "Made by `pytest`" in text
     assert {p.name for p in (tmp_path / "test").glob("*.png")} == {"lds.png", "lds_vs_time.png", "removal.png"}
+
+
+def test_every_method_named_in_the_suites_resolves_to_a_function():
+    from benchmarks.settings import SETTINGS
+    from benchmarks.suites import SUITES
+
+    for suite in SUITES.values():
+        for plan in suite.settings:
+            assert plan.setting in SETTINGS
+            for method in plan.methods:
+                assert callable(method.resolve()), (suite.name, plan.setting, method.label)
