@@ -99,13 +99,17 @@ def _plot_lds_time(rows, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         for r in (r for r in rows if r["setting"] == setting):
-            marker = {"stride": "o", "peer": "s", "baseline": "x", "ablation": "."}.get(r["group"], "o")
-            ax.scatter(max(r["seconds"], 0.01), r["lds_mean"], marker=marker)
-            ax.annotate(r["method"], (max(r["seconds"], 0.01), r["lds_mean"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+            point = (max(r["seconds"], 0.01), r["lds_mean"])
+            if r["group"] == "ablation":  # many, close together: grey dots, named in the table rather than here
+                ax.scatter(*point, marker=".", color="grey", alpha=0.6)
+                continue
+            marker = {"stride": "o", "peer": "s", "baseline": "x"}.get(r["group"], "o")
+            ax.scatter(*point, marker=marker)
+            ax.annotate(r["method"], point, fontsize=7, xytext=(3, 2), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("wall time, seconds (log)")
         ax.set_ylabel("LDS (mean over queries)")
-        ax.set_title(setting)
+        ax.set_title(f"{setting} (grey dots: STRIDE ablations)" if any(r["group"] == "ablation" and r["setting"] == setting for r in rows) else setting)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
