@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Tuned by the attribution benchmark (README, "How good is it?"): the logit form beat the activation form on
     # both settings (digits LDS 0.36 vs 0.28, pre-training LM 0.10 vs 0.03); many operator updates per step with
-    # small member batches and a strong stability term moved digits LDS from 0.02 to 0.36; lambda 0.1 x lambda_max
+    # small member batches and a strong stability term moved digits LDS from 0.07 to 0.36; lambda 0.1 x lambda_max
     # tied cross-validation (0.361 vs 0.367) at a fraction of its cost.
     "default": dict(
         form="logit", num_subsets=512, subsets_per_example=8, rank=8, steps=1000, operators_per_step=64,
