@@ -95,6 +95,19 @@ LM_PEERS = (
     _m("embedding", f"{TEXT}:embedding"),
 )
 
+def _lm_plan(setting: str) -> SettingPlan:
+    """Both language-model settings: 64 retrains on 30% subsets (the paper's protocol), STRIDE in both forms, every peer."""
+    return SettingPlan(
+        setting, "full", lds_subsets=64, fraction=0.3,
+        methods=(
+            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
+            *LM_PEERS,
+        ),
+    )
+
+
 FULL = Suite("full", (
     SettingPlan(
         "digits", "full", lds_subsets=256, fraction=0.5, removal_ks=(10, 25, 50, 100), removal_seeds=(0, 1, 2),
@@ -111,24 +124,8 @@ FULL = Suite("full", (
             *ablations({**DIGITS_STRIDE, "form": "logit"}, extra={"activation layer=1": dict(form="activation", layer=1)}),
         ),
     ),
-    SettingPlan(
-        "pretrain", "full", lds_subsets=64, fraction=0.3,
-        methods=(
-            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
-            _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
-            _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
-            *LM_PEERS,
-        ),
-    ),
-    SettingPlan(
-        "finetune", "full", lds_subsets=64, fraction=0.3,
-        methods=(
-            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
-            _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
-            _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
-            *LM_PEERS,
-        ),
-    ),
+    _lm_plan("pretrain"),
+    _lm_plan("finetune"),
 ), commit_ground_truth=True)
 
 SMOKE = Suite("smoke", (

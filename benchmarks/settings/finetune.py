@@ -17,7 +17,6 @@ full mask with the setting's seed reproduces the fine-tuned model exactly.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from stride_engine.adapters import CausalLMAdapter, token_losses_mean
-from stride_engine.artifacts import atomic_path
 from stride_engine.corpus import Queries, encode_queries, token_batch
 
-from .base import Batch, ExampleSet, Setting
+from .base import ExampleSet
 from .pretrain import (
     DEFAULT_DATA,
-    MARKER,
+    CausalLMSetting,
     PretrainSetting,
     _available_cores,
     _sha,
@@ -60,11 +57,10 @@ FINETUNE_SCALES: dict[str, dict[str, Any]] = {
 }
 
 
-class FinetuneSetting(Setting):
+class FinetuneSetting(CausalLMSetting):
     """The pretrain setting's model, fine-tuned on math question/answer pairs; queries are GSM8K test items."""
 
     name = "finetune"
-    kind = "causal-lm"
 
     def __init__(
         self,
@@ -177,51 +173,15 @@ class FinetuneSetting(Setting):
 
     def model(self):
         """The base fine-tuned on the full training set (eval mode); trained once, then loaded from the cache."""
-        if self._model is None:
-            folder = self.folder / "model"
-            if not (folder / MARKER).is_file():
-                started = time.perf_counter()
-                model = train_causal_lm(
-                    self.train.tensors["input_ids"].numpy(),
-                    self.train.tensors["attention_mask"].sum(dim=1).numpy(),
-                    self.base._model_config(),
-                    self.config["train"],
-                    self.seed,
-                    init_state=self._base_state(),
-                )
-                seconds = time.perf_counter() - started
-                with atomic_path(folder) as tmp:
-                    self._tokenizer.save_pretrained(tmp)
-                    model.save_pretrained(tmp, safe_serialization=True)
-                    summary = {"description": self.describe(), "train_seconds": round(seconds, 1)}
-                    (tmp / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # last
-            from transformers import AutoModelForCausalLM
-
-            self._model = AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, dtype=torch.float32
-            ).eval()
-        return self._model
-
-    def adapter(self) -> CausalLMAdapter:
-        import copy
-
-        return CausalLMAdapter(copy.deepcopy(self.model()))
-
-    def tokenizer(self):
-        return self._tokenizer
-
-    def example_losses(self, model, batch: Batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
+        return self._cached_model(lambda: train_causal_lm(
+            self.train.tensors["input_ids"].numpy(), self.train.tensors["attention_mask"].sum(dim=1).numpy(),
+            self.base._model_config(), self.config["train"], self.seed, init_state=self._base_state(),
+        ))
 
     # ------------------------------------------------------------------------------------------ ground truth
 
     def retrain(self, masks: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 2 or masks.shape[1] != len(self.train):
-            raise ValueError(f"masks must be (M, {len(self.train)}), got {masks.shape}")
-        if len(seeds) != len(masks):
-            raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
+        masks = self._checked_masks(masks, seeds)
         input_ids = self.train.tensors["input_ids"].numpy()
         lengths = self.train.tensors["attention_mask"].sum(dim=1).numpy()
         state = self._base_state()

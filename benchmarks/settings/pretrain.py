@@ -275,7 +275,58 @@ def _available_cores() -> int:
 # ------------------------------------------------------------------------------------------------ the setting
 
 
-class PretrainSetting(Setting):
+class CausalLMSetting(Setting):
+    """What the language-model settings share: a full model trained once and cached (tokenizer and model saved with
+    save_pretrained, a completion marker written last), the engine adapter, per-example losses, mask checks."""
+
+    kind = "causal-lm"
+    folder: Path
+    _model = None
+    _tokenizer = None
+
+    def _cached_model(self, train) -> Any:
+        """`train()` -> the model, run only when `self.folder/model` holds no finished model; then load from disk."""
+        if self._model is None:
+            folder = self.folder / "model"
+            if not (folder / MARKER).is_file():
+                started = time.perf_counter()
+                model = train()
+                seconds = time.perf_counter() - started
+                with atomic_path(folder) as tmp:
+                    self._tokenizer.save_pretrained(tmp)
+                    model.save_pretrained(tmp, safe_serialization=True)
+                    summary = {"description": self.describe(), "train_seconds": round(seconds, 1)}
+                    (tmp / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # last
+            from transformers import AutoModelForCausalLM
+
+            self._model = AutoModelForCausalLM.from_pretrained(
+                folder, local_files_only=True, dtype=torch.float32
+            ).eval()
+        return self._model
+
+    def adapter(self) -> CausalLMAdapter:
+        # The adapter freezes its model's parameters; give it its own copy so `model()` stays differentiable.
+        import copy
+
+        return CausalLMAdapter(copy.deepcopy(self.model()))
+
+    def tokenizer(self):
+        return self._tokenizer
+
+    def example_losses(self, model, batch: Batch) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
+
+    def _checked_masks(self, masks: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 2 or masks.shape[1] != len(self.train):
+            raise ValueError(f"masks must be (M, {len(self.train)}), got {masks.shape}")
+        if len(seeds) != len(masks):
+            raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
+        return masks
+
+
+class PretrainSetting(CausalLMSetting):
     """A small Llama pre-trained from scratch on a four-domain sample; queries are held-out documents.
 
     `scale` picks a configuration from ``SCALES`` ("smoke" for CI, "full" for the benchmark); `config` replaces it
@@ -285,7 +336,6 @@ class PretrainSetting(Setting):
     """
 
     name = "pretrain"
-    kind = "causal-lm"
 
     def __init__(
         self,
@@ -413,52 +463,15 @@ class PretrainSetting(Setting):
 
     def model(self):
         """The model trained on the full training set (eval mode); trained once, then loaded from the cache."""
-        if self._model is None:
-            folder = self.folder / "model"
-            if not (folder / MARKER).is_file():
-                started = time.perf_counter()
-                model = train_causal_lm(
-                    self.train.tensors["input_ids"].numpy(),
-                    self._lengths(self.train),
-                    self._model_config(),
-                    self.config["train"],
-                    self.seed,
-                    self._init_seed(self.seed),
-                )
-                seconds = time.perf_counter() - started
-                with atomic_path(folder) as tmp:
-                    self._tokenizer.save_pretrained(tmp)
-                    model.save_pretrained(tmp, safe_serialization=True)
-                    summary = {"description": self.describe(), "train_seconds": round(seconds, 1)}
-                    (tmp / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # last
-            from transformers import AutoModelForCausalLM
-
-            self._model = AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, dtype=torch.float32
-            ).eval()
-        return self._model
-
-    def adapter(self) -> CausalLMAdapter:
-        # The adapter freezes its model's parameters; give it its own copy so `model()` stays differentiable.
-        import copy
-
-        return CausalLMAdapter(copy.deepcopy(self.model()))
-
-    def tokenizer(self):
-        return self._tokenizer
-
-    def example_losses(self, model, batch: Batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
+        return self._cached_model(lambda: train_causal_lm(
+            self.train.tensors["input_ids"].numpy(), self._lengths(self.train), self._model_config(),
+            self.config["train"], self.seed, self._init_seed(self.seed),
+        ))
 
     # ------------------------------------------------------------------------------------------ ground truth
 
     def retrain(self, masks: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 2 or masks.shape[1] != len(self.train):
-            raise ValueError(f"masks must be (M, {len(self.train)}), got {masks.shape}")
-        if len(seeds) != len(masks):
-            raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
+        masks = self._checked_masks(masks, seeds)
         input_ids, lengths = self.train.tensors["input_ids"].numpy(), self._lengths(self.train)
         jobs = [
             {
