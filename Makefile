@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench-smoke bench clean
+.PHONY: install demo test test-all bench-smoke bench bench-selection clean
 
 # torch is pinned to the CPU wheel this machine keeps on disk; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -26,11 +26,19 @@ test-all: install
 	$(BIN)/python -m pytest -q -rs -m ""
 
 # The attribution benchmark: smoke (minutes, in CI) and full (committed results; an hour or more on 2 cores).
+# The selection study's smoke version needs ../shared/data (present in CI); a plain clone skips it.
 bench-smoke: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite smoke --out benchmarks/cache/smoke-results
+	@if [ -d ../shared/data/corpus ]; then \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml --smoke; \
+	else echo "skipping the selection smoke study: ../shared/data is absent"; fi
 
 bench: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite full
+
+# Influence-based selection on the shared corpus: selections, proxies retrained, lm-eval (about an hour).
+bench-selection: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml
 
 clean:
 	rm -rf runs .pytest_cache

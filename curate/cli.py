@@ -20,6 +20,9 @@ from stride_engine import (
 )
 from stride_engine.artifacts import atomic_write_text
 
+from .errors import CurateError
+from .proxy_cli import eval_command, retrain
+
 
 def _offline() -> None:
     # Nothing here downloads: models and tokenizers come from local folders.
@@ -41,6 +44,15 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict:
 def resolve_config(preset_name: str, config_path: Path | None, overrides: dict) -> StrideConfig:
     base = StrideConfig.load(config_path) if config_path else preset(preset_name)
     return base.replace(**overrides)
+
+
+def _config_from_options(preset_name, config_path, overrides, text_field, id_field) -> StrideConfig:
+    values = _parse_overrides(overrides)
+    if text_field:
+        values["text_field"] = text_field
+    if id_field:
+        values["id_field"] = id_field
+    return resolve_config(preset_name, config_path, values)
 
 
 @click.group()
@@ -66,12 +78,7 @@ def main() -> None:
 def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config_path, overrides, text_field, id_field, layers_path, name, force, quiet):
     """Attribute every query to the training documents that moved its loss."""
     try:
-        values = _parse_overrides(overrides)
-        if text_field:
-            values["text_field"] = text_field
-        if id_field:
-            values["id_field"] = id_field
-        config = resolve_config(preset_name, config_path, values)
+        config = _config_from_options(preset_name, config_path, overrides, text_field, id_field)
         documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
         queries = read_queries(queries_file)
         stride = Stride.from_pretrained(model_dir, config, run_dir, layers_path=layers_path, progress=not quiet)
@@ -86,6 +93,76 @@ def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config
         raise click.ClickException(str(err)) from err
     click.echo(f"scores: {store.folder}")
     click.echo(f"show one query: curate top {run_dir} --query {queries.ids[0]} -k 10")
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face causal LM folder.")
+@click.option("--train", "train_files", required=True, multiple=True, type=click.Path(path_type=Path), help="JSONL or Parquet training file (repeatable).")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (created; rerunning resumes).")
+@click.option("--preset", "preset_name", default="default", show_default=True, type=click.Choice(sorted(PRESETS)))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A saved config.yaml; replaces --preset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value (repeatable).")
+@click.option("--text-field", default=None, help="Field holding the document text (default: text).")
+@click.option("--id-field", default=None, help="Field holding the document id (default: id).")
+@click.option("--force", is_flag=True, help="Rebuild stages whose configuration changed instead of refusing.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, text_field, id_field, force, quiet):
+    """Train the steering operators on a training pool, once; then attribute any target to it (select, top)."""
+    from .runs import RunInputs
+
+    try:
+        config = _config_from_options(preset_name, config_path, overrides, text_field, id_field)
+        documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
+        stride = Stride.from_pretrained(model_dir, config, run_dir, progress=not quiet)
+        click.echo(f"{len(documents)} documents; {config.form} form, K={config.num_subsets}, {config.steps} steps")
+        stride.fit(documents, force=force)
+        RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir))
+    except StrideError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"run: {run_dir}")
+    click.echo(f"select for a target: curate select --run {run_dir} --target TARGET.jsonl --budget 20% --out OUT")
+
+
+@main.command("select")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="A fitted run (curate fit).")
+@click.option("--target", required=True, help="JSONL/Parquet of target examples, or an lm-eval task name or YAML.")
+@click.option("--budget", required=True, help="'20%' of the documents, a document count ('500'), or tokens ('50M-tokens').")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (selected/, excluded/, manifest.json).")
+@click.option("--method", default="stride", show_default=True, type=click.Choice(["stride", "random", "bm25", "embedding", "dsir"]), help="stride (the run's attribution) or a model-free baseline.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random and dsir baselines.")
+@click.option("--rule", default="mean", show_default=True, type=click.Choice(["mean", "positive", "topk-hits"]), help="How per-query scores aggregate per document.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Top k per query, for --rule topk-hits.")
+@click.option("--domain-floor", default=0.0, show_default=True, type=float, help="Each domain keeps at least this share of the budget.")
+@click.option("--format", "output_format", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet"]))
+@click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra folder of lm-eval task YAMLs (for a task target).")
+@click.option("--target-limit", type=click.IntRange(min=1), default=None, help="Use only the first N target items.")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "slurm", "ray"]))
+@click.option("--tasks", default=1, show_default=True, type=click.IntRange(min=1), help="datatrove tasks for the per-document stages.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE", help="Passed to the executor (e.g. partition=cpu for Slurm).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted selection in OUT (same settings).")
+@click.option("--overwrite", is_flag=True, help="Replace the selection in OUT.")
+def select_command(run_dir, target, budget, out_dir, method, seed, rule, k, domain_floor, output_format, task_dirs, target_limit, executor, tasks, workers, executor_options, resume, overwrite):
+    """Keep the training documents that help a target most, under a budget."""
+    from .select import SelectionRequest, run_selection
+
+    request = SelectionRequest(
+        run=str(run_dir), target=str(target), budget=budget, out=str(out_dir), method=method, seed=seed, rule=rule, k=k, domain_floor=domain_floor,
+        output_format=output_format, task_dirs=tuple(str(d) for d in task_dirs), target_limit=target_limit,
+        executor=executor, tasks=tasks, workers=workers, executor_options=_parse_overrides(executor_options),
+    )
+    try:
+        manifest = run_selection(request, resume=resume, overwrite=overwrite)
+    except (CurateError, StrideError) as err:
+        raise click.ClickException(str(err)) from err
+    if not manifest:
+        click.echo(f"submitted; the manifest appears in {out_dir} when the last stage finishes")
+        return
+    kept, pool = manifest["selected"], manifest["pool"]
+    click.echo(f"kept {kept['documents']} of {pool['documents']} documents ({kept['tokens']} of {pool['tokens']} tokens)")
+    for row in manifest["per_domain"]:
+        click.echo(f"  {str(row['domain']):<14} {row['selected_documents']:>6} / {row['pool_documents']:<6} mean score {row['mean_score']:+.4g}")
+    click.echo(f"selected: {Path(out_dir) / 'selected'}   manifest: {Path(out_dir) / 'manifest.json'}")
 
 
 @main.command()
@@ -139,6 +216,26 @@ def demo(out_dir, preset_name, overrides, show, quick, quiet):
         run_demo(out_dir, preset(preset_name, **_parse_overrides(overrides)), show=show, quick=quick, progress=not quiet)
     except StrideError as err:
         raise click.ClickException(str(err)) from err
+
+
+@main.command("recipe")
+@click.argument("recipe_file", type=click.Path(path_type=Path))
+@click.option("--smoke", is_flag=True, help="Apply the recipe's `smoke:` overrides (a few minutes).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Proxies trained in parallel (default: the recipe's).")
+@click.option("--results", type=click.Path(path_type=Path), default=None, help="Where the result rows go (default: the recipe's).")
+def recipe_command(recipe_file, smoke, workers, results):
+    """Run a whole selection study from a recipe: data, reference model, STRIDE run, selections, proxies, lm-eval."""
+    from .recipe import run_recipe
+
+    try:
+        path = run_recipe(recipe_file, smoke=smoke, workers=workers, results=results)
+    except (CurateError, StrideError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"results: {path}  table: {path.with_suffix('.md')}  plot: {path.with_suffix('.png')}")
+
+
+main.add_command(retrain)
+main.add_command(eval_command)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import subprocess
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from curate.retrain import train_rows
 from stride_engine.adapters import CausalLMAdapter, token_losses_mean
 from stride_engine.artifacts import atomic_path
 from stride_engine.corpus import token_batch
@@ -116,14 +116,6 @@ def _fresh_model(model_config: dict[str, Any], seed: int):
     return model
 
 
-def _lr_factor(step: int, total: int, warmup: int, final: float) -> float:
-    """Linear warm-up, then cosine decay from the peak to `final` times the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_causal_lm(
     input_ids: np.ndarray,
     lengths: np.ndarray,
@@ -145,35 +137,11 @@ def train_causal_lm(
             model.load_state_dict(init_state)
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         lens = torch.as_tensor(lengths, dtype=torch.long)
-        n, batch_size, total = len(ids), int(train["batch_size"]), int(train["steps"])
-        if n == 0:
+        batch_size, total = int(train["batch_size"]), int(train["steps"])
+        if len(ids) == 0:
             raise ValueError("cannot train on an empty subset")
-        generator = torch.Generator().manual_seed(int(seed))
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(train["lr"]),
-            betas=(0.9, 0.95),
-        )
-        warmup, final = int(train["warmup"]), float(train.get("final_lr", 0.0))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, total, warmup, final))
-        model.train()
-        order: list[int] = []
-        for _ in range(total):
-            if len(order) < batch_size:  # next epoch: a fresh shuffle, appended so every batch is full
-                order += torch.randperm(n, generator=generator).tolist()
-            rows, order = order[:batch_size], order[batch_size:]
-            width = int(lens[rows].max())
-            batch_ids = ids[rows, :width]
-            attention = (torch.arange(width)[None, :] < lens[rows, None]).long()
-            labels = batch_ids.masked_fill(attention == 0, -100)
-            loss = model(input_ids=batch_ids, attention_mask=attention, labels=labels, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        train_rows(model, ids, lens, total, batch_size, float(train["lr"]), int(seed), int(train["warmup"]),
+                   float(train.get("final_lr", 0.0)))
     finally:
         torch.set_num_threads(previous_threads)
     return model.eval()

@@ -1,0 +1,148 @@
+"""The `curate retrain` and `curate eval` commands: train a proxy model on a dataset, compare models with lm-eval.
+
+Plain click commands, attached to the main `curate` group by `curate.cli`. Each saves its arguments into its
+output folder (`retrain.yaml`, `eval.yaml`), next to what it made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+from curate.errors import CurateError
+from curate.evaluate import evaluate_models, target_task
+from curate.retrain import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, train_proxy
+from stride_engine.artifacts import atomic_write_text
+
+__all__ = ["eval_command", "retrain"]
+
+
+def _offline() -> None:
+    # Models, tokenizers, tasks and data are all local; nothing may be downloaded.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _existing(path: Path, anchor: Path) -> Path:
+    """`path` as recorded, or relative to `anchor` (the file that recorded it) when only that exists."""
+    if path.is_absolute() or path.exists() or not (anchor / path).exists():
+        return path
+    return anchor / path
+
+
+def base_from_manifest(data: Path) -> Path:
+    """The model a selection was attributed with: DATA/manifest.json names its run (`run`, or `request.run` as
+    `curate select` writes it), whose inputs.json names the model. CurateError when that chain is not there (then
+    --base is needed)."""
+    manifest = Path(data) / "manifest.json"
+    if not manifest.is_file():
+        raise CurateError(f"--base is required: {data} has no manifest.json naming the run the selection came from")
+    values = json.loads(manifest.read_text())
+    run = values.get("run") or (values.get("request") or {}).get("run")  # `curate select` keeps it in its request
+    if not isinstance(run, str) or not run:
+        raise CurateError(f"--base is required: {manifest} names no run ('run' or 'request.run')")
+    run_dir = _existing(Path(run), manifest.parent)
+    inputs = run_dir / "inputs.json"
+    if not inputs.is_file():
+        raise CurateError(f"--base is required: the selection's run {run_dir} has no inputs.json naming its model")
+    model = json.loads(inputs.read_text()).get("model")
+    if not isinstance(model, str) or not model:
+        raise CurateError(f"--base is required: {inputs} names no model")
+    return _existing(Path(model), run_dir)
+
+
+def _save_config(path: Path, config: dict) -> None:
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (e.g. a selection; *.jsonl, *.jsonl.gz, *.parquet inside, recursively) or one file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the trained proxy model (must not exist).")
+@click.option("--base", type=click.Path(path_type=Path), help="Local Hugging Face model whose architecture and tokenizer the proxy copies (default: the model of the run named in DATA/manifest.json).")
+@click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=click.IntRange(min=1), help="Optimiser steps (fixed, whatever the dataset size).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial weights and the data order.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Rows per step.")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Tokens per packed row.")
+@click.option("--learning-rate", default=DEFAULT_LEARNING_RATE, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the document text.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder (once the new model is complete).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice; 1 is fastest on small shared machines).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def retrain(data, out, base, steps, seed, batch_size, seq_len, learning_rate, text_field, overwrite, threads, quiet):
+    """Train a fresh proxy model (the base model's architecture and tokenizer, new weights) on a dataset."""
+    _offline()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        base = base if base is not None else base_from_manifest(data)
+        train_proxy(
+            data, out, base, steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len,
+            learning_rate=learning_rate, text_field=text_field, progress=not quiet, overwrite=overwrite,
+        )
+    except CurateError as err:
+        raise click.ClickException(str(err)) from err
+    _save_config(out / "retrain.yaml", {
+        "data": str(data), "out": str(out), "base": str(base), "steps": steps, "seed": seed, "batch_size": batch_size,
+        "seq_len": seq_len, "learning_rate": learning_rate, "text_field": text_field,
+    })
+    record = json.loads((out / "training.json").read_text())
+    click.echo(
+        f"proxy model: {out} ({record['documents']} documents, {record['tokens']} tokens, {steps} steps; "
+        f"train loss {record['first_train_loss']:.3f} -> {record['final_train_loss']:.3f})"
+    )
+
+
+def _parse_models(specs: tuple[str, ...]) -> dict[str, Path]:
+    """`NAME=PATH` or `PATH` (named after its folder) per --model, in order; the first is the reference."""
+    models: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name or not name:
+            name, path = Path(spec).name, spec
+        if name in models:
+            raise click.BadParameter(f"two models named {name!r}; name them with NAME=PATH", param_hint="--model")
+        models[name] = Path(path)
+    return models
+
+
+@click.command("eval")
+@click.option("--model", "model_specs", required=True, multiple=True, metavar="[NAME=]PATH", help="Local Hugging Face model folder (repeatable; the first is the reference).")
+@click.option("--tasks", default="", help="Comma-separated task names (recipes/tasks/README.md lists curate's).")
+@click.option("--target", type=click.Path(path_type=Path), help="JSONL/Parquet file: adds a rolling-perplexity task named 'target' on it.")
+@click.option("--target-field", default="text", show_default=True, help="Field holding the text in --target.")
+@click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra lm-eval task folder or YAML (repeatable).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for results.parquet, results.json, report.md, report.png.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N documents of each task.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+def eval_command(model_specs, tasks, target, target_field, task_dirs, out, limit, batch_size, overwrite):
+    """Evaluate models with lm-eval on offline tasks and write a comparison report."""
+    _offline()
+    models = _parse_models(model_specs)
+    requested = [t.strip() for t in tasks.split(",") if t.strip()]
+    task_names = list(requested)
+    try:
+        with tempfile.TemporaryDirectory(prefix="curate-target-") as folder:
+            extra = list(task_dirs)
+            if target is not None:
+                extra.append(target_task("target", target, target_field, Path(folder)))
+                task_names.append("target")
+            evaluate_models(models, task_names, out, extra, limit=limit, batch_size=batch_size, overwrite=overwrite)
+    except CurateError as err:
+        raise click.ClickException(str(err)) from err
+    _save_config(out / "eval.yaml", {
+        "models": {name: str(path) for name, path in models.items()}, "tasks": requested,
+        "target": str(target) if target else None, "target_field": target_field,
+        "task_dirs": [str(p) for p in task_dirs], "limit": limit, "batch_size": batch_size,
+    })
+    report = (out / "report.md").read_text()
+    click.echo("\n".join(line for line in report.splitlines() if line.startswith("|")))
+    click.echo(f"report: {out / 'report.md'}")

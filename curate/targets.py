@@ -1,0 +1,80 @@
+"""Targets: the examples a selection (or audit) is for, turned into the engine's queries.
+
+A target is a JSONL/Parquet file of examples (`prompt` + `completion`, or `text`) or an lm-eval task (a name
+from `recipes/tasks/` or a task YAML) whose evaluation documents become the queries (`doc_to_text` as the
+prompt, `doc_to_target` as the completion; a rolling-perplexity task's whole document as the text).
+
+Items longer than the model's window are cut to it (the prompt loses its beginning first, then the completion
+its end) and counted, since a target sample of long documents is normal; an item the tokenizer cannot encode
+(no token, or only unknown tokens) is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stride_engine import Queries, StrideError, read_queries
+from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES
+
+from .errors import CurateError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # the query set's name inside the run
+    source: str  # what the user gave
+    queries: Queries
+    truncated: int  # items cut to the model's window
+
+
+def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Path] | None = None, limit: int | None = None) -> Target:
+    text = str(spec)
+    if text.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+        if not Path(text).is_file():
+            raise CurateError(f"target file {text} does not exist")
+        try:
+            queries = read_queries(Path(text))
+        except StrideError as err:
+            raise CurateError(f"target {text}: {err}") from err
+        name = Path(text).name.split(".")[0]
+    else:
+        from .evaluate import task_examples  # lm-eval is imported only for task targets
+
+        queries = task_examples(text, task_dirs or [], limit=limit)
+        name = Path(text).stem if text.lower().endswith((".yaml", ".yml")) else text
+    if limit is not None:
+        queries = Queries(queries.ids[:limit], queries.prompts[:limit], queries.completions[:limit])
+    if len(queries) == 0:
+        raise CurateError(f"target {text} has no items")
+    fitted, truncated = fit_to_window(queries, tokenizer, max_length)
+    return Target(f"target-{_safe(name)}", text, fitted, truncated)
+
+
+def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries, int]:
+    """Cut items to `max_length` tokens (bos included); refuse items the tokenizer cannot represent."""
+    unknown = tokenizer.unk_token_id
+    budget = max_length - (1 if tokenizer.bos_token_id is not None else 0)
+    prompts, completions, truncated = [], [], 0
+    for query_id, prompt, completion in zip(queries.ids, queries.prompts, queries.completions):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not completion_ids or (unknown is not None and all(t == unknown for t in completion_ids)):
+            raise CurateError(
+                f"target item {query_id!r}: the tokenizer cannot encode its text ({completion[:60]!r} gives "
+                f"{'no token' if not completion_ids else 'only unknown tokens'}); remove it or use the model's language"
+            )
+        if len(prompt_ids) + len(completion_ids) > budget:
+            truncated += 1
+            room = budget - 4  # decoded text re-encodes to about as many tokens, sometimes a few more
+            keep_completion = min(len(completion_ids), room - min(len(prompt_ids), room // 2))
+            completion_ids = completion_ids[:keep_completion]
+            prompt_ids = prompt_ids[len(prompt_ids) - (room - keep_completion):] if room > keep_completion else []
+            prompt, completion = tokenizer.decode(prompt_ids), tokenizer.decode(completion_ids)
+        prompts.append(prompt)
+        completions.append(completion)
+    return Queries(list(queries.ids), prompts, completions), truncated
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "target"

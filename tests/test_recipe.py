@@ -1,0 +1,92 @@
+"""`curate recipe`: data splits never leak target or held-out items into the pool; a small study runs end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from curate.cli import main
+from curate.errors import CurateError
+from curate.recipe import load_recipe, prepare_data
+
+from tiny import write_jsonl
+
+WORDS = {
+    "birds": "robin wren finch sparrow heron crane swallow thrush owl hawk nest wing feather song".split(),
+    "ships": "hull mast sail anchor keel rudder deck harbour voyage captain crew tide port bow".split(),
+}
+
+
+def _corpus(folder):
+    rng = random.Random(0)
+    files = {}
+    for domain, words in WORDS.items():
+        rows = [{"id": f"{domain}-{i}", "text": ("Battle " if domain == "ships" and i % 3 == 0 else "") +
+                 " ".join(rng.choice(words) for _ in range(rng.randint(20, 40)))} for i in range(90)]
+        files[domain] = str(write_jsonl(folder / f"{domain}.jsonl", rows))
+    return files
+
+
+def _recipe(folder, files, **changes):
+    recipe = {
+        "name": "tiny", "output": str(folder / "out"), "results": str(folder / "results.json"), "workers": 1, "progress": False,
+        "corpus": {"files": files, "pool": {"birds": 40, "ships": 40}, "heldout": 5},
+        "targets": {
+            "battles": [{"file": "ships", "match": "^Battle", "items": 6, "eval": 6}],
+            "birds": [{"file": "birds", "items": 6, "eval": 6}],
+        },
+        "model": {"hidden_size": 32, "layers": 1, "heads": 2, "max_length": 64, "vocab_size": 300, "steps": 30, "batch_size": 8},
+        "stride": {"preset": "cpu-smoke", "set": {"num_subsets": 16, "subsets_per_example": 3, "steps": 12, "chunk_length": 32,
+                                                   "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 8}},
+        "selection": {"budgets": ["25%"], "methods": ["stride", "bm25", "random"]},
+        "proxy": {"steps": 10, "batch_size": 4, "seeds": [0]},
+    }
+    recipe.update(changes)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_prepared_data_keeps_targets_and_held_out_items_out_of_the_pool(tmp_path):
+    path = _recipe(tmp_path, _corpus(tmp_path))
+    files = prepare_data(load_recipe(path), tmp_path / "data")
+
+    def ids(file):
+        return [json.loads(line)["id"] for line in open(file)]
+
+    pool = ids(files["pool"])
+    assert len(pool) == 80 == len(set(pool))
+    held = [i for f in files["heldout"].values() for i in ids(f)]
+    targets = [i.split("-", 1)[1].replace("eval-", "") for f in [*files["targets"].values(), *files["eval"].values()] for i in ids(f)]
+    assert len(held) == 10 and len(targets) == 24
+    assert not set(pool) & set(held) and not set(pool) & set(targets) and not set(held) & set(targets)
+    battles = [json.loads(line)["text"] for line in open(files["targets"]["battles"])]
+    assert all(text.startswith("Battle") for text in battles)
+
+
+def test_a_recipe_asking_for_more_than_the_corpus_holds_is_refused(tmp_path):
+    files = _corpus(tmp_path)
+    path = _recipe(tmp_path, files, corpus={"files": files, "pool": {"birds": 200, "ships": 40}, "heldout": 5})
+    with pytest.raises(CurateError, match="records left"):
+        prepare_data(load_recipe(path), tmp_path / "data")
+    with pytest.raises(CurateError, match="does not exist"):
+        load_recipe(tmp_path / "nothing.yaml")
+
+
+def test_a_small_study_runs_end_to_end(tmp_path):
+    path = _recipe(tmp_path, _corpus(tmp_path))
+    result = CliRunner().invoke(main, ["recipe", str(path)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["target"], r["method"]) for r in rows} >= {("battles", "stride"), ("birds", "bm25"), ("birds", "random")}
+    for row in rows:
+        assert row["task"] == "selection" and row["target_ppl"] > 1 and set(row["domain_ppl"]) == {"birds", "ships"}
+        assert {"budget", "seed", "commit", "machine"} <= set(row)
+    bm25 = next(r for r in rows if (r["target"], r["method"]) == ("birds", "bm25"))
+    assert bm25["selected_per_domain"] == {"birds": 20, "ships": 0}  # a bird target: BM25 keeps only bird documents
+    assert "## target: battles" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 1000

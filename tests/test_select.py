@@ -1,0 +1,277 @@
+"""Influence-based selection: planted documents are kept, budgets hold, outputs are whole, bad input writes nothing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+
+from curate.budget import parse_budget, select_under_budget
+from curate.cli import main
+from curate.errors import CurateError
+from curate.pipeline import BudgetThreshold, InfluenceFilter, InfluenceScorer
+from curate.runs import RunInputs
+from curate.select import SelectionRequest, run_selection, selection_executors, selection_pipelines
+from curate.targets import fit_to_window
+from stride_engine import Queries, Stride, preset, read_documents
+
+from tiny import write_jsonl
+
+FACTS = 12  # planted-fact queries in the target
+
+
+@pytest.fixture(scope="module")
+def fitted_run(demo_assets, tmp_path_factory):
+    """The quick demo corpus with operators fit once (the cpu-smoke preset), as `curate fit` leaves it."""
+    run = tmp_path_factory.mktemp("select") / "run"
+    documents = read_documents([demo_assets.corpus_path])
+    Stride.from_pretrained(demo_assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(documents)
+    RunInputs(demo_assets.model_dir, [demo_assets.corpus_path]).save(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def fact_target(demo_assets, tmp_path_factory):
+    queries = demo_assets.queries[:FACTS]
+    path = write_jsonl(tmp_path_factory.mktemp("target") / "facts.jsonl",
+                       [{k: q[k] for k in ("id", "prompt", "completion")} for q in queries])
+    return path, {d for q in queries for d in q["planted_doc_ids"]}
+
+
+def _records(folder: Path) -> list[dict]:
+    records = []
+    for path in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(path) as handle:
+            records += [orjson.loads(line) for line in handle]
+    return records
+
+
+def _request(run, target, out, budget="10%", **options) -> SelectionRequest:
+    return SelectionRequest(run=str(run), target=str(target), budget=budget, out=str(out), **options)
+
+
+def test_selection_keeps_the_documents_that_teach_the_target(fitted_run, fact_target, demo_assets, tmp_path):
+    target, planted = fact_target
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "out"))
+    pool = len(demo_assets.documents)
+    kept = {row["id"] for row in manifest["selected_documents"]}
+    assert len(kept) == round(0.1 * pool)
+    # Each fact is stated only in its planted documents: a 10% budget chosen at random would keep ~10% of them.
+    assert len(planted & kept) / len(planted) >= 0.4
+
+    selected, excluded = _records(tmp_path / "out" / "selected"), _records(tmp_path / "out" / "excluded")
+    assert {r["id"] for r in selected} == kept
+    assert len(selected) + len(excluded) == pool and not kept & {r["id"] for r in excluded}
+    originals = {d["id"]: d for d in demo_assets.documents}
+    for record in selected[:5]:  # original fields kept, influence annotated
+        assert record["text"] == originals[record["id"]]["text"] and record["domain"] == originals[record["id"]]["domain"]
+        assert isinstance(record["influence"], float) and record["influence_rank"] <= len(kept)
+    assert all(r["exclusion_reason"].startswith("below the budget cut") for r in excluded)
+    assert min(r["influence"] for r in selected) >= max(r["influence"] for r in excluded)
+    assert sum(row["selected_documents"] for row in manifest["per_domain"]) == len(kept)
+    assert manifest["request"]["target_items"] == FACTS
+    assert (tmp_path / "out" / "scores.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("rule", ["positive", "topk-hits"])
+def test_other_aggregation_rules_also_find_planted_documents(fitted_run, fact_target, tmp_path, rule):
+    target, planted = fact_target
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "out", rule=rule))
+    kept = {row["id"] for row in manifest["selected_documents"]}
+    assert len(planted & kept) / len(planted) >= 0.3
+
+
+@pytest.mark.parametrize("method", ["bm25", "embedding", "dsir", "random"])
+def test_baselines_select_from_the_targets_domain(fitted_run, demo_assets, tmp_path, method):
+    """A target of recipes: similarity baselines fill a 60-document budget with recipes; random keeps the pool's mix."""
+    recipes = [d for d in demo_assets.documents if d["domain"] == "recipes"]
+    target = write_jsonl(tmp_path / "recipes.jsonl", [{"id": f"t{i}", "text": d["text"]} for i, d in enumerate(recipes[:15])])
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "out", budget="60", method=method))
+    share = {row["domain"]: row["selected_documents"] / 60 for row in manifest["per_domain"]}
+    if method == "random":
+        assert share.get("recipes", 0) < 0.4
+    else:
+        assert share["recipes"] >= 0.8
+
+
+def test_token_budget_and_domain_floor(fitted_run, fact_target, tmp_path):
+    target, _ = fact_target
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "tokens", budget="2000-tokens"))
+    assert 1800 <= manifest["selected"]["tokens"] <= 2000
+    floor = run_selection(_request(fitted_run, target, tmp_path / "floor", budget="100", domain_floor=0.2))
+    assert floor["selected"]["documents"] == 100
+    assert all(row["selected_documents"] >= 20 for row in floor["per_domain"])
+
+
+def test_select_under_budget_ranks_deterministically_and_never_exceeds_tokens():
+    table = pl.DataFrame({"doc_id": ["a", "b", "c", "d"], "score": [0.3, 0.3, 0.5, -1.0], "tokens": [5, 5, 8, 1], "domain": ["x", "x", "y", None]})
+    ranked = select_under_budget(table, parse_budget("14-tokens"))
+    assert ranked["doc_id"].to_list() == ["c", "a", "b", "d"]  # ties broken by id
+    assert ranked.filter(pl.col("selected"))["doc_id"].to_list() == ["c", "a", "d"]  # b no longer fits; d does
+    assert ranked.filter(pl.col("selected"))["tokens"].sum() <= 14
+
+
+@pytest.mark.parametrize("text, kind, value", [
+    ("20%", "fraction", 0.2), ("500", "documents", 500), ("1.5k-docs", "documents", 1500),
+    ("50M-tokens", "tokens", 50_000_000), ("2000 tokens", "tokens", 2000),
+])
+def test_budget_strings(text, kind, value):
+    budget = parse_budget(text)
+    assert (budget.kind, budget.value) == (kind, value)
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("0", "must be positive"), ("-5%", "must be positive"), ("lots", "not understood"), ("150%", "more than the whole pool"),
+    ("100000", "larger than the pool"), ("9G-tokens", "not understood"), ("99999999-tokens", "larger than the pool"),
+])
+def test_bad_budget_is_refused_and_nothing_is_written(fitted_run, fact_target, tmp_path, budget, message):
+    target, _ = fact_target
+    with pytest.raises(CurateError, match=message):
+        run_selection(_request(fitted_run, target, tmp_path / "out", budget=budget))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_targets_are_refused_and_nothing_is_written(fitted_run, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for target, message in ((empty, "empty"), (tmp_path / "missing.jsonl", "does not exist"), ("no_such_task", "no_such_task")):
+        with pytest.raises(CurateError, match=message):
+            run_selection(_request(fitted_run, target, tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(CurateError, match="not an attribution run"):
+        run_selection(_request(tmp_path, empty, tmp_path / "out"))
+
+
+def test_an_lm_eval_task_can_be_the_target(fitted_run, tmp_path):
+    """The shipped fixture task's documents become the queries (no file of examples needed)."""
+    manifest = run_selection(_request(fitted_run, "curate_fixture_ppl", tmp_path / "out", budget="30"))
+    assert manifest["request"]["target_items"] == 24 and manifest["selected"]["documents"] == 30
+    assert manifest["request"]["target_run_name"].startswith("target-curate_fixture_ppl-")
+
+
+def test_items_the_tokenizer_cannot_encode_are_named():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "the": 1, "cat": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
+    ok, _ = fit_to_window(Queries(["a"], [""], ["the cat"]), tokenizer, 16)
+    assert ok.completions == ["the cat"]
+    with pytest.raises(CurateError, match="'b'.*only unknown tokens"):
+        fit_to_window(Queries(["a", "b"], ["", ""], ["the cat", "Καλημέρα κόσμε"]), tokenizer, 16)
+    cut, truncated = fit_to_window(Queries(["long"], ["the"], [" ".join(["cat"] * 40)]), tokenizer, 16)
+    assert truncated == 1 and len(tokenizer(cut.prompts[0] + " " + cut.completions[0])["input_ids"]) <= 16
+
+
+def test_rerun_refuses_resumes_or_overwrites_explicitly(fitted_run, fact_target, tmp_path):
+    target, _ = fact_target
+    out = tmp_path / "out"
+    first = run_selection(_request(fitted_run, target, out))
+    with pytest.raises(CurateError, match="already holds a selection"):
+        run_selection(_request(fitted_run, target, out))
+    with pytest.raises(CurateError, match="other settings"):
+        run_selection(_request(fitted_run, target, out, budget="20%"), resume=True)
+
+    # An interruption after the filter stage: its outputs and marker exist, the report's do not.
+    (out / "manifest.json").unlink()
+    for marker in (out / ".work" / "logs" / "report" / "completions").glob("*"):
+        marker.unlink()
+    filtered_at = (out / "selected" / "00000.jsonl.gz").stat().st_mtime_ns
+    resumed = run_selection(_request(fitted_run, target, out), resume=True)
+    assert resumed["selected_documents"] == first["selected_documents"]
+    assert (out / "selected" / "00000.jsonl.gz").stat().st_mtime_ns == filtered_at  # finished stages were skipped
+
+    replaced = run_selection(_request(fitted_run, target, out, budget="20"), overwrite=True)
+    assert replaced["selected"]["documents"] == 20 and len(_records(out / "selected")) == 20
+
+
+def test_a_pipeline_composed_by_hand_matches_the_command(fitted_run, fact_target, demo_assets, tmp_path):
+    """The steps in a user's own datatrove pipeline: input in two shards, two tasks per stage."""
+    target, _ = fact_target
+    shards = tmp_path / "pool"
+    shards.mkdir()
+    half = len(demo_assets.documents) // 2
+    write_jsonl(shards / "a.jsonl", demo_assets.documents[:half])
+    write_jsonl(shards / "b.jsonl", demo_assets.documents[half:])
+    work, out = tmp_path / "work", tmp_path / "mine"
+    score = LocalPipelineExecutor(
+        [JsonlReader(str(shards)), InfluenceScorer(fitted_run, target, scores_folder=str(work / "scores"))],
+        tasks=2, workers=1, logging_dir=str(work / "logs1"),
+    )
+    threshold = LocalPipelineExecutor(
+        [BudgetThreshold(str(work / "scores"), str(out), "10%")], tasks=1, logging_dir=str(work / "logs2"), depends=score,
+    )
+    from datatrove.pipeline.writers import JsonlWriter
+
+    keep = LocalPipelineExecutor(
+        [JsonlReader(str(shards)), InfluenceScorer(fitted_run, target), InfluenceFilter(str(out)), JsonlWriter(str(out / "kept"))],
+        tasks=2, workers=1, logging_dir=str(work / "logs3"), depends=threshold,
+    )
+    keep.run()
+    mine = {r["id"] for r in _records(out / "kept")}
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "cli"))
+    assert mine == {row["id"] for row in manifest["selected_documents"]}
+    assert len(list((work / "scores").glob("*.parquet"))) == 2
+
+
+def test_slurm_stages_chain_and_pickle(fitted_run, fact_target, tmp_path):
+    """Slurm cannot run here; the executors it would submit are built, chained and serialisable."""
+    import dill
+
+    target, _ = fact_target
+    request = _request(fitted_run, target, tmp_path / "out", executor="slurm", tasks=4, workers=2,
+                       executor_options={"partition": "cpu", "time": "00:30:00"})
+    executors = selection_executors(request, selection_pipelines(request, []))
+    assert [e.tasks for e in executors] == [4, 1, 4, 1]
+    assert all(e.depends is before for e, before in zip(executors[1:], executors))
+    for executor in executors:
+        dill.loads(dill.dumps(executor.pipeline))
+    with pytest.raises(CurateError, match="partition"):
+        selection_executors(_request(fitted_run, target, tmp_path / "o", executor="slurm"), selection_pipelines(request, []))
+
+
+def test_select_and_fit_commands(demo_assets, fact_target, tmp_path):
+    target, _ = fact_target
+    run = tmp_path / "run"
+    sets = ["--set=num_subsets=64", "--set=subsets_per_example=3", "--set=steps=60", "--set=linearity_every=30"]
+    result = CliRunner().invoke(main, ["fit", "--model", str(demo_assets.model_dir), "--train", str(demo_assets.corpus_path),
+                                       "--out", str(run), "--preset", "cpu-smoke", "--quiet", *sets])
+    assert result.exit_code == 0, result.output
+    args = ["select", "--run", str(run), "--target", str(target), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--budget", "60"])
+    assert result.exit_code == 0, result.output
+    assert "kept 60 of" in result.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["selected"]["documents"] == 60
+    again = CliRunner().invoke(main, [*args, "--budget", "60"])
+    assert again.exit_code != 0 and "--resume" in again.output
+    bad = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "bad"), "--budget", "ten percent"])
+    assert bad.exit_code != 0 and "not understood" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_ray_executor_gives_the_same_selection(fitted_run, fact_target, tmp_path, monkeypatch):
+    """datatrove's Ray executor, on a local Ray instance, with two tasks per per-document stage."""
+    ray = pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    target, _ = fact_target
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    monkeypatch.setenv("TMPDIR", ray_tmp)  # datatrove's Ray executor writes its task logs under $TMPDIR
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        on_ray = run_selection(_request(fitted_run, target, tmp_path / "ray", executor="ray", tasks=2, workers=2))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    local = run_selection(_request(fitted_run, target, tmp_path / "local"))
+    assert on_ray["selected_documents"] == local["selected_documents"]
+    assert len(_records(tmp_path / "ray" / "selected")) == len(local["selected_documents"])
