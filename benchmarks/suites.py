@@ -95,8 +95,20 @@ LM_PEERS = (
     _m("embedding", f"{TEXT}:embedding"),
 )
 
-def _lm_plan(setting: str) -> SettingPlan:
+# The levers the digits tuning pointed to, tried on the pre-training LM (each costs 10-20 min here): more operator
+# updates, and operators free to move further (weaker stability term, higher learning rate).
+LM_ABLATIONS = {
+    "steps=1000": dict(steps=1000),
+    "stability=1 lr=0.01": dict(stability_weight=1.0, learning_rate=0.01),
+}
+
+
+def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
     """Both language-model settings: 64 retrains on 30% subsets (the paper's protocol), STRIDE in both forms, every peer."""
+    variants = tuple(
+        _m(f"stride-logit {name}", STRIDE, "ablation", False, **{**LM_STRIDE, "form": "logit", **change})
+        for name, change in LM_ABLATIONS.items()
+    ) if ablate else ()
     return SettingPlan(
         setting, "full", lds_subsets=64, fraction=0.3,
         methods=(
@@ -104,6 +116,7 @@ def _lm_plan(setting: str) -> SettingPlan:
             _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
             _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
             *LM_PEERS,
+            *variants,
         ),
     )
 
@@ -124,7 +137,7 @@ FULL = Suite("full", (
             *ablations({**DIGITS_STRIDE, "form": "logit"}, extra={"activation layer=1": dict(form="activation", layer=1)}),
         ),
     ),
-    _lm_plan("pretrain"),
+    _lm_plan("pretrain", ablate=True),
     _lm_plan("finetune"),
 ), commit_ground_truth=True)
 

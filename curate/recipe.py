@@ -15,6 +15,7 @@ the recipe's `smoke:` overrides (a few minutes, for CI).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -197,7 +198,9 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
         train_proxy(files["pool"], reference, base, steps=model_spec["steps"], batch_size=model_spec.get("batch_size", 8),
                     seq_len=model_spec["max_length"], seed=recipe.get("seed", 0), progress=recipe.get("progress", True))
     fit_started = time.perf_counter()
-    run = fit_run(recipe, reference, files["pool"], out / "run")
+    # The run and STRIDE's selections are named by the STRIDE settings: changing them refits instead of reusing.
+    stride_key = hashlib.sha1(json.dumps(recipe["stride"], sort_keys=True).encode()).hexdigest()[:8]
+    run = fit_run(recipe, reference, files["pool"], out / f"run-{stride_key}")
     fit_seconds = time.perf_counter() - fit_started
 
     task_dir = out / "tasks"
@@ -215,6 +218,8 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
             for method in selection["methods"]:
                 for seed in seeds if method in SEEDED_METHODS else [None]:
                     label = method if seed is None else f"{method}-seed{seed}"
+                    if method == "stride":
+                        label = f"stride-{stride_key}"
                     folder = out / "selections" / target / budget.replace("%", "pct") / label
                     if method == "random":  # a random selection does not depend on the target: share it
                         folder = out / "selections" / "_random" / budget.replace("%", "pct") / label

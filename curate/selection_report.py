@@ -91,9 +91,8 @@ def plot(table: pl.DataFrame, path: Path) -> None:
             axis.axhline(full["ppl"][0], color="black", linestyle="--", linewidth=1, label="whole pool")
         axis.set_xticks(np.arange(len(budgets)) + 0.4 - width / 2, budgets)
         axis.set_title(f"target: {target}", fontsize=10)
-        axis.set_ylabel("target word perplexity (lower is better)", fontsize=8)
-        values = part["ppl"].to_numpy()
-        axis.set_ylim(values.min() * 0.9, values.max() * 1.05)
+        axis.set_ylabel("target word perplexity (log scale; lower is better)", fontsize=8)
+        axis.set_yscale("log")  # a collapsed selection can be 10-100x worse than the rest
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

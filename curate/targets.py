@@ -48,7 +48,8 @@ def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Pa
     if len(queries) == 0:
         raise CurateError(f"target {text} has no items")
     fitted, truncated = fit_to_window(queries, tokenizer, max_length)
-    return Target(f"target-{_safe(name)}", text, fitted, truncated)
+    name = _safe(name)
+    return Target(name if name.startswith("target") else f"target-{name}", text, fitted, truncated)
 
 
 def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries, int]:

@@ -80,6 +80,14 @@ def test_selection_keeps_the_documents_that_teach_the_target(fitted_run, fact_ta
     assert (tmp_path / "out" / "scores.png").stat().st_size > 1000
 
 
+def test_parquet_output_keeps_the_original_fields(fitted_run, fact_target, demo_assets, tmp_path):
+    target, _ = fact_target
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "out", budget="25", output_format="parquet"))
+    kept = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "out" / "selected").glob("*.parquet"))])
+    assert sorted(kept["id"]) == sorted(row["id"] for row in manifest["selected_documents"])
+    assert {"text", "domain", "influence", "influence_rank"} <= set(kept.columns)
+
+
 @pytest.mark.parametrize("rule", ["positive", "topk-hits"])
 def test_other_aggregation_rules_also_find_planted_documents(fitted_run, fact_target, tmp_path, rule):
     target, planted = fact_target
