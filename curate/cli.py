@@ -18,10 +18,10 @@ import yaml
 from stride_engine import (
     PRESETS, ScoreStore, Stride, StrideConfig, StrideError, preset, read_documents, read_queries,
 )
-from stride_engine.artifacts import atomic_write_text
 
 from .errors import CurateError
 from .proxy_cli import eval_command, retrain
+from .runs import RunInputs
 
 
 def _offline() -> None:
@@ -61,20 +61,30 @@ def main() -> None:
     _offline()
 
 
+def _run_options(command):
+    """The options of every command that builds a run: model, training files, run directory, configuration."""
+    options = [
+        click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face causal LM folder."),
+        click.option("--train", "train_files", required=True, multiple=True, type=click.Path(path_type=Path), help="JSONL or Parquet training file (repeatable)."),
+        click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (created; rerunning resumes)."),
+        click.option("--preset", "preset_name", default="default", show_default=True, type=click.Choice(sorted(PRESETS))),
+        click.option("--config", "config_path", type=click.Path(path_type=Path), help="A saved config.yaml (e.g. RUN/config.yaml); replaces --preset."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value (repeatable)."),
+        click.option("--text-field", default=None, help="Field holding the document text (default: text)."),
+        click.option("--id-field", default=None, help="Field holding the document id (default: id; line number if absent)."),
+        click.option("--force", is_flag=True, help="Rebuild stages whose configuration changed instead of refusing."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face causal LM folder.")
-@click.option("--train", "train_files", required=True, multiple=True, type=click.Path(path_type=Path), help="JSONL or Parquet training file (repeatable).")
+@_run_options
 @click.option("--queries", "queries_file", required=True, type=click.Path(path_type=Path), help="JSONL/Parquet queries: prompt+completion, or text.")
-@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (created; rerunning resumes).")
-@click.option("--preset", "preset_name", default="default", show_default=True, type=click.Choice(sorted(PRESETS)))
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A saved config.yaml (e.g. RUN/config.yaml); replaces --preset.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value (repeatable).")
-@click.option("--text-field", default=None, help="Field holding the document text (default: text).")
-@click.option("--id-field", default=None, help="Field holding the document id (default: id; line number if absent).")
 @click.option("--layers-path", default=None, help="Dotted path to the decoder-block ModuleList for unknown architectures.")
 @click.option("--name", default="queries", show_default=True, help="Name of this query set inside the run.")
-@click.option("--force", is_flag=True, help="Rebuild stages whose configuration changed instead of refusing.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config_path, overrides, text_field, id_field, layers_path, name, force, quiet):
     """Attribute every query to the training documents that moved its loss."""
     try:
@@ -86,9 +96,7 @@ def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config
         click.echo(f"{len(documents)} documents, {len(queries)} queries; {config.form} form, steering {cut}")
         stride.fit(documents, force=force)
         store = stride.attribute(queries, name=name, force=force)
-        atomic_write_text(Path(run_dir) / "inputs.json", json.dumps({
-            "model": str(model_dir), "train": [str(p) for p in train_files], "queries": str(queries_file), "name": name,
-        }, indent=2))
+        RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir), queries=str(queries_file), name=name)
     except StrideError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"scores: {store.folder}")
@@ -96,20 +104,9 @@ def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face causal LM folder.")
-@click.option("--train", "train_files", required=True, multiple=True, type=click.Path(path_type=Path), help="JSONL or Parquet training file (repeatable).")
-@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (created; rerunning resumes).")
-@click.option("--preset", "preset_name", default="default", show_default=True, type=click.Choice(sorted(PRESETS)))
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A saved config.yaml; replaces --preset.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one configuration value (repeatable).")
-@click.option("--text-field", default=None, help="Field holding the document text (default: text).")
-@click.option("--id-field", default=None, help="Field holding the document id (default: id).")
-@click.option("--force", is_flag=True, help="Rebuild stages whose configuration changed instead of refusing.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_run_options
 def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, text_field, id_field, force, quiet):
     """Train the steering operators on a training pool, once; then attribute any target to it (select, top)."""
-    from .runs import RunInputs
-
     try:
         config = _config_from_options(preset_name, config_path, overrides, text_field, id_field)
         documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)

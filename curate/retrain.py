@@ -5,8 +5,8 @@ tokenizer but new, seeded weights, so two selections compared with the same base
 their data. ``train_proxy`` reads any dataset folder (JSONL, gzipped JSONL, Parquet: what datatrove's writers
 produce) or file, trains, and saves a Hugging Face model folder with a ``training.json`` record.
 
-The recipe is the project's tiny-Llama pre-training recipe (``benchmarks/settings/pretrain.py``, copied here
-because curate does not depend on the benchmarks): AdamW (betas 0.9/0.95, weight decay 0.01 on matrices only),
+The recipe is the project's tiny-Llama pre-training recipe (``train_rows``, which the benchmark's ground-truth
+retraining also uses): AdamW (betas 0.9/0.95, weight decay 0.01 on matrices only),
 gradient clipping at 1, linear warm-up then cosine decay to zero (the last updates barely move the weights,
 which damps data-order noise between proxies), a fixed number of optimiser steps, batches drawn from a fresh
 seeded shuffle of the rows each epoch.
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from curate.errors import CurateError
 from stride_engine.artifacts import atomic_path
 
-__all__ = ["DATA_SUFFIXES", "data_files", "read_texts", "selected_folder", "train_proxy"]
+__all__ = ["DATA_SUFFIXES", "data_files", "max_positions", "read_texts", "selected_folder", "train_proxy", "train_rows"]
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 # 1000 steps x 8 rows x 128 tokens = 1M tokens, about one pass over a 3,000-document selection of ~300-token
@@ -170,7 +170,8 @@ def _load_base(base: Path):
     return config, tokenizer
 
 
-def _max_positions(config) -> int | None:
+def max_positions(config) -> int | None:
+    """The model's context window from its configuration, or None when the configuration does not say."""
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if isinstance(getattr(config, key, None), int):
             return getattr(config, key)
@@ -261,7 +262,7 @@ def train_proxy(
         raise CurateError(f"{out} already exists; choose another output folder or pass overwrite (--overwrite)")
     files = data_files(data)
     config, tokenizer = _load_base(base)
-    positions = _max_positions(config)
+    positions = max_positions(config)
     if positions is not None and seq_len > positions:
         raise CurateError(f"seq_len {seq_len} is longer than base model {base}'s {positions} positions; use seq_len <= {positions}")
 

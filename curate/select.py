@@ -36,6 +36,7 @@ from .errors import CurateError
 from .pipeline.selection import SELECTION_FILE, BudgetThreshold, InfluenceFilter, InfluenceScorer
 from .pipeline.report import SelectionReport
 from .runs import AGGREGATION_RULES, RunInputs, attribute_target, document_influence, document_tokens, open_run
+from .retrain import max_positions
 from .similarity import METHODS, similarity_scores
 from .targets import Target, load_target
 
@@ -78,8 +79,7 @@ def target_for_run(run_dir: Path, spec: str, task_dirs: list[Path], limit: int |
     inputs = RunInputs.load(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(inputs.model)
     model_config = AutoConfig.from_pretrained(inputs.model)
-    window = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None) or 1 << 30
-    target = load_target(spec, tokenizer, window, task_dirs, limit)
+    target = load_target(spec, tokenizer, max_positions(model_config) or 1 << 30, task_dirs, limit)
     digest = hashlib.sha1(json.dumps([target.queries.ids, target.queries.prompts, target.queries.completions]).encode())
     # The digest in the name: a target file edited since an earlier selection gets its own score store.
     return Target(f"{target.name}-{digest.hexdigest()[:8]}", target.source, target.queries, target.truncated)
@@ -229,7 +229,6 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
         raise CurateError("choose one of resume and overwrite")
     _check_output_folder(request, resume, overwrite)
     run = Path(request.run)
-    RunInputs.load(run)
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit)
     table = influence_table(run, request.target, request.rule, request.k, [Path(d) for d in request.task_dirs],
                             request.target_limit, request.method, request.seed)  # computed here, reused by the stages

@@ -6,7 +6,6 @@ The planted facts give ground truth, so the demo can say how often attribution f
 
 from __future__ import annotations
 
-import json
 import textwrap
 import time
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ import click
 import polars as pl
 
 from stride_engine import ScoreStore, Stride, StrideConfig, read_documents, read_queries
-from stride_engine.artifacts import atomic_write_text
 
+from ..runs import RunInputs
 from .model import build_demo_assets
 
 
@@ -59,9 +58,7 @@ def run_demo(out_dir: Path, config: StrideConfig, show: int = 4, quick: bool = F
     stride = Stride.from_pretrained(assets.model_dir, config, run_dir, progress=progress)
     stride.fit(documents)
     store = stride.attribute(queries, name="queries")
-    atomic_write_text(run_dir / "inputs.json", json.dumps({
-        "model": str(assets.model_dir), "train": [str(assets.corpus_path)], "queries": str(assets.queries_path), "name": "queries",
-    }, indent=2))
+    RunInputs(assets.model_dir, [assets.corpus_path]).save(run_dir, queries=str(assets.queries_path), name="queries")
     attributed = time.perf_counter()
 
     click.echo("3/3 results")

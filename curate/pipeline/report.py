@@ -16,7 +16,7 @@ from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from ..budget import parse_budget
-from .selection import SELECTION_FILE
+from .selection import SELECTION_FILE, write_atomically
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
@@ -34,11 +34,8 @@ class SelectionReport(PipelineStep):
         with self.output_folder.open(SELECTION_FILE, "rb") as handle:
             selection = pl.read_parquet(io.BytesIO(handle.read()))
         manifest = selection_manifest(selection, self.request)
-        with self.output_folder.open("scores.png", "wb") as handle:
-            handle.write(score_plot(selection, self.request))
-        with self.output_folder.open("manifest.json.partial", "w") as handle:
-            handle.write(json.dumps(manifest, indent=1) + "\n")
-        self.output_folder.mv("manifest.json.partial", "manifest.json")
+        write_atomically(self.output_folder, "scores.png", score_plot(selection, self.request))
+        write_atomically(self.output_folder, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         yield from data or []
 
 

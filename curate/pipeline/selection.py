@@ -137,10 +137,14 @@ class InfluenceFilter(BaseFilter):
 
 
 def _write_parquet(frame: pl.DataFrame, folder, name: str) -> None:
-    """Through a temporary name and a rename where the filesystem allows, so a reader never sees half a table."""
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
+    write_atomically(folder, name, buffer.getvalue())
+
+
+def write_atomically(folder, name: str, data: bytes) -> None:
+    """Through a temporary name and a rename where the filesystem allows, so a reader never sees half a file."""
     partial = f"{name}.partial"
     with folder.open(partial, "wb") as handle:
-        handle.write(buffer.getvalue())
+        handle.write(data)
     folder.mv(partial, name)
