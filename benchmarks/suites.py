@@ -68,6 +68,7 @@ ABLATIONS = {
     "linearity x10": dict(linearity_weight=1.0),
     "lambda cv": dict(lambda_rule="cv"), "lambda 0.05": dict(lambda_fraction=0.05), "lambda 0.4": dict(lambda_fraction=0.4),
     "ridge": dict(solver="ridge"),
+    "groups=16": dict(groups=16, lambda_rule="cv"),  # grouped recovery (stride_engine/groups.py)
 }
 
 
@@ -100,6 +101,11 @@ LM_PEERS = (
 LM_ABLATIONS = {
     "steps=1000": dict(steps=1000),
     "stability=1 lr=0.01": dict(stability_weight=1.0, learning_rate=0.01),
+    # Grouped recovery (stride_engine/groups.py): the same operators decoded with 16 groups of chunks, with the
+    # cross-validated λ the selection recipe uses and with the fixed λ of the main row; and that λ rule alone.
+    "groups=16": dict(groups=16, lambda_rule="cv"),
+    "groups=16 lambda 0.1": dict(groups=16),
+    "lambda cv": dict(lambda_rule="cv"),
 }
 
 

@@ -143,17 +143,25 @@ def build_base(recipe: dict, pool: str, folder: Path) -> Path:
     return folder
 
 
-def fit_run(recipe: dict, reference: Path, pool: str, folder: Path) -> Path:
-    from stride_engine import Stride
+def fit_run(recipe: dict, reference: Path, pool: str, folder: Path) -> tuple[Path, float | None]:
+    """The recipe's STRIDE run (fitted now or reused) and how long its fit took when it ran."""
+    from stride_engine import Stride, StrideConfig
 
     from .runs import RunInputs
 
     spec = recipe["stride"]
     config = preset(spec.get("preset", "default"), **(spec.get("set") or {}))
-    if not (folder / "inputs.json").is_file():
-        Stride.from_pretrained(reference, config, folder, progress=recipe.get("progress", True)).fit(read_documents([pool]))
-        RunInputs(reference, [Path(pool)]).save(folder)
-    return folder
+    # The folder is named by the fit's settings, so a finished run differs at most in its recovery settings: fit()
+    # then checks the trained stages, and force lets it save the new recovery settings (the score stores are
+    # named by them, see select.target_for_run, so none is reused stale).
+    saved = folder / "config.yaml"
+    rescore = saved.is_file() and StrideConfig.load(saved) != config
+    inputs = folder / "inputs.json"
+    started = time.perf_counter()
+    Stride.from_pretrained(reference, config, folder, progress=recipe.get("progress", True)).fit(read_documents([pool]), force=rescore)
+    if not inputs.is_file():  # a fit that ran now (or finished now): its time is recorded with the run
+        RunInputs(reference, [Path(pool)]).save(folder, fit_seconds=round(time.perf_counter() - started, 1))
+    return folder, json.loads(inputs.read_text()).get("fit_seconds")
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -197,11 +205,10 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
 
         train_proxy(files["pool"], reference, base, steps=model_spec["steps"], batch_size=model_spec.get("batch_size", 8),
                     seq_len=model_spec["max_length"], seed=recipe.get("seed", 0), progress=recipe.get("progress", True))
-    fit_started = time.perf_counter()
-    # The run and STRIDE's selections are named by the STRIDE settings: changing them refits instead of reusing.
-    stride_key = hashlib.sha1(json.dumps(recipe["stride"], sort_keys=True).encode()).hexdigest()[:8]
-    run = fit_run(recipe, reference, files["pool"], out / f"run-{stride_key}")
-    fit_seconds = time.perf_counter() - fit_started
+    # The run is named by the settings its training depends on, STRIDE's selections by all of them: changed
+    # recovery settings rescore the same run, a changed fit refits.
+    stride_key = _key(recipe["stride"])
+    run, fit_seconds = fit_run(recipe, reference, files["pool"], out / f"run-{_key(_fit_settings(recipe['stride']))}")
 
     task_dir = out / "tasks"
     tasks = []
@@ -257,6 +264,18 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
 
     return write_results(rows, recipe, results or _path_from_cwd(recipe.get("results") if not smoke else None, out),
                          fit_seconds, time.perf_counter() - started, smoke)
+
+
+def _key(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _fit_settings(stride: dict) -> dict:
+    """The recipe's STRIDE block without the settings only recovery depends on."""
+    from stride_engine.config import STAGE_FIELDS
+
+    recovery = set(STAGE_FIELDS["scores"])
+    return {**stride, "set": {k: v for k, v in (stride.get("set") or {}).items() if k not in recovery}}
 
 
 def _job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from filelock import FileLock
 
 from stride_engine import ScoreStore, StrideConfig, StrideError, read_documents
 from stride_engine.artifacts import atomic_path, atomic_write_text
+from stride_engine.config import stage_fields
 from stride_engine.corpus import PARQUET_SUFFIXES
 
 from .budget import parse_budget
@@ -80,8 +81,10 @@ def target_for_run(run_dir: Path, spec: str, task_dirs: list[Path], limit: int |
     tokenizer = AutoTokenizer.from_pretrained(inputs.model)
     model_config = AutoConfig.from_pretrained(inputs.model)
     target = load_target(spec, tokenizer, max_positions(model_config) or 1 << 30, task_dirs, limit)
-    digest = hashlib.sha1(json.dumps([target.queries.ids, target.queries.prompts, target.queries.completions]).encode())
-    # The digest in the name: a target file edited since an earlier selection gets its own score store.
+    recovery = stage_fields(StrideConfig.load(Path(run_dir) / "config.yaml"), "scores")
+    digest = hashlib.sha1(json.dumps([target.queries.ids, target.queries.prompts, target.queries.completions, recovery]).encode())
+    # The digest in the name: a target file edited since an earlier selection, or a run rescored with other recovery
+    # settings since (`curate fit ... --set groups=16 --force`), gets its own score store instead of a stale one.
     return Target(f"{target.name}-{digest.hexdigest()[:8]}", target.source, target.queries, target.truncated)
 
 

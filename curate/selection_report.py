@@ -16,12 +16,12 @@ import polars as pl
 from stride_engine.artifacts import atomic_write_text
 
 
-def write_results(rows: list[dict], recipe: dict, path: Path, fit_seconds: float, total_seconds: float, smoke: bool) -> Path:
+def write_results(rows: list[dict], recipe: dict, path: Path, fit_seconds: float | None, total_seconds: float, smoke: bool) -> Path:
     path = Path(path)
     context = {
         "recipe": recipe.get("name"), "smoke": smoke, "commit": _commit(), "machine": _machine(),
         "command": "curate recipe " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "curate recipe",
-        "stride_fit_seconds": round(fit_seconds, 1), "study_seconds": round(total_seconds, 1),
+        "stride_fit_seconds": fit_seconds, "invocation_seconds": round(total_seconds, 1),
     }
     rows = [{**row, **context} for row in rows]
     atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
@@ -29,6 +29,10 @@ def write_results(rows: list[dict], recipe: dict, path: Path, fit_seconds: float
     atomic_write_text(path.with_suffix(".md"), markdown(table, rows, recipe))
     plot(table, path.with_suffix(".png"))
     return path
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.0f} s" if value is not None else "time not recorded"
 
 
 def summary(rows: list[dict]) -> pl.DataFrame:
@@ -45,7 +49,8 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
         f"# Selection study: {context['recipe']}{' (smoke)' if context['smoke'] else ''}",
         "",
         f"Made by `{context['command']}` at commit {context['commit']} on {context['machine']['cpus']} CPUs; "
-        f"STRIDE fit {context['stride_fit_seconds']:.0f} s, whole study {context['study_seconds'] / 60:.0f} min.",
+        f"STRIDE fit {_seconds(context['stride_fit_seconds'])}; this invocation {context['invocation_seconds'] / 60:.0f} min "
+        "(stages an earlier invocation finished are reused: runs, selections and proxies are cached by their settings).",
         "Target word perplexity (lm-eval `loglikelihood_rolling` on held-out target items) of a proxy trained from scratch",
         "on each selection, mean ± std over proxy seeds; lower is better. Every proxy takes the same number of steps.",
         "",

@@ -58,6 +58,11 @@ class StrideConfig:
     ridge_alpha: float = 1.0
     solver_max_iter: int = 2000
     solver_tol: float = 1e-6
+    # Grouped recovery (groups.py): 0 = plain sparse recovery; C > 0 = k-means the training chunks into C groups by
+    # the model's own states at the cut, fit one effect per group, and recover the sparse rest. For dense effects
+    # (a whole domain helps a target), which K measurements cannot resolve chunk by chunk.
+    groups: int = 0
+    group_ridge: float = 1.0  # ridge on the group effects, in units of the mean eigenvalue of the group Gram matrix
     # --- score store --------------------------------------------------------------------------------
     aggregate: str = "max"  # chunk -> document: "max" (largest |score|, signed) | "sum"
     top_k: int = 100  # documents kept per query and direction (most and least influential)
@@ -144,7 +149,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "responses": (),
     "scores": (
         "solver", "lambda_rule", "lambda_fraction", "cv_folds", "ridge_alpha", "solver_max_iter", "solver_tol",
-        "aggregate", "top_k",
+        "groups", "group_ridge", "aggregate", "top_k",
     ),
 }
 
@@ -194,7 +199,9 @@ def _validate(config: StrideConfig) -> None:
         raise ConfigError(f"layer_fraction must be in (0, 1], got {config.layer_fraction}")
     if not 0.0 < config.lambda_fraction <= 1.0:
         raise ConfigError(f"lambda_fraction must be in (0, 1] (a fraction of lambda_max), got {config.lambda_fraction}")
-    for name in ("learning_rate", "ridge_alpha", "solver_tol", "sketch_ridge"):
+    if not isinstance(config.groups, int) or isinstance(config.groups, bool) or config.groups < 0:
+        raise ConfigError(f"groups must be 0 (off) or a positive number of groups, got {config.groups!r}")
+    for name in ("learning_rate", "ridge_alpha", "solver_tol", "sketch_ridge", "group_ridge"):
         if not getattr(config, name) > 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     for name in ("fidelity_weight", "stability_weight", "linearity_weight"):

@@ -20,6 +20,7 @@ import scipy.sparse
 import torch
 
 from stride_engine.errors import ConfigError
+from stride_engine.groups import fit_group_effects, group_design
 
 SOLVERS = ("lasso", "ridge")
 LAMBDA_RULES = ("cv", "fixed")
@@ -44,6 +45,8 @@ class RecoverySettings:
     tol: float = 1e-6  # FISTA stops once ‖w_k+1 − w_k‖ / ‖w_k+1‖ < tol for every query of the batch
     cv_tol: float = 1e-4  # CV fits only rank λ's by held-out error: 3 digits suffice, at ~1/4 the cost
     query_batch: int = 64
+    # Grouped recovery (groups.py): ridge penalty on the group effects, in units of the mean eigenvalue of GᵀG.
+    group_ridge: float = 1.0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -60,6 +63,8 @@ class RecoverySettings:
             raise ConfigError(f"cv_folds={self.cv_folds} must be at least 2")
         if self.ridge_alpha <= 0:
             raise ConfigError(f"ridge_alpha={self.ridge_alpha} must be > 0")
+        if self.group_ridge <= 0:
+            raise ConfigError(f"group_ridge={self.group_ridge} must be > 0")
         if self.max_iter < 1 or self.query_batch < 1 or self.tol <= 0 or self.cv_tol <= 0:
             raise ConfigError(
                 f"max_iter={self.max_iter} and query_batch={self.query_batch} must be >= 1, "
@@ -369,8 +374,12 @@ def recover(
     *,
     device: str = "cpu",
     progress: bool = False,
+    groups: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """responses is (Q, K). Yields, batch by batch of queries, (query_indices (b,), scores (b, n) float32, lambdas (b,)).
+
+    With `groups` (each example's group, 0..C−1; see groups.py) the scores are grouped: per-group effects fitted by
+    ridge on the K × C group design, plus the sparse solver's scores on what they leave unexplained.
 
     Never builds a dense K×n or Q×n matrix for all queries at once (n can be millions; only b×n at a time).
     lambdas are the absolute Lasso penalties used (λ_max where the answer is all-zero), or ridge's α'.
@@ -400,14 +409,20 @@ def recover(
         raise ConfigError(f"cv_folds={settings.cv_folds} exceeds the number of subsets K={k}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} requested but torch sees no CUDA device; use device='cpu'")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or (groups < 0).any():
+            raise ConfigError(f"groups must give each of the n={n} examples a non-negative integer group, got shape {groups.shape}")
 
-    return _recover_batches(membership, responses, settings, device, progress)
+    return _recover_batches(membership, responses, settings, device, progress, groups)
 
 
 def _recover_batches(
-    membership: scipy.sparse.spmatrix, responses: np.ndarray, settings: RecoverySettings, device: str, progress: bool
+    membership: scipy.sparse.spmatrix, responses: np.ndarray, settings: RecoverySettings, device: str, progress: bool,
+    groups: np.ndarray | None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     op = CentredOperator.from_scipy(membership, device)
+    design = group_design(membership, groups) if groups is not None else None
     if settings.solver == "ridge":
         factor, alpha = ridge_factor(membership, settings.ridge_alpha)
     starts = range(0, responses.shape[0], settings.query_batch)
@@ -419,8 +434,14 @@ def _recover_batches(
         idx = np.arange(start, min(start + settings.query_batch, responses.shape[0]))
         y64 = responses[idx].T.astype(np.float64)  # (K, b); centre in float64, solve in float32
         y_c64 = y64 - y64.mean(0, keepdims=True)
+        shared = 0.0
+        if design is not None:  # group effects first; the sparse solver explains what they leave
+            effects = fit_group_effects(design, y_c64, settings.group_ridge)
+            y_c64 = y_c64 - (design - design.mean(0, keepdims=True)) @ effects
+            y64 = y_c64
+            shared = effects[groups].T.astype(np.float32)  # (b, n)
         if settings.solver == "ridge":
-            yield idx, ridge(op, factor, y_c64).T.contiguous().cpu().numpy(), np.full(idx.size, alpha)
+            yield idx, ridge(op, factor, y_c64).T.contiguous().cpu().numpy() + shared, np.full(idx.size, alpha)
             continue
         y_c = torch.as_tensor(y_c64, dtype=torch.float32, device=op.device)
         lmax = lambda_max(op, y_c)
@@ -430,4 +451,4 @@ def _recover_batches(
             fracs, _ = choose_lambda_cv(op, torch.as_tensor(y64, dtype=torch.float32, device=op.device), settings)
         # cold start at the chosen λ: the working sets grow from the worst KKT violators
         w, _ = lasso(op, y_c, fracs * lmax, max_iter=settings.max_iter, tol=settings.tol)
-        yield idx, w.T.contiguous().cpu().numpy(), (fracs * lmax).cpu().numpy().astype(np.float64)
+        yield idx, w.T.contiguous().cpu().numpy() + shared, (fracs * lmax).cpu().numpy().astype(np.float64)

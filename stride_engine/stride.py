@@ -29,6 +29,7 @@ from .artifacts import RunDirectory, Stage, atomic_path, fingerprint, remove_pat
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
 from .corpus import Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
 from .design import Membership, random_membership
+from .groups import cluster_examples, pooled_states
 from .errors import ConfigError, StageMismatchError, StrideError
 from .operators import SteeringBank
 from .plots import plot_training_curves
@@ -39,7 +40,7 @@ from .training import StateCache, new_bank, train_operators
 
 log = logging.getLogger(__name__)
 
-STAGES = ("chunks", "design", "operators", "responses", "scores")
+STAGES = ("chunks", "design", "operators", "groups", "responses", "scores")
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,11 @@ class Stride:
         values = np.load(self.run.path("responses", f"{name}.npy"))
         queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
         membership = Membership.load(self.run.path("design.npz"))
-        settings = RecoverySettings(
-            solver=self.config.solver, lambda_rule=self.config.lambda_rule, lambda_fraction=self.config.lambda_fraction,
-            cv_folds=self.config.cv_folds, ridge_alpha=self.config.ridge_alpha, max_iter=self.config.solver_max_iter,
-            tol=self.config.solver_tol,
-        )
         examples = self._examples
         store = write_scores(
             folder,
-            recover(membership.matrix, values, settings, device=str(self.device), progress=self.progress),
+            recover(membership.matrix, values, self.recovery_settings(), device=str(self.device), progress=self.progress,
+                    groups=self.groups()),
             query_ids=queries["query_id"].to_list(),
             base_losses=queries["base_loss"].to_numpy(),
             doc_ids=examples.doc_ids,
@@ -148,10 +145,36 @@ class Stride:
             doc_index=examples.doc_index,
             aggregate=self.config.aggregate,
             top_k=self.config.top_k,
-            keep_all_nonzeros=self.config.solver == "lasso",
+            # grouped scores are dense: keep the top chunks per query, not every non-zero
+            keep_all_nonzeros=self.config.solver == "lasso" and not self.config.groups,
         )
         self.run.finish(stage, queries=len(queries))
         return store
+
+    def recovery_settings(self) -> RecoverySettings:
+        config = self.config
+        return RecoverySettings(
+            solver=config.solver, lambda_rule=config.lambda_rule, lambda_fraction=config.lambda_fraction,
+            cv_folds=config.cv_folds, ridge_alpha=config.ridge_alpha, max_iter=config.solver_max_iter,
+            tol=config.solver_tol, group_ridge=config.group_ridge,
+        )
+
+    def groups(self) -> np.ndarray | None:
+        """Each training chunk's group for grouped recovery (groups.py; None when off), computed once per run and count."""
+        self._require_fit()
+        count = self.config.groups
+        if not count:
+            return None
+        stage = Stage(f"groups-{count}", {"operators": self._operators_stage.fingerprint, "groups": count, "seed": self.config.seed})
+        path = self.run.path("groups", f"{count}.parquet")
+        if self.run.is_done(stage):
+            return pl.read_parquet(path)["group"].to_numpy()
+        features = pooled_states(self.adapter, self._examples.batch, self.config.form, self.layer, self.config.micro_batch, self.device)
+        groups = cluster_examples(features, count, self.config.seed)
+        with atomic_path(path) as tmp:
+            pl.DataFrame({"chunk_id": np.arange(len(groups)), "group": groups}).write_parquet(tmp)
+        self.run.finish(stage, groups=int(groups.max()) + 1, sizes=np.bincount(groups).tolist())
+        return groups
 
     def attribute(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> ScoreStore:
         self.responses(queries, name, force)
@@ -197,7 +220,7 @@ class Stride:
             return
         saved = StrideConfig.load(saved_path)
         for stage in STAGES:
-            changed = [k for k in STAGE_FIELDS[stage] if getattr(saved, k) != getattr(self.config, k)]
+            changed = [k for k in STAGE_FIELDS.get(stage, ()) if getattr(saved, k) != getattr(self.config, k)]
             if changed and any(self.run.path("stages").glob(f"{stage}*.json")):
                 raise StageMismatchError(
                     f"stage '{stage}' in {self.run.root} was built from a different configuration (changed: {', '.join(changed)}). "

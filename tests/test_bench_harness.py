@@ -162,3 +162,15 @@ def test_every_method_named_in_the_suites_resolves_to_a_function():
             assert plan.setting in SETTINGS
             for method in plan.methods:
                 assert callable(method.resolve()), (suite.name, plan.setting, method.label)
+
+
+def test_the_benchmarks_stride_scores_follow_the_recovery_settings(digits):
+    """The benchmark scores every example with the run's own recovery settings, grouped recovery included."""
+    from benchmarks.methods.stride import stride
+
+    quick = dict(num_subsets=32, subsets_per_example=3, steps=20, linearity_every=10)
+    plain = stride(digits, **quick)
+    grouped = stride(digits, **quick, groups=4)
+    assert plain.shape == grouped.shape == (len(digits.queries), len(digits.train))
+    assert (plain == 0).mean() > 0.5  # the Lasso's scores are sparse
+    assert (grouped != 0).all()  # every example carries its group's effect

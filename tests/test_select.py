@@ -283,3 +283,29 @@ def test_ray_executor_gives_the_same_selection(fitted_run, fact_target, tmp_path
     local = run_selection(_request(fitted_run, target, tmp_path / "local"))
     assert on_ray["selected_documents"] == local["selected_documents"]
     assert len(_records(tmp_path / "ray" / "selected")) == len(local["selected_documents"])
+
+
+def test_grouped_recovery_rescores_a_fitted_run_without_refitting(fitted_run, demo_assets, fact_target, tmp_path):
+    """`curate fit --set groups=8 --force` on a fitted run keeps the operators, clusters the chunks once, and the
+    selection made before stays apart: the target gets one score store per recovery setting, never a stale one."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run)
+    target, _ = fact_target
+    plain = run_selection(_request(run, target, tmp_path / "plain", budget="60"))
+    bank = (run / "operators" / "bank.safetensors").read_bytes()
+    args = ["fit", "--model", str(demo_assets.model_dir), "--train", str(demo_assets.corpus_path), "--out", str(run),
+            "--preset", "cpu-smoke", "--quiet", "--set", "groups=8"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "groups" in refused.output  # a changed recovery setting needs --force
+    result = CliRunner().invoke(main, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    grouped = run_selection(_request(run, target, tmp_path / "grouped", budget="60"))
+    assert (run / "operators" / "bank.safetensors").read_bytes() == bank
+    assert pl.read_parquet(run / "groups" / "8.parquet")["group"].n_unique() == 8
+    names = {plain["request"]["target_run_name"], grouped["request"]["target_run_name"]}
+    stores = sorted((run / "scores").glob("target-facts-*"))
+    assert len(names) == 2 and {s.name for s in stores} == names
+    # Grouped scores are dense: every document of the pool has one, where the Lasso's are mostly zero.
+    assert max(pl.read_parquet(s / "documents.parquet")["nonzero_queries"].min() for s in stores) == FACTS

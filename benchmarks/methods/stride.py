@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from stride_engine import Examples, Membership, Stride, preset
-from stride_engine.recovery import RecoverySettings, recover
+from stride_engine.recovery import recover
 
 from ..settings.base import ExampleSet, Setting
 
@@ -26,12 +26,8 @@ def stride(setting: Setting, preset_name: str = "cpu-smoke", run_dir: str | None
         engine = Stride(setting.adapter(), config, folder, progress=False).fit(_examples(setting.train))
         responses = engine.responses(_examples(setting.queries))
         membership = Membership.load(folder / "design.npz")
-        settings = RecoverySettings(
-            solver=config.solver, lambda_rule=config.lambda_rule, lambda_fraction=config.lambda_fraction,
-            cv_folds=config.cv_folds, ridge_alpha=config.ridge_alpha, max_iter=config.solver_max_iter, tol=config.solver_tol,
-        )
         scores = np.zeros((len(setting.queries), len(setting.train)))
-        for rows, values, _ in recover(membership.matrix, responses, settings):
+        for rows, values, _ in recover(membership.matrix, responses, engine.recovery_settings(), groups=engine.groups()):
             scores[rows] = values
     return scores
 

@@ -1,0 +1,75 @@
+"""Groups of training examples, for grouped recovery (a choice of this project, not of the paper).
+
+Why: the Lasso assumes a query's influence vector is sparse. Much of what matters for data selection is not:
+"every arithmetic word problem helps a GSM8K item a little" is a dense effect spread over thousands of chunks,
+and K measurements cannot recover a dense n-vector (each subset mixes ~n·d/K chunks, so the matched filter of one
+chunk is dominated by the others in its subsets). A dense effect that is shared by *similar* examples is
+different: if β = A w + s, with A the one-hot assignment of examples to C groups (C ≪ K) and s sparse, then
+y ≈ (M A) w + M s, and M A (K × C: how many chunks of each group each subset holds) is a small, well-posed design.
+
+The groups come from the frozen model itself: k-means on each example's states at the cut, mean-pooled over its
+tokens (no labels, no outside embedding model). Recovery then fits w by ridge on M A and runs the Lasso on what
+is left (see recovery.py); a chunk's score is w[its group] + s[chunk].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.cluster.vq
+import scipy.sparse
+import torch
+
+from .adapters import Batch, ModelAdapter, move, select_rows
+from .errors import ConfigError
+
+
+@torch.no_grad()
+def pooled_states(adapter: ModelAdapter, batch: Batch, form: str, layer: int, micro_batch: int, device) -> np.ndarray:
+    """One vector per example: its states at the cut, averaged over real tokens (as is, for non-sequence states)."""
+    batch = move(batch, device)
+    rows = len(next(iter(batch.values())))
+    pooled = []
+    for start in range(0, rows, micro_batch):
+        part = select_rows(batch, slice(start, start + micro_batch))
+        states = adapter.capture(part, form, layer).float()
+        if states.dim() >= 3 and "attention_mask" in part:
+            mask = part["attention_mask"].to(states.dtype).reshape(*states.shape[:2], *[1] * (states.dim() - 2))
+            states = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        pooled.append(states.reshape(len(states), -1).cpu())
+    return torch.cat(pooled).numpy().astype(np.float64)
+
+
+def cluster_examples(features: np.ndarray, num_groups: int, seed: int) -> np.ndarray:
+    """k-means (k-means++ start, seeded) on standardised features; returns each example's group, 0..C−1."""
+    n = len(features)
+    if num_groups > n:
+        raise ConfigError(f"groups={num_groups} exceeds the number of training examples ({n}); use fewer groups")
+    scale = features.std(axis=0)
+    whitened = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    _, labels = scipy.cluster.vq.kmeans2(whitened, num_groups, minit="++", seed=np.random.default_rng([seed, 11]))
+    # k-means can leave a group empty; renumber so the groups in use are 0..C'−1
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def group_design(membership: scipy.sparse.spmatrix, groups: np.ndarray) -> np.ndarray:
+    """M A: for every subset (row), how many of its examples fall in each group (column)."""
+    assignment = scipy.sparse.csr_matrix(
+        (np.ones(len(groups)), (np.arange(len(groups)), groups)), shape=(len(groups), int(groups.max()) + 1)
+    )
+    return np.asarray((scipy.sparse.csr_matrix(membership, dtype=np.float64) @ assignment).todense())
+
+
+def fit_group_effects(design: np.ndarray, y_c: np.ndarray, ridge: float) -> np.ndarray:
+    """Per-group influence w (C, b) from centred responses y_c (K, b): ridge on the centred group design.
+
+    The penalty is `ridge` times the mean eigenvalue of GᵀG, so it does not depend on K, d or the group sizes. It
+    also settles the one direction the data cannot: subsets have (nearly) equal sizes, so adding a constant to every
+    group's w changes nothing measurable, and ridge takes the smallest such w (ranks are unaffected).
+    """
+    centred = design - design.mean(axis=0, keepdims=True)
+    gram = centred.T @ centred
+    penalty = ridge * max(np.trace(gram) / len(gram), 1e-12)
+    return np.linalg.solve(gram + penalty * np.eye(len(gram)), centred.T @ y_c)
+
+
+__all__ = ["pooled_states", "cluster_examples", "group_design", "fit_group_effects"]

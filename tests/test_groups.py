@@ -1,0 +1,107 @@
+"""Grouped recovery (stride_engine.groups): a dense effect shared by a group of similar examples, which the
+plain Lasso cannot resolve from K ≪ n measurements, is recovered; a sparse planted example still stands out;
+groups come from the model's own states and are persisted with the run."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from stride_engine import Stride, preset, read_documents, read_queries
+from stride_engine.errors import ConfigError
+from stride_engine.groups import cluster_examples, group_design
+from stride_engine.recovery import RecoverySettings, recover
+
+from test_recovery import expander, one_thread  # noqa: F401 (one_thread: an autouse fixture, single-threaded torch)
+from tiny import random_texts, save_tiny_model, write_jsonl
+
+N, K, D, GROUPS = 3000, 128, 4, 6
+
+
+@pytest.fixture(scope="module")
+def dense_problem():
+    """Every example of group 0 (a sixth of the corpus) helps the queries a little; one example of group 3 a lot."""
+    m = expander(N, K, D, seed=3)
+    rng = np.random.default_rng(4)
+    groups = rng.integers(0, GROUPS, N)
+    w = np.where(groups == 0, 0.05, 0.0)
+    planted = int(np.flatnonzero(groups == 3)[0])
+    w[planted] = 1.5
+    y = 1.0 + (m @ w)[None, :] + 0.05 * rng.standard_normal((4, K))
+    return m, y, groups, planted
+
+
+def _scores(m, y, **kw) -> np.ndarray:
+    return np.concatenate([part[1] for part in recover(m, y, RecoverySettings(**kw.pop("settings", {})), **kw)])
+
+
+def test_a_dense_group_effect_is_recovered_only_with_groups(dense_problem):
+    m, y, groups, planted = dense_problem
+    top = N // 10
+    plain = _scores(m, y).mean(0)
+    grouped = _scores(m, y, groups=groups).mean(0)
+    share = lambda s: (groups[np.argsort(-s, kind="stable")[:top]] == 0).mean()
+    print(f"group-0 share of the top 10%: plain {share(plain):.2f}, grouped {share(grouped):.2f} (corpus {np.mean(groups == 0):.2f})")
+    assert share(plain) < 0.5  # each subset mixes ~94 examples: chunk by chunk, the dense effect drowns
+    assert share(grouped) > 0.9
+    # The planted example is the sparse rest: it still ranks first, above its whole group.
+    assert int(np.argmax(grouped)) == planted
+
+
+def test_grouped_recovery_with_ridge_and_cv_solvers(dense_problem):
+    m, y, groups, _ = dense_problem
+    for settings in ({"solver": "ridge"}, {"lambda_rule": "cv"}):
+        scores = _scores(m, y, groups=groups, settings=settings).mean(0)
+        assert scores[groups == 0].mean() > scores[groups != 0].mean() + 0.02, settings
+
+
+def test_bad_groups_are_refused(dense_problem):
+    m, y, groups, _ = dense_problem
+    with pytest.raises(ConfigError, match="groups must give each"):
+        list(recover(m, y, groups=groups[:-1]))
+    with pytest.raises(ConfigError, match="groups must give each"):
+        list(recover(m, y, groups=-groups - 1))
+    with pytest.raises(ConfigError, match="group_ridge"):
+        RecoverySettings(group_ridge=0.0)
+    with pytest.raises(ConfigError, match="groups must be 0"):
+        preset("cpu-smoke", groups=-1)
+
+
+def test_clusters_follow_the_features_and_the_seed():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (3, 5))
+    truth = np.repeat(np.arange(3), 50)
+    features = centres[truth] + rng.normal(0, 0.5, (150, 5))
+    labels = cluster_examples(features, 3, seed=0)
+    assert len(set(zip(truth, labels))) == 3  # each true cluster maps to exactly one label
+    np.testing.assert_array_equal(labels, cluster_examples(features, 3, seed=0))
+    with pytest.raises(ConfigError, match="exceeds the number of training examples"):
+        cluster_examples(features, 151, seed=0)
+    design = group_design(expander(150, 10, 2, seed=1), labels)
+    assert design.shape == (10, 3) and design.sum() == 150 * 2
+
+
+def test_a_run_clusters_its_chunks_once_and_rescoring_keeps_the_operators(tmp_path):
+    texts = random_texts(120, seed=1)
+    model = save_tiny_model(tmp_path / "model", "llama", texts)
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": f"doc{i}", "text": t} for i, t in enumerate(texts)])
+    queries = read_queries(write_jsonl(tmp_path / "queries.jsonl", [{"id": "q", "text": "alpha beta gamma"}]))
+    tiny = dict(chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=12, operators_per_step=4,
+                linearity_every=6, linearity_operators=8, top_k=20)
+    documents = read_documents([train])
+    Stride.from_pretrained(model, preset("cpu-smoke", **tiny), tmp_path / "run", progress=False).fit(documents).attribute(queries)
+    bank = (tmp_path / "run" / "operators" / "bank.safetensors").read_bytes()
+
+    grouped = Stride.from_pretrained(model, preset("cpu-smoke", **tiny, groups=3), tmp_path / "run", progress=False)
+    grouped.fit(documents, force=True)  # new recovery settings on a finished run: force rescores, it does not refit
+    store = grouped.attribute(queries, force=True)
+    assert (tmp_path / "run" / "operators" / "bank.safetensors").read_bytes() == bank
+    chunks = pl.read_parquet(tmp_path / "run" / "chunks.parquet")
+    groups = pl.read_parquet(tmp_path / "run" / "groups" / "3.parquet")
+    assert groups["chunk_id"].to_list() == chunks["chunk_id"].to_list() and groups["group"].n_unique() == 3
+    assert store.queries()["nonzero_chunks"].item() == len(chunks)  # grouped scores are dense
+    # The groups are computed once: a second rescoring reads them back.
+    before = (tmp_path / "run" / "groups" / "3.parquet").stat().st_mtime_ns
+    again = Stride.from_pretrained(model, preset("cpu-smoke", **tiny, groups=3, group_ridge=5.0), tmp_path / "run", progress=False)
+    again.fit(documents, force=True).attribute(queries, force=True)
+    assert (tmp_path / "run" / "groups" / "3.parquet").stat().st_mtime_ns == before
