@@ -105,6 +105,7 @@ LM_ABLATIONS = {
     # cross-validated λ the selection recipe uses and with the fixed λ of the main row; and that λ rule alone.
     "groups=16": dict(groups=16, lambda_rule="cv"),
     "groups=16 lambda 0.1": dict(groups=16),
+    "steps=1000 groups=16": dict(steps=1000, groups=16, lambda_rule="cv"),
     "lambda cv": dict(lambda_rule="cv"),
 }
 
