@@ -23,20 +23,27 @@ def measure_responses(
     queries = move(queries, device)
     num_queries = len(next(iter(queries.values())))
     num_operators = bank.coefficients.shape[0]
-    states, base = [], []
+    steered = torch.empty(num_queries, num_operators, device=device)
+    base = torch.empty(num_queries, device=device)
+    pair_operator = torch.arange(num_operators, device=device)
+    bar = tqdm(total=num_queries * num_operators, desc="responses", disable=not progress)
     for start in range(0, num_queries, micro_batch):
-        batch = select_rows(queries, slice(start, start + micro_batch))
-        states.append(adapter.capture(batch, form, layer))
-        base.append(adapter.example_losses(adapter.finish(states[-1], batch, form, layer), batch))
-    states, base = torch.cat(states), torch.cat(base)
-    # All (query, operator) pairs, query-major; each micro-batch mixes operators freely.
-    pair_query = torch.arange(num_queries, device=device).repeat_interleave(num_operators)
-    pair_operator = torch.arange(num_operators, device=device).repeat(num_queries)
-    steered = torch.empty(len(pair_query), device=device)
-    for start in tqdm(range(0, len(pair_query), micro_batch), desc="responses", disable=not progress):
-        rows = slice(start, start + micro_batch)
-        batch = select_rows(queries, pair_query[rows])
-        logits = steered_logits(adapter, bank, states[pair_query[rows]], batch, pair_operator[rows], form, layer)
-        steered[rows] = adapter.example_losses(logits, batch)
-    responses = base[:, None] - steered.view(num_queries, num_operators)
+        block = slice(start, min(start + micro_batch, num_queries))
+        batch = select_rows(queries, block)
+        states = adapter.capture(batch, form, layer)
+        base_logits = adapter.finish(states, batch, form, layer)
+        base[block] = adapter.example_losses(base_logits, batch)
+        # All (query, operator) pairs of this block, query-major; each micro-batch mixes operators freely. In the
+        # logit form the base outputs are shared by every operator, so the output head runs once per query.
+        pairs = torch.arange(block.stop - block.start, device=device).repeat_interleave(num_operators)
+        operators = pair_operator.repeat(block.stop - block.start)
+        for first in range(0, len(pairs), micro_batch):
+            rows = pairs[first:first + micro_batch]
+            sub_batch = select_rows(batch, rows)
+            logits = steered_logits(adapter, bank, states[rows], sub_batch, operators[first:first + micro_batch], form, layer,
+                                    base_logits[rows] if form == "logit" else None)
+            steered[block.start + rows, operators[first:first + micro_batch]] = adapter.example_losses(logits, sub_batch)
+            bar.update(len(rows))
+    bar.close()
+    responses = base[:, None] - steered
     return responses.cpu().numpy().astype(np.float32), base.cpu().numpy()

@@ -130,9 +130,9 @@ class _Steps:
         for block in _blocks(len(rows), self.config.micro_batch):
             states, batch = self.cache.rows(rows[block])
             ops = torch.as_tensor(operators[block], device=self.device)
-            logits = steered_logits(self.adapter, self.bank, states, batch, ops, self.config.form, self.layer)
-            with torch.no_grad():
+            with torch.no_grad():  # the frozen model's outputs; the logit form steers them without recomputing
                 base_logits = self.adapter.finish(states, batch, self.config.form, self.layer)
+            logits = steered_logits(self.adapter, self.bank, states, batch, ops, self.config.form, self.layer, base_logits)
             # The loss each row needs, and only that one: cross-entropy on members, KL on the others.
             member = torch.as_tensor(is_member[block], device=self.device)
             other = ~member
@@ -155,14 +155,16 @@ class _Steps:
         probe = rng.choice(self.n, size=config.linearity_batch, replace=False) if self.n >= config.linearity_batch else np.arange(self.n)
         states, batch = self.cache.rows(probe)
         with torch.no_grad():
-            base = self.adapter.example_losses(self.adapter.finish(states, batch, config.form, self.layer), batch)
+            base_logits = self.adapter.finish(states, batch, config.form, self.layer)
+            base = self.adapter.example_losses(base_logits, batch)
         pairs_op = np.repeat(operators, len(probe))
         pairs_row = np.tile(np.arange(len(probe)), len(operators))
         steered = []
         for block in _blocks(len(pairs_op), config.micro_batch):
             index = torch.as_tensor(pairs_row[block], device=self.device)
             sub_batch = select_rows(batch, index)
-            logits = steered_logits(self.adapter, self.bank, states[index], sub_batch, torch.as_tensor(pairs_op[block], device=self.device), config.form, self.layer)
+            logits = steered_logits(self.adapter, self.bank, states[index], sub_batch, torch.as_tensor(pairs_op[block], device=self.device),
+                                    config.form, self.layer, base_logits[index] if config.form == "logit" else None)
             steered.append(self.adapter.example_losses(logits, sub_batch))
         responses = (base.repeat(len(operators)) - torch.cat(steered)).view(len(operators), len(probe)).mean(dim=1)
         residual = _ridge_residual(self.sketch[torch.as_tensor(operators, device=self.device)], responses, config.sketch_ridge)
