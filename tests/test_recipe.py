@@ -41,7 +41,8 @@ def _recipe(folder, files, **changes):
         },
         "model": {"hidden_size": 32, "layers": 1, "heads": 2, "max_length": 64, "vocab_size": 300, "steps": 30, "batch_size": 8},
         "stride": {"preset": "cpu-smoke", "set": {"num_subsets": 16, "subsets_per_example": 3, "steps": 12, "chunk_length": 32,
-                                                   "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 8}},
+                                                   "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 8,
+                                                   "groups": 2}},
         "selection": {"budgets": ["25%"], "methods": ["stride", "bm25", "random"]},
         "proxy": {"steps": 10, "batch_size": 4, "seeds": [0]},
     }
@@ -90,3 +91,12 @@ def test_a_small_study_runs_end_to_end(tmp_path):
     assert bm25["selected_per_domain"] == {"birds": 20, "ships": 0}  # a bird target: BM25 keeps only bird documents
     assert "## target: battles" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 1000
+
+    # The diagnostics of STRIDE's run (benchmarks/selection_diagnostics.py) read the same study folder.
+    from benchmarks.selection_diagnostics import main as diagnostics
+
+    text = diagnostics(tmp_path / "out", tmp_path / "diagnostics.md").read_text()
+    assert "in 2 groups" in text
+    for label in ("target battles", "target birds", "held-out birds", "held-out ships"):
+        assert f"| {label} | " in text
+    assert "| birds | " in text and "| ships | " in text
