@@ -22,13 +22,14 @@ import polars as pl
 
 from curate.retrain import max_positions
 from curate.runs import open_run
-from curate.selection_report import _commit
 from curate.targets import fit_to_window
 from stride_engine import read_queries
 from stride_engine.design import Membership
 from stride_engine.groups import fit_group_effects, group_design
 from stride_engine.recovery import RecoverySettings, recover
 from stride_engine.scores import chunk_to_document
+
+from .runner import commit
 
 OUT = Path(__file__).parent / "results" / "selection_diagnostics.md"
 SUBSETS, SUBSET_SIZE = 50, 20
@@ -61,7 +62,7 @@ def main(study: Path, out: Path = OUT) -> Path:
     lines = [
         "# Selection study: diagnostics of STRIDE's run",
         "",
-        f"Made by `python -m benchmarks.selection_diagnostics {study}` at commit {_commit()}; run `{run_dir.name}`, "
+        f"Made by `python -m benchmarks.selection_diagnostics {study}` at commit {commit()}; run `{run_dir.name}`, "
         f"{len(groups)} chunks in {groups.max() + 1} groups, {purity:.1%} of chunks in their group's majority domain.",
         "",
         "Domain mix of the top 10% of documents (mean score over the query set):",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import orjson
@@ -288,8 +289,6 @@ def test_ray_executor_gives_the_same_selection(fitted_run, fact_target, tmp_path
 def test_grouped_recovery_rescores_a_fitted_run_without_refitting(fitted_run, demo_assets, fact_target, tmp_path):
     """`curate fit --set groups=8 --force` on a fitted run keeps the operators, clusters the chunks once, and the
     selection made before stays apart: the target gets one score store per recovery setting, never a stale one."""
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(fitted_run, run)
     target, _ = fact_target
