@@ -58,7 +58,7 @@ def main(study: Path, out: Path = OUT) -> Path:
 
     purity = pl.DataFrame({"group": groups, "domain": chunk_domain}).group_by("group", "domain").len()
     purity = purity.group_by("group").agg(pl.col("len").max()).select(pl.col("len").sum()).item() / len(groups)
-    lasso = RecoverySettings(lambda_fraction=0.1)
+    lasso = RecoverySettings(lambda_rule="fixed", lambda_fraction=0.1)  # the default before grouped recovery
     lines = [
         "# Selection study: diagnostics of STRIDE's run",
         "",
