@@ -4,9 +4,18 @@ A budget is parsed before anything is read or written, and checked against the p
 written, so a bad budget never leaves a half-made output folder.
 
 The cut is global: documents are ranked by score (ties by id, so a rerun selects the same documents) and
-taken from the top until the budget is spent. An optional per-domain floor first reserves, for every domain,
-its best documents up to `floor` × the budget (fewer when the domain is smaller), so a selection cannot collapse
-onto the one source most similar to the target.
+taken from the top until the budget is spent ("greedy" allocation). An optional per-domain floor first reserves,
+for every domain, its best documents up to `floor` × the budget (fewer when the domain is smaller), so a selection
+cannot collapse onto the one source most similar to the target.
+
+"proportional" allocation spends the budget across groups of documents (a run's recovery groups, see
+stride_engine/groups.py) with diminishing returns. Linear influence scores say what one more document is worth
+next to the training set the run was fit on, not what the hundredth similar document adds after ninety-nine were
+kept; greedy top-k of a linear score fills the budget one group at a time and starves a target's other parts. Here a
+group of value v (its documents' mean score) is worth v·log(1 + n) for n documents kept, and documents are taken
+in order of marginal worth v·log((n + 2)/(n + 1)) (best documents of each group first): this maximises the sum
+exactly, and gives each group of positive value a share of the budget proportional to that value. Groups of
+value ≤ 0 come after all others, by score.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import polars as pl
 
 from .errors import CurateError
 
+ALLOCATIONS = ("greedy", "proportional")
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 _FRACTION = re.compile(r"^\s*(?P<number>[+-]?\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*(?P<number>[+-]?\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*-?\s*(?P<unit>tokens?|docs?|documents?|)\s*$", re.I)
@@ -68,22 +78,35 @@ def parse_budget(text: str) -> Budget:
     return Budget(kind, float(int(value)), str(text))
 
 
-def select_under_budget(table: pl.DataFrame, budget: Budget, domain_floor: float = 0.0) -> pl.DataFrame:
-    """Rank `table` (doc_id, score, tokens, domain) and mark what the budget keeps.
+def select_under_budget(
+    table: pl.DataFrame, budget: Budget, domain_floor: float = 0.0, allocation: str = "greedy",
+) -> pl.DataFrame:
+    """Rank `table` (doc_id, score, tokens, domain; `group` for proportional allocation) and mark what the budget keeps.
 
-    Returns the table sorted by rank with `rank` (1 = best), `selected` and `reason` (why a document was kept or
-    left out). With a token budget, documents are taken in rank order; one that no longer fits the remaining
+    Returns the table sorted by rank with `rank` (1 = taken first), `selected` and `reason` (why a document was kept
+    or left out). With a token budget, documents are taken in rank order; one that no longer fits the remaining
     tokens is passed over for the next that does, so the budget is never exceeded.
     """
     if not 0.0 <= domain_floor <= 1.0:
         raise CurateError(f"domain floor {domain_floor} must be between 0 and 1 (a share of the budget per domain)")
+    if allocation not in ALLOCATIONS:
+        raise CurateError(f"budget allocation {allocation!r} is not one of {list(ALLOCATIONS)}")
+    if allocation == "proportional" and ("group" not in table.columns or table["group"].null_count() == len(table)):
+        raise CurateError(
+            "proportional allocation spends the budget across the run's recovery groups, and this run has none: "
+            "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
+        )
     if len(table) == 0:
         raise CurateError("the pool is empty: no document to select from")
     duplicated = table["doc_id"].is_duplicated()
     if duplicated.any():
         raise CurateError(f"document id {table['doc_id'].filter(duplicated)[0]!r} occurs more than once in the pool")
     unit, limit = budget.limit(len(table), int(table["tokens"].sum()))
-    ranked = table.with_columns(pl.col("domain").fill_null("(none)")).sort(["score", "doc_id"], descending=[True, False])
+    ranked = table.with_columns(pl.col("domain").fill_null("(none)"))
+    if allocation == "greedy":
+        ranked = ranked.sort(["score", "doc_id"], descending=[True, False])
+    else:
+        ranked = _by_marginal_worth(ranked)
     ranked = ranked.with_columns(rank=pl.int_range(1, len(ranked) + 1, dtype=pl.Int64))
     cost = ranked["tokens"].to_numpy() if unit == "tokens" else np.ones(len(ranked), dtype=np.int64)
     domains = ranked["domain"].to_numpy()
@@ -111,9 +134,30 @@ def select_under_budget(table: pl.DataFrame, budget: Budget, domain_floor: float
         spent += cost[i]
 
     last_kept = ranked["score"].to_numpy()[selected].min()
+    if allocation == "greedy":
+        cut = [f"score {score:.4g}; lowest kept {last_kept:.4g}" for score in ranked["score"]]
+    else:
+        cut = [f"score {score:.4g}, group {group} of value {value:.4g}"
+               for score, group, value in zip(ranked["score"], ranked["group"], ranked["group_value"])]
     reasons = [
         ("kept: domain floor" if floor else "kept: within budget") if keep
-        else f"below the budget cut (rank {rank} of {len(ranked)}, score {score:.4g}; lowest kept {last_kept:.4g})"
-        for keep, floor, rank, score in zip(selected, by_floor, ranked["rank"], ranked["score"])
+        else f"below the budget cut (rank {rank} of {len(ranked)}, {why})"
+        for keep, floor, rank, why in zip(selected, by_floor, ranked["rank"], cut)
     ]
     return ranked.with_columns(selected=pl.Series(selected), reason=pl.Series(reasons, dtype=pl.String))
+
+
+def _by_marginal_worth(table: pl.DataFrame) -> pl.DataFrame:
+    """Documents in the order that maximises sum_g value_g·log(1 + n_g) (see the module docstring)."""
+    ordered = table.with_columns(pl.col("group").fill_null(-1))  # a document without a group is its own kind
+    ordered = ordered.with_columns(group_value=pl.col("score").mean().over("group"))
+    ordered = ordered.sort(["score", "doc_id"], descending=[True, False]).with_columns(
+        taken_before=pl.int_range(pl.len()).over("group")
+    )
+    worth = pl.col("group_value") * ((pl.col("taken_before") + 2) / (pl.col("taken_before") + 1)).log()
+    ordered = ordered.with_columns(
+        positive=pl.col("group_value") > 0,
+        worth=pl.when(pl.col("group_value") > 0).then(worth).otherwise(pl.col("score")),
+    )
+    ordered = ordered.sort(["positive", "worth", "score", "doc_id"], descending=[True, True, True, False])
+    return ordered.drop("taken_before", "positive", "worth")

@@ -33,6 +33,8 @@ from stride_engine.artifacts import atomic_path, atomic_write_text
 from .errors import CurateError
 
 SEEDED_METHODS = ("random", "dsir")  # their selection changes with the seed; the others' does not
+# STRIDE's selections by budget allocation (curate.budget): greedy top scores, or shares across recovery groups.
+STRIDE_METHODS = {"stride": "greedy", "stride-proportional": "proportional"}
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
@@ -225,16 +227,17 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
             for method in selection["methods"]:
                 for seed in seeds if method in SEEDED_METHODS else [None]:
                     label = method if seed is None else f"{method}-seed{seed}"
-                    if method == "stride":
-                        label = f"stride-{stride_key}"
+                    if method in STRIDE_METHODS:
+                        label = f"{method}-{stride_key}"
                     folder = out / "selections" / target / budget.replace("%", "pct") / label
                     if method == "random":  # a random selection does not depend on the target: share it
                         folder = out / "selections" / "_random" / budget.replace("%", "pct") / label
                     t0 = time.perf_counter()
                     if not (folder / "manifest.json").is_file():
                         run_selection(SelectionRequest(
-                            run=str(run), target=target_file, budget=budget, out=str(folder), method=method,
-                            seed=seed or 0, rule=selection.get("rule", "mean"),
+                            run=str(run), target=target_file, budget=budget, out=str(folder),
+                            method="stride" if method in STRIDE_METHODS else method,
+                            allocation=STRIDE_METHODS.get(method, "greedy"), seed=seed or 0, rule=selection.get("rule", "mean"),
                         ), overwrite=folder.exists())
                     manifest = json.loads((folder / "manifest.json").read_text())
                     for proxy_seed in seeds if seed is None else [seed]:

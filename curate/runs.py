@@ -87,6 +87,19 @@ def document_influence(store: ScoreStore, rule: str = "mean", k: int = 10) -> pl
     return documents.select("doc_id", "domain", influence.cast(pl.Float64).alias("influence"))
 
 
+def document_groups(run_dir: Path) -> pl.DataFrame | None:
+    """doc_id, group: the run's recovery group holding most of a document's tokens (ties: the lower group); None
+    when the run recovers without groups or has not clustered its chunks yet (its first target attribution does)."""
+    count = StrideConfig.load(Path(run_dir) / "config.yaml").groups
+    path = Path(run_dir) / "groups" / f"{count}.parquet"
+    if not count or not path.is_file():
+        return None
+    chunks = pl.read_parquet(Path(run_dir) / "chunks.parquet").join(pl.read_parquet(path), on="chunk_id")
+    tokens = chunks.group_by("doc_id", "group").agg((pl.col("token_end") - pl.col("token_start")).sum().alias("tokens"))
+    best = tokens.sort(["doc_id", "tokens", "group"], descending=[False, True, False]).unique("doc_id", keep="first")
+    return best.select("doc_id", pl.col("group").cast(pl.Int64))
+
+
 def document_tokens(run_dir: Path) -> pl.DataFrame:
     """Tokens per document as the run's model sees them (bos/eos included), from the run's chunk table."""
     chunks = pl.read_parquet(Path(run_dir) / "chunks.parquet")

@@ -32,11 +32,13 @@ from stride_engine.artifacts import atomic_path, atomic_write_text
 from stride_engine.config import stage_fields
 from stride_engine.corpus import PARQUET_SUFFIXES
 
-from .budget import parse_budget
+from .budget import ALLOCATIONS, parse_budget
 from .errors import CurateError
 from .pipeline.selection import SELECTION_FILE, BudgetThreshold, InfluenceFilter, InfluenceScorer
 from .pipeline.report import SelectionReport
-from .runs import AGGREGATION_RULES, RunInputs, attribute_target, document_influence, document_tokens, open_run
+from .runs import (
+    AGGREGATION_RULES, RunInputs, attribute_target, document_groups, document_influence, document_tokens, open_run,
+)
 from .retrain import max_positions
 from .similarity import METHODS, similarity_scores
 from .targets import Target, load_target
@@ -55,6 +57,7 @@ class SelectionRequest:
     rule: str = "mean"
     k: int = 10  # queries' top k, for the "topk-hits" rule
     domain_floor: float = 0.0
+    allocation: str = "greedy"  # or "proportional": across the run's recovery groups (curate.budget)
     output_format: str = "jsonl"
     task_dirs: tuple[str, ...] = ()
     target_limit: int | None = None
@@ -104,14 +107,18 @@ def influence_table(
     run_dir: str | Path, spec: str, rule: str, k: int, task_dirs: list[Path], limit: int | None = None,
     method: str = "stride", seed: int = 0,
 ) -> pl.DataFrame:
-    """doc_id, domain, influence, tokens for every document of the run's pool."""
+    """doc_id, domain, influence, tokens, group (the run's recovery group; null without) for every pool document."""
     run_dir = Path(run_dir)
     if method == "stride":
         store, _ = prepare_target(run_dir, spec, task_dirs, limit)
         influence = document_influence(store, rule, k)
     else:
         influence = baseline_scores(run_dir, spec, task_dirs, limit, method, seed)
-    return influence.join(document_tokens(run_dir), on="doc_id", how="left").with_columns(pl.col("tokens").fill_null(0))
+    table = influence.join(document_tokens(run_dir), on="doc_id", how="left").with_columns(pl.col("tokens").fill_null(0))
+    groups = document_groups(run_dir)
+    if groups is None:
+        return table.with_columns(group=pl.lit(None, dtype=pl.Int64))
+    return table.join(groups, on="doc_id", how="left")
 
 
 def baseline_scores(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None, method: str, seed: int) -> pl.DataFrame:
@@ -159,7 +166,7 @@ def selection_pipelines(request: SelectionRequest, readers: list, target: Target
                   target_limit=request.target_limit, method=request.method, seed=request.seed)
     return {
         "score": [*readers, InfluenceScorer(**scorer, scores_folder=str(work / "scores"))],
-        "threshold": [BudgetThreshold(str(work / "scores"), str(out), request.budget, request.domain_floor)],
+        "threshold": [BudgetThreshold(str(work / "scores"), str(out), request.budget, request.domain_floor, request.allocation)],
         "filter": [
             *readers,
             InfluenceScorer(**scorer),
@@ -222,6 +229,8 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
         raise CurateError(f"selection method {request.method!r} is not one of {['stride', *METHODS]}")
     if request.rule not in AGGREGATION_RULES:
         raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(AGGREGATION_RULES)}")
+    if request.allocation not in ALLOCATIONS:
+        raise CurateError(f"budget allocation {request.allocation!r} is not one of {list(ALLOCATIONS)}")
     if request.output_format not in ("jsonl", "parquet"):
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
     if request.executor not in EXECUTORS:
@@ -236,6 +245,11 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
     table = influence_table(run, request.target, request.rule, request.k, [Path(d) for d in request.task_dirs],
                             request.target_limit, request.method, request.seed)  # computed here, reused by the stages
     budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
+    if request.allocation == "proportional" and table["group"].null_count() == len(table):
+        raise CurateError(
+            f"proportional allocation spends the budget across the run's recovery groups, and run {run} has none: "
+            "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
+        )
     if not 0.0 <= request.domain_floor <= 1.0:
         raise CurateError(f"domain floor {request.domain_floor} must be between 0 and 1 (a share of the budget per domain)")
     return target

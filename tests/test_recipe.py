@@ -43,7 +43,7 @@ def _recipe(folder, files, **changes):
         "stride": {"preset": "cpu-smoke", "set": {"num_subsets": 16, "subsets_per_example": 3, "steps": 12, "chunk_length": 32,
                                                    "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 8,
                                                    "groups": 2}},
-        "selection": {"budgets": ["25%"], "methods": ["stride", "bm25", "random"]},
+        "selection": {"budgets": ["25%"], "methods": ["stride", "stride-proportional", "bm25", "random"]},
         "proxy": {"steps": 10, "batch_size": 4, "seeds": [0]},
     }
     recipe.update(changes)
@@ -83,7 +83,11 @@ def test_a_small_study_runs_end_to_end(tmp_path):
     result = CliRunner().invoke(main, ["recipe", str(path)])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert {(r["target"], r["method"]) for r in rows} >= {("battles", "stride"), ("birds", "bm25"), ("birds", "random")}
+    assert {(r["target"], r["method"]) for r in rows} >= {
+        ("battles", "stride"), ("battles", "stride-proportional"), ("birds", "bm25"), ("birds", "random")}
+    proportional = next((tmp_path / "out" / "selections" / "battles").glob("*/stride-proportional-*"))
+    manifest = json.loads((proportional / "manifest.json").read_text())
+    assert manifest["request"]["allocation"] == "proportional" and len(manifest["per_group"]) == 2
     for row in rows:
         assert row["task"] == "selection" and row["target_ppl"] > 1 and set(row["domain_ppl"]) == {"birds", "ships"}
         assert {"budget", "seed", "commit", "machine"} <= set(row)

@@ -55,7 +55,7 @@ def selection_manifest(selection: pl.DataFrame, request: dict[str, Any]) -> dict
         .with_columns(selected_share=pl.col("selected_documents") / pl.col("pool_documents"))
         .sort("domain")
     )
-    return {
+    manifest = {
         "request": request,
         "budget": {"text": budget.text, "kind": budget.kind, "unit": unit, "limit": limit},
         "pool": {"documents": len(selection), "tokens": int(selection["tokens"].sum())},
@@ -69,6 +69,15 @@ def selection_manifest(selection: pl.DataFrame, request: dict[str, Any]) -> dict
         "files": {"selected": "selected/", "excluded": "excluded/", "table": SELECTION_FILE, "plot": "scores.png"},
         "selected_documents": kept.select(pl.col("doc_id").alias("id"), "score", "rank").to_dicts(),
     }
+    if "group_value" in selection.columns:  # proportional allocation: what each recovery group was worth and got
+        per_group = selection.group_by("group").agg(
+            value=pl.col("group_value").first(),
+            pool_documents=pl.len(),
+            selected_documents=pl.col("selected").sum(),
+            majority_domain=pl.col("domain").mode().sort().first(),
+        )
+        manifest["per_group"] = per_group.sort("value", descending=True).to_dicts()
+    return manifest
 
 
 def _quantiles(scores: pl.Series) -> dict[str, float] | None:

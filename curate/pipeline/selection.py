@@ -23,7 +23,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from ..budget import parse_budget, select_under_budget
+from ..budget import ALLOCATIONS, parse_budget, select_under_budget
 from ..errors import CurateError
 
 SELECTION_FILE = "selection.parquet"
@@ -32,7 +32,7 @@ SELECTION_FILE = "selection.parquet"
 class InfluenceScorer(PipelineStep):
     """Annotates each document with its aggregate influence on the target (`metadata["influence"]`).
 
-    With `scores_folder`, each task also writes its documents' (doc_id, score, tokens, domain) as one Parquet shard,
+    With `scores_folder`, each task also writes its documents' (doc_id, score, tokens, domain, group) as one Parquet shard,
     which `BudgetThreshold` reads to place the global cut.
     """
 
@@ -57,7 +57,7 @@ class InfluenceScorer(PipelineStep):
         table = influence_table(
             self.run_dir, self.target, self.rule, self.k, [Path(d) for d in self.task_dirs], self.target_limit, self.method, self.seed,
         )
-        known = {row[0]: row[1:] for row in table.select("doc_id", "influence", "tokens", "domain").iter_rows()}
+        known = {row[0]: row[1:] for row in table.select("doc_id", "influence", "tokens", "domain", "group").iter_rows()}
         shard: list[tuple] = []
         for doc in data or []:
             with self.track_time():
@@ -66,13 +66,14 @@ class InfluenceScorer(PipelineStep):
                         f"document {doc.id!r} is not in run {self.run_dir}: documents are matched to the run by their "
                         "id field; select from the corpus the run was fit on (or fit a run on this one)"
                     )
-                influence, tokens, domain = known[doc.id]
+                influence, tokens, domain, group = known[doc.id]
                 doc.metadata["influence"] = influence
-                shard.append((doc.id, influence, tokens, domain))
+                shard.append((doc.id, influence, tokens, domain, group))
             self.stat_update("scored")
             yield doc
         if self.scores_folder is not None:
-            frame = pl.DataFrame(shard, schema={"doc_id": pl.String, "score": pl.Float64, "tokens": pl.Int64, "domain": pl.String}, orient="row")
+            frame = pl.DataFrame(shard, schema={"doc_id": pl.String, "score": pl.Float64, "tokens": pl.Int64, "domain": pl.String, "group": pl.Int64},
+                                 orient="row")
             _write_parquet(frame, self.scores_folder, f"{rank:05d}.parquet")
 
 
@@ -82,12 +83,18 @@ class BudgetThreshold(PipelineStep):
     name = "✂️ Budget threshold"
     type = "📊 STATS"
 
-    def __init__(self, scores_folder: DataFolderLike, output_folder: DataFolderLike, budget: str, domain_floor: float = 0.0):
+    def __init__(
+        self, scores_folder: DataFolderLike, output_folder: DataFolderLike, budget: str, domain_floor: float = 0.0,
+        allocation: str = "greedy",
+    ):
         super().__init__()
         self.scores_folder = get_datafolder(scores_folder)
         self.output_folder = get_datafolder(output_folder)
         self.budget = parse_budget(budget)  # a malformed budget fails when the pipeline is built, before it runs
         self.domain_floor = domain_floor
+        if allocation not in ALLOCATIONS:
+            raise CurateError(f"budget allocation {allocation!r} is not one of {list(ALLOCATIONS)}")
+        self.allocation = allocation  # "greedy" or "proportional" (across recovery groups, see curate.budget)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if world_size != 1:
@@ -99,7 +106,7 @@ class BudgetThreshold(PipelineStep):
         for name in shards:
             with self.scores_folder.open(name, "rb") as handle:
                 frames.append(pl.read_parquet(io.BytesIO(handle.read())))
-        selection = select_under_budget(pl.concat(frames), self.budget, self.domain_floor)
+        selection = select_under_budget(pl.concat(frames), self.budget, self.domain_floor, self.allocation)
         self.stat_update("selected", value=int(selection["selected"].sum()))
         self.stat_update("excluded", value=int((~selection["selected"]).sum()))
         _write_parquet(selection, self.output_folder, SELECTION_FILE)
