@@ -12,10 +12,11 @@ cannot collapse onto the one source most similar to the target.
 stride_engine/groups.py) with diminishing returns. Linear influence scores say what one more document is worth
 next to the training set the run was fit on, not what the hundredth similar document adds after ninety-nine were
 kept; greedy top-k of a linear score fills the budget one group at a time and starves a target's other parts. Here a
-group of value v (its documents' mean score) is worth v·log(1 + n) for n documents kept, and documents are taken
-in order of marginal worth v·log((n + 2)/(n + 1)) (best documents of each group first): this maximises the sum
-exactly, and gives each group of positive value a share of the budget proportional to that value. Groups of
-value ≤ 0 come after all others, by score.
+group of S documents whose mean score is v > 0 is worth v·S·log(1 + n) for n of them kept, and documents are taken
+in order of marginal worth v·S·log((n + 2)/(n + 1)) (each group's best documents first). This maximises the sum
+exactly and gives each group a share of the budget in proportion to its total influence v·S: a group that
+k-means happened to split in two gets the same budget as the whole would (the shares do not depend on how
+finely the documents were grouped). Groups of value ≤ 0 come after all others, by score.
 """
 
 from __future__ import annotations
@@ -148,16 +149,16 @@ def select_under_budget(
 
 
 def _by_marginal_worth(table: pl.DataFrame) -> pl.DataFrame:
-    """Documents in the order that maximises sum_g value_g·log(1 + n_g) (see the module docstring)."""
+    """Documents in the order that maximises sum_g value_g·size_g·log(1 + n_g) (see the module docstring)."""
     ordered = table.with_columns(pl.col("group").fill_null(-1))  # a document without a group is its own kind
-    ordered = ordered.with_columns(group_value=pl.col("score").mean().over("group"))
+    ordered = ordered.with_columns(group_value=pl.col("score").mean().over("group"), group_size=pl.len().over("group"))
     ordered = ordered.sort(["score", "doc_id"], descending=[True, False]).with_columns(
         taken_before=pl.int_range(pl.len()).over("group")
     )
-    worth = pl.col("group_value") * ((pl.col("taken_before") + 2) / (pl.col("taken_before") + 1)).log()
+    worth = pl.col("group_value") * pl.col("group_size") * ((pl.col("taken_before") + 2) / (pl.col("taken_before") + 1)).log()
     ordered = ordered.with_columns(
         positive=pl.col("group_value") > 0,
         worth=pl.when(pl.col("group_value") > 0).then(worth).otherwise(pl.col("score")),
     )
     ordered = ordered.sort(["positive", "worth", "score", "doc_id"], descending=[True, True, True, False])
-    return ordered.drop("taken_before", "positive", "worth")
+    return ordered.drop("taken_before", "positive", "worth", "group_size")

@@ -127,23 +127,30 @@ def test_select_under_budget_ranks_deterministically_and_never_exceeds_tokens():
     assert ranked.filter(pl.col("selected"))["tokens"].sum() <= 14
 
 
-def test_proportional_allocation_shares_the_budget_by_group_value():
+def test_proportional_allocation_shares_the_budget_by_group_influence():
     """A target that draws on two sources: greedy spends a 40-document budget on the stronger alone; proportional
-    gives each group of positive value a share in proportion to it (3:1 here), best documents first, and none to
-    a harmful group."""
-    scores = {0: 0.3, 1: 0.1, 2: -0.2}  # group values (mean scores)
-    rows = [(f"g{g}-{i:03d}", value + 0.001 * (50 - i), 10, f"d{g}", g) for g, value in scores.items() for i in range(100)]
-    table = pl.DataFrame(rows, schema=["doc_id", "score", "tokens", "domain", "group"], orient="row")
-    greedy = select_under_budget(table, parse_budget("40")).filter(pl.col("selected"))
+    gives each group of positive value a share in proportion to its total influence (3:1 here), best documents
+    first, none to a harmful group, and the same to a group however finely it was split."""
+    def table(groups: dict[int, tuple[float, int]]) -> pl.DataFrame:  # group -> (value, documents)
+        rows = [(f"g{g}-{i:03d}", value + 0.001 * (size // 2 - i), 10, f"d{g}", g)
+                for g, (value, size) in groups.items() for i in range(size)]
+        return pl.DataFrame(rows, schema=["doc_id", "score", "tokens", "domain", "group"], orient="row")
+
+    pool = table({0: (0.3, 100), 1: (0.1, 100), 2: (-0.2, 100)})
+    greedy = select_under_budget(pool, parse_budget("40")).filter(pl.col("selected"))
     assert set(greedy["group"]) == {0}
-    kept = select_under_budget(table, parse_budget("40"), allocation="proportional").filter(pl.col("selected"))
-    counts = kept.group_by("group").len().sort("group")
-    assert dict(counts.iter_rows()) == {0: 30, 1: 10}
+    kept = select_under_budget(pool, parse_budget("40"), allocation="proportional").filter(pl.col("selected"))
+    assert dict(kept.group_by("group").len().iter_rows()) == {0: 30, 1: 10}
     assert kept.filter(pl.col("group") == 1)["doc_id"].sort().to_list() == [f"g1-{i:03d}" for i in range(10)]
-    tokens = select_under_budget(table, parse_budget("395-tokens"), allocation="proportional")
+    # Group 0 split in two halves of the same value: together they keep their 30.
+    split = table({0: (0.3, 50), 3: (0.3, 50), 1: (0.1, 100), 2: (-0.2, 100)})
+    kept = select_under_budget(split, parse_budget("40"), allocation="proportional").filter(pl.col("selected"))
+    counts = dict(kept.group_by("group").len().iter_rows())
+    assert counts[0] + counts[3] == 30 and counts[1] == 10
+    tokens = select_under_budget(pool, parse_budget("395-tokens"), allocation="proportional")
     assert tokens.filter(pl.col("selected"))["tokens"].sum() == 390
     with pytest.raises(CurateError, match="recovery groups"):
-        select_under_budget(table.drop("group"), parse_budget("40"), allocation="proportional")
+        select_under_budget(pool.drop("group"), parse_budget("40"), allocation="proportional")
 
 
 @pytest.mark.parametrize("text, kind, value", [
@@ -332,15 +339,16 @@ def test_grouped_recovery_rescores_a_fitted_run_without_refitting(fitted_run, de
     with pytest.raises(CurateError, match="recovery groups"):
         run_selection(_request(fitted_run, target, tmp_path / "refused", budget="60", allocation="proportional"))
     assert not (tmp_path / "refused").exists()
-    # A target drawn from two sources: each group of positive value gets a share of the budget in proportion to it.
+    # A target drawn from two sources: each group of positive value gets a share in proportion to its total influence.
     sources = [d for d in demo_assets.documents if d["domain"] == "arithmetic"][:8] + [d for d in demo_assets.documents if d["domain"] == "recipes"][:8]
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"id": f"q{i}", "text": d["text"]} for i, d in enumerate(sources)])
     spread = run_selection(_request(run, mixed, tmp_path / "spread", budget="60", allocation="proportional"))
     positive = [g for g in spread["per_group"] if g["value"] > 0]
     assert len(positive) >= 2 and sum(g["selected_documents"] for g in positive) == 60
-    total = sum(g["value"] for g in positive)
+    total = sum(g["value"] * g["pool_documents"] for g in positive)
     for group in positive:
-        assert abs(group["selected_documents"] - 60 * group["value"] / total) <= 2, spread["per_group"]
+        share = 60 * group["value"] * group["pool_documents"] / total
+        assert abs(group["selected_documents"] - min(share, group["pool_documents"])) <= 2, spread["per_group"]
     # The planted-fact target is sparse: no group helps on average, so the allocation falls back to the top scores.
     facts = run_selection(_request(run, target, tmp_path / "facts", budget="60", allocation="proportional"))
     assert all(g["value"] <= 0 for g in facts["per_group"])
