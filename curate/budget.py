@@ -79,6 +79,19 @@ def parse_budget(text: str) -> Budget:
     return Budget(kind, float(int(value)), str(text))
 
 
+def check_allocation(allocation: str, table: pl.DataFrame | None = None) -> None:
+    """A known allocation, and for "proportional" a table whose documents carry the run's recovery groups."""
+    if allocation not in ALLOCATIONS:
+        raise CurateError(f"budget allocation {allocation!r} is not one of {list(ALLOCATIONS)}")
+    if allocation == "proportional" and table is not None and (
+        "group" not in table.columns or table["group"].null_count() == len(table)
+    ):
+        raise CurateError(
+            "proportional allocation spends the budget across the run's recovery groups, and this run has none: "
+            "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
+        )
+
+
 def select_under_budget(
     table: pl.DataFrame, budget: Budget, domain_floor: float = 0.0, allocation: str = "greedy",
 ) -> pl.DataFrame:
@@ -90,13 +103,7 @@ def select_under_budget(
     """
     if not 0.0 <= domain_floor <= 1.0:
         raise CurateError(f"domain floor {domain_floor} must be between 0 and 1 (a share of the budget per domain)")
-    if allocation not in ALLOCATIONS:
-        raise CurateError(f"budget allocation {allocation!r} is not one of {list(ALLOCATIONS)}")
-    if allocation == "proportional" and ("group" not in table.columns or table["group"].null_count() == len(table)):
-        raise CurateError(
-            "proportional allocation spends the budget across the run's recovery groups, and this run has none: "
-            "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
-        )
+    check_allocation(allocation, table)
     if len(table) == 0:
         raise CurateError("the pool is empty: no document to select from")
     duplicated = table["doc_id"].is_duplicated()

@@ -15,6 +15,7 @@ import polars as pl
 
 from stride_engine import Queries, ScoreStore, Stride, StrideConfig, StrideError, read_documents
 from stride_engine.artifacts import atomic_write_text
+from stride_engine.groups import groups_file
 
 from .errors import CurateError
 
@@ -91,7 +92,7 @@ def document_groups(run_dir: Path) -> pl.DataFrame | None:
     """doc_id, group: the run's recovery group holding most of a document's tokens (ties: the lower group); None
     when the run recovers without groups or has not clustered its chunks yet (its first target attribution does)."""
     count = StrideConfig.load(Path(run_dir) / "config.yaml").groups
-    path = Path(run_dir) / "groups" / f"{count}.parquet"
+    path = groups_file(run_dir, count)
     if not count or not path.is_file():
         return None
     chunks = pl.read_parquet(Path(run_dir) / "chunks.parquet").join(pl.read_parquet(path), on="chunk_id")

@@ -32,7 +32,7 @@ from stride_engine.artifacts import atomic_path, atomic_write_text
 from stride_engine.config import stage_fields
 from stride_engine.corpus import PARQUET_SUFFIXES
 
-from .budget import ALLOCATIONS, parse_budget
+from .budget import check_allocation, parse_budget
 from .errors import CurateError
 from .pipeline.selection import SELECTION_FILE, BudgetThreshold, InfluenceFilter, InfluenceScorer
 from .pipeline.report import SelectionReport
@@ -229,8 +229,7 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
         raise CurateError(f"selection method {request.method!r} is not one of {['stride', *METHODS]}")
     if request.rule not in AGGREGATION_RULES:
         raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(AGGREGATION_RULES)}")
-    if request.allocation not in ALLOCATIONS:
-        raise CurateError(f"budget allocation {request.allocation!r} is not one of {list(ALLOCATIONS)}")
+    check_allocation(request.allocation)
     if request.output_format not in ("jsonl", "parquet"):
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
     if request.executor not in EXECUTORS:
@@ -245,11 +244,7 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
     table = influence_table(run, request.target, request.rule, request.k, [Path(d) for d in request.task_dirs],
                             request.target_limit, request.method, request.seed)  # computed here, reused by the stages
     budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
-    if request.allocation == "proportional" and table["group"].null_count() == len(table):
-        raise CurateError(
-            f"proportional allocation spends the budget across the run's recovery groups, and run {run} has none: "
-            "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
-        )
+    check_allocation(request.allocation, table)
     if not 0.0 <= request.domain_floor <= 1.0:
         raise CurateError(f"domain floor {request.domain_floor} must be between 0 and 1 (a share of the budget per domain)")
     return target

@@ -14,6 +14,8 @@ is left (see recovery.py); a chunk's score is w[its group] + s[chunk].
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.cluster.vq
 import scipy.sparse
@@ -21,6 +23,11 @@ import torch
 
 from .adapters import Batch, ModelAdapter, move, select_rows
 from .errors import ConfigError
+
+
+def groups_file(run_root: Path, count: int) -> Path:
+    """Where a run keeps each chunk's group (chunk_id, group) for `count` groups."""
+    return Path(run_root) / "groups" / f"{count}.parquet"
 
 
 @torch.no_grad()
@@ -72,4 +79,4 @@ def fit_group_effects(design: np.ndarray, y_c: np.ndarray, ridge: float) -> np.n
     return np.linalg.solve(gram + penalty * np.eye(len(gram)), centred.T @ y_c)
 
 
-__all__ = ["pooled_states", "cluster_examples", "group_design", "fit_group_effects"]
+__all__ = ["groups_file", "pooled_states", "cluster_examples", "group_design", "fit_group_effects"]

@@ -29,7 +29,7 @@ from .artifacts import RunDirectory, Stage, atomic_path, fingerprint, remove_pat
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
 from .corpus import Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
 from .design import Membership, random_membership
-from .groups import cluster_examples, pooled_states
+from .groups import cluster_examples, groups_file, pooled_states
 from .errors import ConfigError, StageMismatchError, StrideError
 from .operators import SteeringBank
 from .plots import plot_training_curves
@@ -166,7 +166,7 @@ class Stride:
         if not count:
             return None
         stage = Stage(f"groups-{count}", {"operators": self._operators_stage.fingerprint, "groups": count, "seed": self.config.seed})
-        path = self.run.path("groups", f"{count}.parquet")
+        path = groups_file(self.run.root, count)
         if self.run.is_done(stage):
             return pl.read_parquet(path)["group"].to_numpy()
         features = pooled_states(self.adapter, self._examples.batch, self.config.form, self.layer, self.config.micro_batch, self.device)

@@ -23,7 +23,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from ..budget import ALLOCATIONS, parse_budget, select_under_budget
+from ..budget import check_allocation, parse_budget, select_under_budget
 from ..errors import CurateError
 
 SELECTION_FILE = "selection.parquet"
@@ -92,8 +92,7 @@ class BudgetThreshold(PipelineStep):
         self.output_folder = get_datafolder(output_folder)
         self.budget = parse_budget(budget)  # a malformed budget fails when the pipeline is built, before it runs
         self.domain_floor = domain_floor
-        if allocation not in ALLOCATIONS:
-            raise CurateError(f"budget allocation {allocation!r} is not one of {list(ALLOCATIONS)}")
+        check_allocation(allocation)
         self.allocation = allocation  # "greedy" or "proportional" (across recovery groups, see curate.budget)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
