@@ -54,7 +54,7 @@ def main(study: Path, out: Path = OUT) -> Path:
     window = max_positions(stride.adapter.model.config) or 1 << 30
 
     def responses(path: Path, name: str) -> np.ndarray:
-        return stride.responses(fit_to_window(read_queries(path), stride.tokenizer, window)[0], name=name)
+        return stride.responses(fit_to_window(read_queries(path), stride.tokenizer, window)[0], name=name, force=True)
 
     purity = pl.DataFrame({"group": groups, "domain": chunk_domain}).group_by("group", "domain").len()
     purity = purity.group_by("group").agg(pl.col("len").max()).select(pl.col("len").sum()).item() / len(groups)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 import time
@@ -28,9 +29,11 @@ from typing import Any
 import yaml
 
 from stride_engine import preset, read_documents
-from stride_engine.artifacts import atomic_path, atomic_write_text
+from stride_engine.artifacts import atomic_path, atomic_write_text, remove_path
 
 from .errors import CurateError
+
+log = logging.getLogger(__name__)
 
 SEEDED_METHODS = ("random", "dsir")  # their selection changes with the seed; the others' does not
 # STRIDE's selections by budget allocation (curate.budget): greedy top scores, or shares across recovery groups.
@@ -193,7 +196,7 @@ def _proxy_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, results: Path | None = None) -> Path:
     from .evaluate import target_task
-    from .select import SelectionRequest, run_selection
+    from .select import SelectionRequest, run_selection, target_for_run
 
     recipe = load_recipe(path, smoke)
     out = Path(recipe["output"])
@@ -223,6 +226,7 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
     selection, jobs, rows = recipe["selection"], [], []
     seeds = proxy["seeds"]
     for target, target_file in files["targets"].items():
+        target_name = target_for_run(run, target_file, []).name  # names the target's queries and recovery settings
         for budget in selection["budgets"]:
             for method in selection["methods"]:
                 for seed in seeds if method in SEEDED_METHODS else [None]:
@@ -232,6 +236,8 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
                     folder = out / "selections" / target / budget.replace("%", "pct") / label
                     if method == "random":  # a random selection does not depend on the target: share it
                         folder = out / "selections" / "_random" / budget.replace("%", "pct") / label
+                    if method != "random":  # a selection made for other queries is stale, and so is what came of it
+                        _drop_if_stale(folder, target_name, out)
                     t0 = time.perf_counter()
                     if not (folder / "manifest.json").is_file():
                         run_selection(SelectionRequest(
@@ -267,6 +273,19 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
 
     return write_results(rows, recipe, results or _path_from_cwd(recipe.get("results") if not smoke else None, out),
                          fit_seconds, time.perf_counter() - started, smoke)
+
+
+def _drop_if_stale(folder: Path, target_name: str, out: Path) -> None:
+    """Remove a finished selection made for another version of the target (or other recovery settings), with its
+    proxies and evaluations, so that the study recomputes them instead of reporting stale numbers."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text())["request"].get("target_run_name") == target_name:
+        return
+    relative = folder.relative_to(out)
+    log.warning("%s was made for %s, the target is now %s: redoing it", relative,
+                json.loads(manifest.read_text())["request"].get("target_run_name"), target_name)
+    for path in (folder, out / "proxies" / relative, out / "eval" / relative):
+        remove_path(path)
 
 
 def _key(settings: dict) -> str:

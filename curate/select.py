@@ -14,6 +14,7 @@ skipped) or to `overwrite` (OUT is removed first).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -88,7 +89,7 @@ def target_for_run(run_dir: Path, spec: str, task_dirs: list[Path], limit: int |
     digest = hashlib.sha1(json.dumps([target.queries.ids, target.queries.prompts, target.queries.completions, recovery]).encode())
     # The digest in the name: a target file edited since an earlier selection, or a run rescored with other recovery
     # settings since (`curate fit ... --set groups=16 --force`), gets its own score store instead of a stale one.
-    return Target(f"{target.name}-{digest.hexdigest()[:8]}", target.source, target.queries, target.truncated)
+    return dataclasses.replace(target, name=f"{target.name}-{digest.hexdigest()[:8]}")
 
 
 def prepare_target(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None) -> tuple[ScoreStore, Target]:
@@ -217,8 +218,10 @@ def describe_request(request: SelectionRequest, target: Target | None = None) ->
     values = {key: value for key, value in asdict(request).items() if key != "executor_options"}
     if target is not None:
         values["target_run_name"] = target.name  # the score store inside the run: RUN/scores/<name>
-        values["target_items"] = len(target.queries)
+        values["target_items"] = target.items
+        values["target_queries"] = len(target.queries)  # more than the items where long items became windows
         values["target_items_truncated"] = target.truncated
+        values["target_items_windowed"] = target.windowed
     return values
 
 

@@ -4,9 +4,11 @@ A target is a JSONL/Parquet file of examples (`prompt` + `completion`, or `text`
 from `recipes/tasks/` or a task YAML) whose evaluation documents become the queries (`doc_to_text` as the
 prompt, `doc_to_target` as the completion; a rolling-perplexity task's whole document as the text).
 
-Items longer than the model's window are cut to it (the prompt loses its beginning first, then the completion
-its end) and counted, since a target sample of long documents is normal; an item the tokenizer cannot encode
-(no token, or only unknown tokens) is an error that names it.
+A text item (no prompt) longer than the model's window becomes several queries, consecutive windows of it named
+`<id>#0`, `<id>#1`, ..., so that the target's queries cover all of its text, as the proxies' rolling perplexity
+does (and as the training corpus is chunked). A prompt-completion item longer than the window is cut to it (the
+prompt loses its beginning first, then the completion its end). Both are counted. An item the tokenizer cannot
+encode (no token, or only unknown tokens) is an error that names it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from .errors import CurateError
 class Target:
     name: str  # the query set's name inside the run
     source: str  # what the user gave
-    queries: Queries
-    truncated: int  # items cut to the model's window
+    queries: Queries  # one per item, or per window of an item (`<id>#<n>`)
+    items: int
+    truncated: int  # prompt-completion items cut to the model's window
+    windowed: int  # text items split into several windows (queries)
 
 
 def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Path] | None = None, limit: int | None = None) -> Target:
@@ -47,16 +51,19 @@ def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Pa
         queries = Queries(queries.ids[:limit], queries.prompts[:limit], queries.completions[:limit])
     if len(queries) == 0:
         raise CurateError(f"target {text} has no items")
-    fitted, truncated = fit_to_window(queries, tokenizer, max_length)
+    fitted, truncated, windowed = fit_to_window(queries, tokenizer, max_length)
     name = _safe(name)
-    return Target(name if name.startswith("target") else f"target-{name}", text, fitted, truncated)
+    return Target(name if name.startswith("target") else f"target-{name}", text, fitted, len(queries), truncated, windowed)
 
 
-def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries, int]:
-    """Cut items to `max_length` tokens (bos included); refuse items the tokenizer cannot represent."""
+def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries, int, int]:
+    """Fit items to `max_length` tokens (bos included): long text items become windows, long prompt-completion items
+    are cut. Returns the queries, how many items were cut and how many were split; refuses items the tokenizer
+    cannot represent."""
     unknown = tokenizer.unk_token_id
     budget = max_length - (1 if tokenizer.bos_token_id is not None else 0)
-    prompts, completions, truncated = [], [], 0
+    room = budget - 4  # decoded text re-encodes to about as many tokens, sometimes a few more
+    ids, prompts, completions, truncated, windowed = [], [], [], 0, 0
     for query_id, prompt, completion in zip(queries.ids, queries.prompts, queries.completions):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -65,16 +72,22 @@ def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries
                 f"target item {query_id!r}: the tokenizer cannot encode its text ({completion[:60]!r} gives "
                 f"{'no token' if not completion_ids else 'only unknown tokens'}); remove it or use the model's language"
             )
-        if len(prompt_ids) + len(completion_ids) > budget:
+        if len(prompt_ids) + len(completion_ids) <= budget:
+            ids.append(query_id), prompts.append(prompt), completions.append(completion)
+        elif not prompt_ids:
+            windowed += 1
+            count = -(-len(completion_ids) // room)
+            bounds = [round(i * len(completion_ids) / count) for i in range(count + 1)]  # equal windows: none is tiny
+            for number, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+                ids.append(f"{query_id}#{number}"), prompts.append("")
+                completions.append(tokenizer.decode(completion_ids[start:stop]))
+        else:
             truncated += 1
-            room = budget - 4  # decoded text re-encodes to about as many tokens, sometimes a few more
             keep_completion = min(len(completion_ids), room - min(len(prompt_ids), room // 2))
             completion_ids = completion_ids[:keep_completion]
             prompt_ids = prompt_ids[len(prompt_ids) - (room - keep_completion):] if room > keep_completion else []
-            prompt, completion = tokenizer.decode(prompt_ids), tokenizer.decode(completion_ids)
-        prompts.append(prompt)
-        completions.append(completion)
-    return Queries(list(queries.ids), prompts, completions), truncated
+            ids.append(query_id), prompts.append(tokenizer.decode(prompt_ids)), completions.append(tokenizer.decode(completion_ids))
+    return Queries(ids, prompts, completions), truncated, windowed
 
 
 def _safe(name: str) -> str:

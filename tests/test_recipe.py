@@ -96,6 +96,20 @@ def test_a_small_study_runs_end_to_end(tmp_path):
     assert "## target: battles" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 1000
 
+    # A selection made for other queries (here: its manifest says so) is redone with its proxies on a rerun; the
+    # others are reused.
+    selections = tmp_path / "out" / "selections" / "birds" / "25pct"
+    stale, kept = selections / "bm25" / "manifest.json", next(selections.glob("stride-proportional-*")) / "manifest.json"
+    manifest = json.loads(stale.read_text())
+    manifest["request"]["target_run_name"] = "target-birds-00000000"
+    stale.write_text(json.dumps(manifest))
+    kept_at, proxy = kept.stat().st_mtime_ns, tmp_path / "out" / "proxies" / "selections" / "birds" / "25pct" / "bm25"
+    proxy_at = next(proxy.rglob("model.safetensors")).stat().st_mtime_ns
+    result = CliRunner().invoke(main, ["recipe", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(stale.read_text())["request"]["target_run_name"] != "target-birds-00000000"
+    assert next(proxy.rglob("model.safetensors")).stat().st_mtime_ns > proxy_at and kept.stat().st_mtime_ns == kept_at
+
     # The diagnostics of STRIDE's run (benchmarks/selection_diagnostics.py) read the same study folder.
     from benchmarks.selection_diagnostics import main as diagnostics
 

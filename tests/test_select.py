@@ -198,12 +198,29 @@ def test_items_the_tokenizer_cannot_encode_are_named():
     words = Tokenizer(models.WordLevel({"<unk>": 0, "the": 1, "cat": 2}, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
-    ok, _ = fit_to_window(Queries(["a"], [""], ["the cat"]), tokenizer, 16)
+    ok, _, _ = fit_to_window(Queries(["a"], [""], ["the cat"]), tokenizer, 16)
     assert ok.completions == ["the cat"]
     with pytest.raises(CurateError, match="'b'.*only unknown tokens"):
         fit_to_window(Queries(["a", "b"], ["", ""], ["the cat", "Καλημέρα κόσμε"]), tokenizer, 16)
-    cut, truncated = fit_to_window(Queries(["long"], ["the"], [" ".join(["cat"] * 40)]), tokenizer, 16)
-    assert truncated == 1 and len(tokenizer(cut.prompts[0] + " " + cut.completions[0])["input_ids"]) <= 16
+    cut, truncated, windowed = fit_to_window(Queries(["long"], ["the"], [" ".join(["cat"] * 40)]), tokenizer, 16)
+    assert (truncated, windowed) == (1, 0) and len(tokenizer(cut.prompts[0] + " " + cut.completions[0])["input_ids"]) <= 16
+
+
+def test_long_text_items_become_windows_that_cover_all_their_text():
+    """A target document longer than the window is attributed whole, as the proxies' rolling perplexity scores it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
+    text = " ".join(["the", "cat", "sat"] * 11)  # 33 tokens; 12 fit one window (16 less the safety margin)
+    fitted, truncated, windowed = fit_to_window(Queries(["long", "short"], ["", ""], [text, "the cat"]), tokenizer, 16)
+    assert (truncated, windowed) == (0, 1)
+    assert fitted.ids == ["long#0", "long#1", "long#2", "short"]
+    lengths = [len(tokenizer(c)["input_ids"]) for c in fitted.completions[:3]]
+    assert sum(lengths) == 33 and max(lengths) <= 12 and min(lengths) >= 10
+    assert " ".join(fitted.completions[:3]) == text
 
 
 def test_rerun_refuses_resumes_or_overwrites_explicitly(fitted_run, fact_target, tmp_path):
