@@ -3,12 +3,12 @@ influence-based selection help?").
 
     python -m benchmarks.selection_diagnostics runs/select_pretraining_mix   # after `curate recipe ...yaml`
 
-For the recipe's STRIDE run it reports:
+For the recipe's latest STRIDE run it reports:
 - how domain-pure the recovery groups are (k-means of the model's own states; no labels used);
 - the domain mix of the top 10% of documents for each target, decoded with the plain Lasso (λ = 0.1·λ_max, the
   default before grouped recovery) and with the run's grouped recovery;
 - the same for the recipe's per-domain held-out items as queries (60 per domain), and how often a random 20 of
-  them put their strongest group in their own domain (the mixed target has 20 items per domain).
+  the queries put their strongest group in their own domain (the mixed target has 20 items per domain).
 Writes benchmarks/results/selection_diagnostics.md.
 """
 
@@ -36,7 +36,8 @@ SUBSETS, SUBSET_SIZE = 50, 20
 
 
 def main(study: Path, out: Path = OUT) -> Path:
-    run_dir = next(p for p in sorted(study.glob("run-*")) if (p / "groups").is_dir())
+    fitted = [p for p in study.glob("run-*") if (p / "groups").is_dir()]
+    run_dir = max(fitted, key=lambda p: (p / "stages" / "operators.json").stat().st_mtime)  # the latest fit
     stride = open_run(run_dir)
     chunks = pl.read_parquet(run_dir / "chunks.parquet")
     membership = Membership.load(run_dir / "design.npz").matrix
@@ -82,8 +83,9 @@ def main(study: Path, out: Path = OUT) -> Path:
     design = group_design(membership, groups)
     majority = pl.DataFrame({"group": groups, "domain": chunk_domain}).group_by("group").agg(pl.col("domain").mode().first())
     group_domain = dict(majority.iter_rows())
-    lines += ["", f"How often {SUBSETS} random {SUBSET_SIZE}-item subsets of a domain's held-out items give the largest "
-              "group effect (ridge on the group design, mean over the items) to a group of their own domain:", "",
+    lines += ["", f"How often {SUBSETS} random {SUBSET_SIZE}-query subsets of a domain's held-out items (a long item is "
+              "several queries, its windows) give the largest group effect (ridge on the group design, mean over the "
+              "queries) to a group of their own domain:", "",
               "| domain | share |", "| --- | --- |"]
     rng = np.random.default_rng(0)
     for domain, y in held_out.items():

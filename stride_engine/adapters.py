@@ -56,6 +56,11 @@ class ModelAdapter(ABC):
     def prediction_mask(self, batch: Batch) -> torch.Tensor:
         """Which predictions count in the stability KL, shaped like `logits[..., 0]`."""
 
+    def at_positions(self, states: torch.Tensor, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch] | None:
+        """States and batch restricted to some sequence positions, for losses in the logit form; None for a model
+        without positions. `example_losses` of the result is the mean loss over those positions."""
+        return None
+
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise ConfigError(
@@ -182,7 +187,19 @@ class CausalLMAdapter(ModelAdapter):
                 self.layers[i] = block
 
     def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if "next_ids" in batch:  # positions taken apart from their sequence (at_positions): targets travel along
+            losses = F.cross_entropy(logits.float().transpose(1, 2), batch["next_ids"], reduction="none") * batch["target_mask"]
+            return losses.sum(dim=1) / batch["target_mask"].sum(dim=1).clamp_min(1e-8)
         return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
+
+    def at_positions(self, states: torch.Tensor, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch]:
+        # In the logit form a position's output depends on its own state only, so these positions can be scored
+        # apart from the rest of their sequence; each carries the token it predicts.
+        return states[:, positions], {
+            "next_ids": batch["input_ids"][:, positions + 1],
+            "target_mask": batch["target_mask"][:, positions],
+            "attention_mask": batch["attention_mask"][:, positions],
+        }
 
     def prediction_mask(self, batch: Batch) -> torch.Tensor:
         return batch["attention_mask"].to(torch.float32)

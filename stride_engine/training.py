@@ -7,6 +7,8 @@ and are reused here by every operator. Losses:
 2. stability: KL(base ‖ steered) on non-members, so an operator cannot become a global shortcut;
 3. linearity (every `linearity_every` steps): responses y_S of a sample S of operators on a probe batch should be
    explained additively by the design: the ridge residual of y_S on the sketch (M R)_S is penalised.
+In the logit form on a sequence model, `loss_positions` scores terms 1 and 2 on a random sample of each micro-batch's
+positions: the vocabulary-wide outputs are most of a step's cost, and a position's output depends on its own state.
 Batches are drawn from a generator seeded by (seed, step), and the optimiser state is checkpointed, so an
 interrupted training resumes to exactly the weights an uninterrupted one reaches.
 """
@@ -128,7 +130,7 @@ class _Steps:
         n_member, n_other = max(1, is_member.sum()), max(1, (~is_member).sum())
         totals = dict(fidelity=0.0, stability=0.0, fidelity_gain=0.0)
         for block in _blocks(len(rows), self.config.micro_batch):
-            states, batch = self.cache.rows(rows[block])
+            states, batch = self._sampled(*self.cache.rows(rows[block]), rng)
             ops = torch.as_tensor(operators[block], device=self.device)
             with torch.no_grad():  # the frozen model's outputs; the logit form steers them without recomputing
                 base_logits = self.adapter.finish(states, batch, self.config.form, self.layer)
@@ -147,6 +149,15 @@ class _Steps:
             totals["fidelity"] += fidelity.item()
             totals["stability"] += stability.item()
         return totals
+
+    def _sampled(self, states: torch.Tensor, batch: Batch, rng: np.random.Generator) -> tuple[torch.Tensor, Batch]:
+        """`loss_positions` random positions of each sequence (the same for the whole micro-batch), or all of them."""
+        count = self.config.loss_positions
+        if not count or states.dim() < 3 or count >= states.shape[1] - 1:
+            return states, batch
+        positions = np.sort(rng.choice(states.shape[1] - 1, size=count, replace=False))  # the last predicts nothing
+        picked = self.adapter.at_positions(states, batch, torch.as_tensor(positions, device=states.device))
+        return picked if picked is not None else (states, batch)
 
     def linearity(self, rng: np.random.Generator) -> float:
         """Ridge residual of a sample of operators' responses on the sketched design (scaled by the weight)."""

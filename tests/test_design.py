@@ -39,6 +39,8 @@ def test_design_is_seeded_and_round_trips(tmp_path):
         (dict(num_subsets=1, subsets_per_example=1), "at least 2"),
         (dict(form="sideways"), "form='sideways' is not one of"),
         (dict(rank=-1), "rank must be a positive integer"),
+        (dict(form="logit", loss_positions=-3), "loss_positions must be 0"),
+        (dict(form="activation", loss_positions=32), "loss_positions needs form='logit'"),
     ],
 )
 def test_out_of_range_configuration_is_named(changes, message):
