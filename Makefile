@@ -36,7 +36,7 @@ bench-smoke: install
 bench: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite full
 
-# Influence-based selection on the shared corpus: selections, proxies retrained, lm-eval (about an hour).
+# Influence-based selection on the shared corpus: selections, proxies retrained, lm-eval (about 1.5 hours).
 bench-selection: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml
 
