@@ -279,11 +279,11 @@ def _drop_if_stale(folder: Path, target_name: str, out: Path) -> None:
     """Remove a finished selection made for another version of the target (or other recovery settings), with its
     proxies and evaluations, so that the study recomputes them instead of reporting stale numbers."""
     manifest = folder / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text())["request"].get("target_run_name") == target_name:
+    made_for = json.loads(manifest.read_text())["request"].get("target_run_name") if manifest.is_file() else target_name
+    if made_for == target_name:
         return
     relative = folder.relative_to(out)
-    log.warning("%s was made for %s, the target is now %s: redoing it", relative,
-                json.loads(manifest.read_text())["request"].get("target_run_name"), target_name)
+    log.warning("%s was made for %s, the target is now %s: redoing it", relative, made_for, target_name)
     for path in (folder, out / "proxies" / relative, out / "eval" / relative):
         remove_path(path)
 

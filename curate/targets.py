@@ -64,6 +64,12 @@ def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries
     budget = max_length - (1 if tokenizer.bos_token_id is not None else 0)
     room = budget - 4  # decoded text re-encodes to about as many tokens, sometimes a few more
     ids, prompts, completions, truncated, windowed = [], [], [], 0, 0
+
+    def keep(query_id: str, prompt: str, completion: str) -> None:
+        ids.append(query_id)
+        prompts.append(prompt)
+        completions.append(completion)
+
     for query_id, prompt, completion in zip(queries.ids, queries.prompts, queries.completions):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -73,20 +79,19 @@ def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries
                 f"{'no token' if not completion_ids else 'only unknown tokens'}); remove it or use the model's language"
             )
         if len(prompt_ids) + len(completion_ids) <= budget:
-            ids.append(query_id), prompts.append(prompt), completions.append(completion)
+            keep(query_id, prompt, completion)
         elif not prompt_ids:
             windowed += 1
             count = -(-len(completion_ids) // room)
             bounds = [round(i * len(completion_ids) / count) for i in range(count + 1)]  # equal windows: none is tiny
             for number, (start, stop) in enumerate(zip(bounds, bounds[1:])):
-                ids.append(f"{query_id}#{number}"), prompts.append("")
-                completions.append(tokenizer.decode(completion_ids[start:stop]))
+                keep(f"{query_id}#{number}", "", tokenizer.decode(completion_ids[start:stop]))
         else:
             truncated += 1
             keep_completion = min(len(completion_ids), room - min(len(prompt_ids), room // 2))
             completion_ids = completion_ids[:keep_completion]
             prompt_ids = prompt_ids[len(prompt_ids) - (room - keep_completion):] if room > keep_completion else []
-            ids.append(query_id), prompts.append(tokenizer.decode(prompt_ids)), completions.append(tokenizer.decode(completion_ids))
+            keep(query_id, tokenizer.decode(prompt_ids), tokenizer.decode(completion_ids))
     return Queries(ids, prompts, completions), truncated, windowed
 
 

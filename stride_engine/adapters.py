@@ -188,8 +188,7 @@ class CausalLMAdapter(ModelAdapter):
 
     def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         if "next_ids" in batch:  # positions taken apart from their sequence (at_positions): targets travel along
-            losses = F.cross_entropy(logits.float().transpose(1, 2), batch["next_ids"], reduction="none") * batch["target_mask"]
-            return losses.sum(dim=1) / batch["target_mask"].sum(dim=1).clamp_min(1e-8)
+            return _masked_mean_cross_entropy(logits.float(), batch["next_ids"], batch["target_mask"])
         return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
 
     def at_positions(self, states: torch.Tensor, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch]:
@@ -207,9 +206,11 @@ class CausalLMAdapter(ModelAdapter):
 
 def token_losses_mean(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy per row over the positions `target_mask` marks."""
-    predictions = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    weights = target_mask[:, :-1]
+    return _masked_mean_cross_entropy(logits[:, :-1].float(), input_ids[:, 1:], target_mask[:, :-1])
+
+
+def _masked_mean_cross_entropy(predictions: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per row: the weighted mean cross-entropy of `predictions` (rows, positions, vocabulary) against `targets`."""
     losses = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), reduction="none")
     losses = losses.view(targets.shape) * weights
     return losses.sum(dim=1) / weights.sum(dim=1).clamp_min(1e-8)
