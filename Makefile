@@ -30,15 +30,19 @@ test-all: install
 bench-smoke: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite smoke --out benchmarks/cache/smoke-results
 	@if [ -d ../shared/data/corpus ]; then \
-		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml --smoke; \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml --smoke && \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix-smoke --smoke --documents 30; \
 	else echo "skipping the selection smoke study: ../shared/data is absent"; fi
 
 bench: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite full
 
-# Influence-based selection on the shared corpus: selections, proxies retrained, lm-eval (about 1.5 hours).
+# Influence-based selection on the shared corpus: selections, proxies retrained, lm-eval (about 1.5 hours), then
+# the diagnostics of STRIDE's run and the study inside one source (about 40 minutes more).
 bench-selection: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.selection_diagnostics runs/select_pretraining_mix
+	for n in 200 400; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix --documents $$n || exit 1; done
 
 clean:
 	rm -rf runs .pytest_cache

@@ -22,7 +22,7 @@ from stride_engine import (
 from .budget import ALLOCATIONS
 from .errors import CurateError
 from .proxy_cli import eval_command, retrain
-from .runs import RunInputs
+from .runs import AGGREGATION_RULES, RunInputs
 
 
 def _offline() -> None:
@@ -128,7 +128,7 @@ def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, te
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (selected/, excluded/, manifest.json).")
 @click.option("--method", default="stride", show_default=True, type=click.Choice(["stride", "random", "bm25", "embedding", "dsir"]), help="stride (the run's attribution) or a model-free baseline.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random and dsir baselines.")
-@click.option("--rule", default="mean", show_default=True, type=click.Choice(["mean", "positive", "topk-hits"]), help="How per-query scores aggregate per document.")
+@click.option("--rule", default="mean", show_default=True, type=click.Choice(AGGREGATION_RULES), help="How per-query scores aggregate per document.")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Top k per query, for --rule topk-hits.")
 @click.option("--domain-floor", default=0.0, show_default=True, type=float, help="Each domain keeps at least this share of the budget.")
 @click.option("--allocation", default="greedy", show_default=True, type=click.Choice(ALLOCATIONS),

@@ -36,8 +36,13 @@ from .errors import CurateError
 log = logging.getLogger(__name__)
 
 SEEDED_METHODS = ("random", "dsir")  # their selection changes with the seed; the others' does not
-# STRIDE's selections by budget allocation (curate.budget): greedy top scores, or shares across recovery groups.
-STRIDE_METHODS = {"stride": "greedy", "stride-proportional": "proportional"}
+# STRIDE's selections: (budget allocation, aggregation rule; None = the recipe's `selection.rule`). Allocation
+# (curate.budget): greedy top scores, or shares across recovery groups. Rule (curate.runs.document_influence).
+STRIDE_METHODS = {
+    "stride": ("greedy", None),
+    "stride-proportional": ("proportional", None),
+    "stride-standardized": ("greedy", "standardized"),
+}
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
@@ -238,12 +243,13 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
                         folder = out / "selections" / "_random" / budget.replace("%", "pct") / label
                     if method != "random":  # a selection made for other queries is stale, and so is what came of it
                         _drop_if_stale(folder, target_name, out)
+                    allocation, rule = STRIDE_METHODS.get(method, ("greedy", None))
                     t0 = time.perf_counter()
                     if not (folder / "manifest.json").is_file():
                         run_selection(SelectionRequest(
                             run=str(run), target=target_file, budget=budget, out=str(folder),
                             method="stride" if method in STRIDE_METHODS else method,
-                            allocation=STRIDE_METHODS.get(method, "greedy"), seed=seed or 0, rule=selection.get("rule", "mean"),
+                            allocation=allocation, seed=seed or 0, rule=rule or selection.get("rule", "mean"),
                         ), overwrite=folder.exists())
                     manifest = json.loads((folder / "manifest.json").read_text())
                     for proxy_seed in seeds if seed is None else [seed]:

@@ -19,7 +19,7 @@ from stride_engine.groups import groups_file
 
 from .errors import CurateError
 
-AGGREGATION_RULES = ("mean", "positive", "topk-hits")
+AGGREGATION_RULES = ("mean", "standardized", "positive", "topk-hits")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ def document_influence(store: ScoreStore, rule: str = "mean", k: int = 10) -> pl
     """One aggregate influence per training document on the whole target (doc_id, domain, influence).
 
     - "mean": mean signed score over the target's queries (helps on average; harmful documents count against);
+    - "standardized": the same mean after dividing each query's scores by their spread over the pool, so that every
+      query has the same say (a query whose loss the operators move most, noise included, no longer outvotes
+      the rest; a target drawn from several sources is served by all of them);
     - "positive": mean of the positive parts only (helps some query; harm elsewhere is ignored);
     - "topk-hits": in how many queries' top k the document ranks (robust to a few very large scores).
     """
@@ -77,6 +80,8 @@ def document_influence(store: ScoreStore, rule: str = "mean", k: int = 10) -> pl
     num_queries = max(1, len(store.queries()))
     if rule == "mean":
         influence = pl.col("mean_score")
+    elif rule == "standardized":
+        influence = pl.col("mean_standardized_score")
     elif rule == "positive":
         influence = pl.col("positive_mass") / num_queries
     else:

@@ -99,9 +99,13 @@ def prepare_target(run_dir: Path, spec: str, task_dirs: list[Path], limit: int |
     with FileLock(str(run_dir / ".curate-target.lock")):
         folder = run_dir / "scores" / target.name
         try:
-            return ScoreStore(folder), target
+            store = ScoreStore(folder)
+            if store.is_current():
+                return store, target
         except StrideError:  # not computed yet
-            return attribute_target(open_run(run_dir), target.queries, target.name), target
+            pass
+        # computed now, or rewritten from its kept responses when an older version wrote it without an aggregate
+        return attribute_target(open_run(run_dir), target.queries, target.name), target
 
 
 def influence_table(

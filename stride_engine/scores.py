@@ -5,7 +5,11 @@ Never a dense documents × queries matrix: recovery yields a few queries at a ti
   (direction "negative") documents with non-zero scores, ranked;
 - `chunk_scores.parquet`: the recovered non-zero chunk scores (Lasso's support; the top chunks for ridge);
 - `documents.parquet`: per-document aggregates streamed over the whole query set;
-- `queries.parquet`: per query, the λ used, the number of non-zeros and the base loss.
+- `queries.parquet`: per query, the λ used, the number of non-zeros, the base loss and the spread of its scores.
+
+A query's scores are comparable with each other, not with another query's: their scale follows how far the
+operators move that query's loss, noise included. `mean_standardized_score` divides each query's scores by their
+standard deviation over the pool before averaging, so that every query has the same say in the aggregate.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from .artifacts import atomic_path
 from .errors import StrideError
 
 FILES = ("top.parquet", "chunk_scores.parquet", "documents.parquet", "queries.parquet")
+# Aggregates a store written by an older version may lack; Stride.recover rewrites such a store from its responses.
+DOCUMENT_COLUMNS = ("mean_score", "mean_standardized_score", "positive_mass", "negative_mass", "nonzero_queries")
 
 
 def chunk_to_document(scores: np.ndarray, doc_index: np.ndarray, num_docs: int, rule: str) -> np.ndarray:
@@ -54,6 +60,7 @@ def write_scores(
     num_docs = len(doc_ids)
     top_rows, chunk_rows, query_rows = [], [], []
     doc_sum = np.zeros(num_docs)
+    doc_standardized = np.zeros(num_docs)
     doc_positive = np.zeros(num_docs)
     doc_negative = np.zeros(num_docs)
     doc_nonzero = np.zeros(num_docs, dtype=np.int64)
@@ -63,6 +70,8 @@ def write_scores(
         doc_positive += np.clip(doc_scores, 0, None).sum(axis=0)
         doc_negative += np.clip(doc_scores, None, 0).sum(axis=0)
         doc_nonzero += (doc_scores != 0).sum(axis=0)
+        spread = doc_scores.std(axis=1)
+        doc_standardized += (doc_scores[spread > 0] / spread[spread > 0, None]).sum(axis=0)  # an all-zero query adds nothing
         for row, query in enumerate(indices):
             qid = query_ids[query]
             top_rows.append(_ranked(qid, doc_scores[row], top_k))
@@ -71,12 +80,14 @@ def write_scores(
                 "query_id": qid, "lambda": float(lambdas[row]), "base_loss": float(base_losses[query]),
                 "nonzero_chunks": int(np.count_nonzero(chunk_scores[row])),
                 "nonzero_documents": int(np.count_nonzero(doc_scores[row])),
+                "score_std": float(spread[row]),
             })
     num_queries = max(1, len(query_rows))
     documents = pl.DataFrame({
         "doc_id": doc_ids,
         "domain": doc_domains,
         "mean_score": doc_sum / num_queries,
+        "mean_standardized_score": doc_standardized / num_queries,
         "positive_mass": doc_positive,
         "negative_mass": doc_negative,
         "nonzero_queries": doc_nonzero,
@@ -128,6 +139,10 @@ class ScoreStore:
 
     def documents(self) -> pl.DataFrame:
         return pl.read_parquet(self.folder / "documents.parquet")
+
+    def is_current(self) -> bool:
+        """Whether the store has every per-document aggregate this version writes."""
+        return set(DOCUMENT_COLUMNS) <= set(pl.read_parquet_schema(self.folder / "documents.parquet"))
 
     def queries(self) -> pl.DataFrame:
         return pl.read_parquet(self.folder / "queries.parquet")

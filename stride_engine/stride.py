@@ -128,8 +128,8 @@ class Stride:
         stage = Stage(f"scores-{name}", {**stage_fields(self.config, "scores"), "responses": response_stage["fingerprint"]})
         self._check_stages({stage.name: stage}, force)
         folder = self.run.path("scores", name)
-        if self.run.is_done(stage):
-            return ScoreStore(folder)
+        if self.run.is_done(stage) and ScoreStore(folder).is_current():
+            return ScoreStore(folder)  # a store an older version wrote is rewritten below: recovery is cheap, responses are kept
         values = np.load(self.run.path("responses", f"{name}.npy"))
         queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
         membership = Membership.load(self.run.path("design.npz"))

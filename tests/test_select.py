@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import orjson
 import polars as pl
 import pytest
@@ -18,10 +19,11 @@ from curate.budget import parse_budget, select_under_budget
 from curate.cli import main
 from curate.errors import CurateError
 from curate.pipeline import BudgetThreshold, InfluenceFilter, InfluenceScorer
-from curate.runs import RunInputs
+from curate.runs import RunInputs, document_influence
 from curate.select import SelectionRequest, run_selection, selection_executors, selection_pipelines
 from curate.targets import fit_to_window
-from stride_engine import Queries, Stride, preset, read_documents
+from stride_engine import Queries, ScoreStore, Stride, preset, read_documents
+from stride_engine.scores import write_scores
 
 from tiny import write_jsonl
 
@@ -89,12 +91,53 @@ def test_parquet_output_keeps_the_original_fields(fitted_run, fact_target, demo_
     assert {"text", "domain", "influence", "influence_rank"} <= set(kept.columns)
 
 
-@pytest.mark.parametrize("rule", ["positive", "topk-hits"])
+@pytest.mark.parametrize("rule", ["standardized", "positive", "topk-hits"])
 def test_other_aggregation_rules_also_find_planted_documents(fitted_run, fact_target, tmp_path, rule):
     target, planted = fact_target
     manifest = run_selection(_request(fitted_run, target, tmp_path / "out", rule=rule))
     kept = {row["id"] for row in manifest["selected_documents"]}
     assert len(planted & kept) / len(planted) >= 0.3
+
+
+def test_standardized_rule_gives_every_query_the_same_say(tmp_path):
+    """A target of two parts whose scores differ tenfold in scale: the mean spends the budget on the loud part's
+    many helpful documents alone, the standardized mean (each query's scores over their own spread) on both parts'."""
+    rng = np.random.default_rng(0)
+    docs = [f"loud-{i}" for i in range(50)] + [f"quiet-{i}" for i in range(50)]
+    scores = rng.normal(0, 0.1, (20, 100))
+    scores[:10, :30] += 1.0  # ten loud queries, each helped by thirty of the loud source's documents
+    scores[:10] *= 10
+    scores[10:, 50:60] += 1.0  # ten quiet queries, helped by the quiet source's ten best
+    store = write_scores(
+        tmp_path / "store", [(np.arange(20), scores, np.zeros(20))], [f"q{i}" for i in range(20)], np.ones(20),
+        docs, [d.split("-")[0] for d in docs], np.arange(100), aggregate="max", top_k=5, keep_all_nonzeros=True,
+    )
+    assert store.is_current()
+    helpful = {f"loud-{i}" for i in range(30)} | {f"quiet-{i}" for i in range(10)}
+    for rule, expected in (("mean", {"loud": 20}), ("standardized", {"loud": 10, "quiet": 10})):
+        table = document_influence(store, rule).rename({"influence": "score"}).with_columns(tokens=pl.lit(1))
+        kept = select_under_budget(table, parse_budget("20")).filter(pl.col("selected"))
+        assert kept["domain"].value_counts().sort("domain").rows() == sorted(expected.items()), rule
+    assert set(kept["doc_id"]) <= helpful
+    assert store.queries()["score_std"].min() > 0
+
+
+def test_a_store_written_before_the_standardized_aggregate_is_rewritten(fitted_run, fact_target, tmp_path):
+    """Selections keep working on a run scored by an older version: its store is rewritten from the kept responses
+    (recovery only; the operators are not retrained) and the mean it had is unchanged."""
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run)
+    target, planted = fact_target
+    first = run_selection(_request(run, target, tmp_path / "first", budget="30"))
+    store = ScoreStore(run / "scores" / first["request"]["target_run_name"])
+    before = store.documents()
+    before.drop("mean_standardized_score").write_parquet(store.folder / "documents.parquet")
+    assert not store.is_current()
+    bank = (run / "operators" / "bank.safetensors").stat().st_mtime_ns
+    manifest = run_selection(_request(run, target, tmp_path / "second", budget="30", rule="standardized"))
+    assert store.is_current() and (run / "operators" / "bank.safetensors").stat().st_mtime_ns == bank
+    assert store.documents()["mean_score"].to_list() == pytest.approx(before["mean_score"].to_list())
+    assert len(planted & {row["id"] for row in manifest["selected_documents"]}) >= 0.3 * len(planted)
 
 
 @pytest.mark.parametrize("method", ["bm25", "embedding", "dsir", "random"])
