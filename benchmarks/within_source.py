@@ -25,6 +25,7 @@ import polars as pl
 
 from curate.recipe import _job, _run_jobs, load_recipe
 from curate.select import influence_table, target_for_run
+from curate.selection_report import against_random
 from stride_engine.artifacts import atomic_write_text
 
 from .runner import commit
@@ -97,16 +98,20 @@ def markdown(rows: list[dict]) -> str:
           for m in made.iter_rows(named=True)],
         "Every selection holds the same number of documents, all from the target's own source; a proxy is trained on each",
         "(the selection study's settings) and scored on the target's held-out items: word perplexity, mean ± std over",
-        "proxy seeds (random: one draw per seed). Lower is better.",
+        "proxy seeds (random: one draw per seed). Lower is better. vs random: the change of the mean, and Welch's t-test",
+        "of the seeds' log perplexities against random's.",
         "",
         "| target | documents (source) | method | target ppl | vs random | source held-out ppl |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for target, documents in dict.fromkeys(zip(table["target"], table["documents"])):
         part = table.filter((pl.col("target") == target) & (pl.col("documents") == documents))
-        random = part.filter(pl.col("method") == "random")["ppl"].item()
+        def seeds(method: str) -> list[float]:
+            return frame.filter((pl.col("target") == target) & (pl.col("documents") == documents)
+                                & (pl.col("method") == method))["target_ppl"].to_list()
+
         for r in part.iter_rows(named=True):
-            change = "" if r["method"] == "random" else f"{100 * (r['ppl'] / random - 1):+.1f}%"
+            change = "" if r["method"] == "random" else against_random(seeds(r["method"]), seeds("random"))
             spread = f" ± {r['std']:,.0f}" if r["std"] is not None else ""  # one seed: no spread
             lines.append(f"| {target} | {r['documents']} ({r['source']}) | {r['method']} | {r['ppl']:,.0f}{spread} | "
                          f"{change} | {r['source_ppl']:,.0f} |")

@@ -53,6 +53,7 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
         "(stages an earlier invocation finished are reused: runs, selections and proxies are cached by their settings).",
         "Target word perplexity (lm-eval `loglikelihood_rolling` on held-out target items) of a proxy trained from scratch",
         "on each selection, mean ± std over proxy seeds; lower is better. Every proxy takes the same number of steps.",
+        "vs random: the change of the mean, and Welch's t-test of the seeds' log perplexities against random's.",
         "",
     ]
     domains = list(rows[0].get("domain_ppl", {}))
@@ -61,9 +62,9 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
                   "| --- | --- | --- | --- | " + " | ".join("---" for _ in domains) + " | --- |"]
         part = table.filter(pl.col("target") == target)
         for row in part.iter_rows(named=True):
-            random_row = part.filter((pl.col("budget") == row["budget"]) & (pl.col("method") == "random"))
-            change = f"{100 * (row['ppl'] / random_row['ppl'][0] - 1):+.1f}%" if len(random_row) and row["method"] != "random" else ""
             mine = [r for r in rows if (r["target"], r["budget"], r["method"]) == (target, row["budget"], row["method"])]
+            random = [r["target_ppl"] for r in rows if (r["target"], r["budget"], r["method"]) == (target, row["budget"], "random")]
+            change = against_random([r["target_ppl"] for r in mine], random) if random and row["method"] != "random" else ""
             shares = mine[0].get("selected_per_domain") or {}
             lines.append(
                 f"| {row['budget']} | {row['method']} | {row['ppl']:.1f} ± {row['std'] or 0:.1f} | {change} | "
@@ -72,6 +73,19 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
             )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def against_random(values: list[float], random: list[float]) -> str:
+    """'-57.4% (p < 0.001)': the change of the mean perplexity against random's, and Welch's t-test on the seeds'
+    log perplexities (perplexity is a ratio scale; a collapsed selection's seeds spread multiplicatively). Without
+    two seeds on each side, the change alone."""
+    change = f"{100 * (np.mean(values) / np.mean(random) - 1):+.1f}%"
+    if min(len(values), len(random)) < 2:
+        return change
+    from scipy.stats import ttest_ind
+
+    p = ttest_ind(np.log(values), np.log(random), equal_var=False).pvalue
+    return f"{change} (p {'< 0.001' if p < 0.001 else f'= {p:.2g}'})"
 
 
 def plot(table: pl.DataFrame, path: Path) -> None:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from curate.cli import main
 from curate.errors import CurateError
 from curate.recipe import load_recipe, prepare_data
+from curate.selection_report import against_random
 
 from tiny import write_jsonl
 
@@ -118,3 +119,11 @@ def test_a_small_study_runs_end_to_end(tmp_path):
     for label in ("target battles", "target birds", "held-out birds", "held-out ships"):
         assert f"| {label} | " in text
     assert "| birds | " in text and "| ships | " in text
+
+
+def test_the_comparison_with_random_says_whether_a_gap_is_more_than_seed_noise():
+    random = [9203.0, 8800.0, 9600.0, 9400.0, 9000.0]
+    assert against_random([4100.0, 3900.0, 4000.0, 4300.0, 4200.0], random) == "-55.4% (p < 0.001)"
+    tie = against_random([9300.0, 8900.0, 9500.0, 9100.0, 9250.0], random)
+    assert tie.startswith("+0.") and float(tie.split("p = ")[1].rstrip(")")) > 0.5
+    assert against_random([4000.0], random) == "-56.5%"  # one seed: no test
