@@ -38,11 +38,12 @@ bench: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite full
 
 # Influence-based selection on the shared corpus: selections, proxies retrained, lm-eval (about 1.5 hours), then
-# the diagnostics of STRIDE's run and the study inside one source (about 40 minutes more).
+# the diagnostics of STRIDE's run, the study inside one source and the mixed target's headroom (about 45 minutes more).
 bench-selection: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.selection_diagnostics runs/select_pretraining_mix
 	for n in 200 400; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix --documents $$n || exit 1; done
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.source_mix runs/select_pretraining_mix
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,103 @@
+"""How much can the right mix of sources win on the mixed target? A reference that uses the source labels
+(README, "Does influence-based selection help?").
+
+The mixed target is a third each of tales, Shakespeare and GSM8K problems. No selection method in the study beats
+random there beyond seed noise. This measures the headroom: random documents drawn from the target's own sources,
+in the target's proportions (a third each; the math third from GSM8K train), against random documents in the
+pool's natural mix without Wikipedia, at the study's budgets, proxies trained and scored as in the study:
+
+    python -m benchmarks.source_mix runs/select_pretraining_mix   # after `curate recipe recipes/select_pretraining_mix.yaml`
+
+Writes benchmarks/results/source_mix.{json,md}; random is the study's own (benchmarks/results/selection.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+
+from curate.recipe import _job, _run_jobs, load_recipe
+from curate.selection_report import against_random
+from stride_engine.artifacts import atomic_write_text
+
+from .runner import commit
+
+OUT = Path(__file__).parent / "results" / "source_mix.json"
+STUDY_RESULTS = Path(__file__).parent / "results" / "selection.json"
+TARGET = "mixed"
+MIXES = {  # pool domain -> share of the budget
+    "target's sources, equal thirds": {"tales": 1 / 3, "shakespeare": 1 / 3, "math": 1 / 3},
+    "the pool's mix without wiki": {"tales": 400 / 1800, "shakespeare": 600 / 1800, "math": 800 / 1800},
+}
+
+
+def main(study: Path, recipe_path: Path, out: Path = OUT, workers: int = 2) -> Path:
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_path)
+    pool = pl.read_ndjson(study / "data" / "pool.jsonl")
+    tasks = [f"target_{TARGET}", *(f"domain_{d}" for d in sorted(pool["domain"].unique()))]
+    jobs, rows = [], []
+    for budget in recipe["selection"]["budgets"]:
+        total = round(float(budget.rstrip("%")) / 100 * len(pool))
+        for label, mix in MIXES.items():
+            slug = label.split(",")[0].replace("'", "").replace(" ", "-")
+            for seed in recipe["proxy"]["seeds"]:
+                parts = [pool.filter(pl.col("domain") == d).sample(round(total * share), seed=seed) for d, share in mix.items()]
+                data = study / "source-mix" / budget.replace("%", "pct") / slug / f"seed{seed}.jsonl"
+                data.parent.mkdir(parents=True, exist_ok=True)
+                pl.concat(parts).write_ndjson(data)
+                key = f"source-mix/{budget.replace('%', 'pct')}/{slug}/proxy-seed{seed}"
+                jobs.append(_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
+                rows.append({"task": "source-mix", "target": TARGET, "budget": budget, "method": label, "seed": seed,
+                             "selected_per_domain": {d: round(total * share) for d, share in mix.items()}, "job": key})
+    measured = _run_jobs(jobs, workers)
+    for row in rows:
+        values = measured[row.pop("job")]["values"]
+        row["target_ppl"] = values[f"target_{TARGET}|word_perplexity"]
+        row["domain_ppl"] = {t.removeprefix("domain_"): values[f"{t}|word_perplexity"] for t in tasks[1:]}
+    context = {"commit": commit(), "command": f"python -m benchmarks.source_mix {study}",
+               "seconds": round(time.perf_counter() - started)}
+    rows = [{**row, **context} for row in rows]
+    table = markdown(rows, json.loads(STUDY_RESULTS.read_text()))  # before anything is written
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), table)
+    return out
+
+
+def markdown(rows: list[dict], study_rows: list[dict]) -> str:
+    lines = [
+        "# The mixed target's headroom: the right mix of sources, drawn at random (source labels used)",
+        "",
+        f"Made by `{rows[0]['command']}` at commit {rows[0]['commit']} ({rows[0]['seconds'] / 60:.0f} min).",
+        "Target word perplexity of proxies trained as in the selection study, mean ± std over 5 seeds (one draw per seed);",
+        "vs random: the change of the mean and Welch's t-test of log perplexities against the study's random selections.",
+        "",
+        "| budget | selection | target ppl | vs random | documents per domain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    compared = [r for r in study_rows if r["target"] == TARGET and r["method"] in ("random", "stride", "stride-proportional")]
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        random = [r["target_ppl"] for r in compared if r["budget"] == budget and r["method"] == "random"]
+        groups: dict[str, list[dict]] = {}
+        for r in [*rows, *compared]:
+            if r["budget"] == budget:
+                groups.setdefault(r["method"], []).append(r)
+        for method, mine in groups.items():
+            values = pl.Series([r["target_ppl"] for r in mine])
+            change = "" if method == "random" else against_random(values.to_list(), random)
+            mix = ", ".join(f"{d} {n}" for d, n in (mine[0].get("selected_per_domain") or {}).items())
+            lines.append(f"| {budget} | {method} | {values.mean():,.0f} ± {values.std():,.0f} | {change} | {mix} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=Path, nargs="?", default=Path("runs/select_pretraining_mix"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/select_pretraining_mix.yaml"))
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    print(main(args.study, args.recipe, workers=args.workers))
