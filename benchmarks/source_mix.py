@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.recipe import _job, _run_jobs, load_recipe
+from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
 from curate.selection_report import against_random
 from stride_engine.artifacts import atomic_write_text
 
@@ -51,10 +51,10 @@ def main(study: Path, recipe_path: Path, out: Path = OUT, workers: int = 2) -> P
                 data.parent.mkdir(parents=True, exist_ok=True)
                 pl.concat(parts).write_ndjson(data)
                 key = f"source-mix/{budget.replace('%', 'pct')}/{slug}/proxy-seed{seed}"
-                jobs.append(_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
+                jobs.append(proxy_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
                 rows.append({"task": "source-mix", "target": TARGET, "budget": budget, "method": label, "seed": seed,
                              "selected_per_domain": {d: round(total * share) for d, share in mix.items()}, "job": key})
-    measured = _run_jobs(jobs, workers)
+    measured = run_proxy_jobs(jobs, workers)
     for row in rows:
         values = measured[row.pop("job")]["values"]
         row["target_ppl"] = values[f"target_{TARGET}|word_perplexity"]

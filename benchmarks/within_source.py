@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.recipe import _job, _run_jobs, load_recipe
+from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
 from curate.select import influence_table, target_for_run
 from curate.selection_report import against_random
 from stride_engine.artifacts import atomic_write_text
@@ -65,10 +65,10 @@ def main(study: Path, recipe_path: Path, documents: int, out: Path = OUT, worker
             seeds = [int(label.rsplit("seed", 1)[1])] if label.startswith("random") else recipe["proxy"]["seeds"]
             for seed in seeds:
                 key = f"within-source/{documents}/{target}/{label}/proxy-seed{seed}"
-                jobs.append(_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
+                jobs.append(proxy_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
                 rows.append({"task": "within-source", "target": target, "source": source, "documents": documents,
                              "method": label.split("-seed")[0], "seed": seed, "job": key})
-    measured = _run_jobs(jobs, workers)
+    measured = run_proxy_jobs(jobs, workers)
     for row in rows:
         values = measured[row.pop("job")]["values"]
         row["target_ppl"] = values[f"target_{row['target'].replace('-', '_')}|word_perplexity"]

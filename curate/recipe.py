@@ -177,7 +177,7 @@ def fit_run(recipe: dict, reference: Path, pool: str, folder: Path) -> tuple[Pat
 # ------------------------------------------------------------------------------------------------ jobs
 
 
-def _proxy_job(job: dict[str, Any]) -> dict[str, Any]:
+def _train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """Train one proxy and evaluate it (in a worker process with one torch thread)."""
     import torch
 
@@ -254,7 +254,7 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
                     manifest = json.loads((folder / "manifest.json").read_text())
                     for proxy_seed in seeds if seed is None else [seed]:
                         key = f"{folder.relative_to(out)}/proxy-seed{proxy_seed}"
-                        jobs.append(_job(key, folder / "selected", out, base, recipe, proxy_seed, tasks, task_dir))
+                        jobs.append(proxy_job(key, folder / "selected", out, base, recipe, proxy_seed, tasks, task_dir))
                         rows.append({
                             "task": "selection", "target": target, "budget": budget, "method": method,
                             "seed": proxy_seed, "job": key, "selection_seconds": round(time.perf_counter() - t0, 2),
@@ -265,10 +265,10 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
         for proxy_seed in seeds:  # the whole pool, same steps: what the budget costs
             key = f"full-pool/proxy-seed{proxy_seed}"
             if not any(j["key"] == key for j in jobs):
-                jobs.append(_job(key, Path(files["pool"]), out, base, recipe, proxy_seed, tasks, task_dir))
+                jobs.append(proxy_job(key, Path(files["pool"]), out, base, recipe, proxy_seed, tasks, task_dir))
             rows.append({"task": "selection", "target": target, "budget": "100%", "method": "full-pool", "seed": proxy_seed, "job": key})
 
-    measured = _run_jobs(jobs, workers or recipe.get("workers", 2))
+    measured = run_proxy_jobs(jobs, workers or recipe.get("workers", 2))
     for row in rows:
         values = measured[row["job"]]["values"]
         row["target_ppl"] = values[f"target_{row['target'].replace('-', '_')}|word_perplexity"]
@@ -306,7 +306,9 @@ def _fit_settings(stride: dict) -> dict:
     return {**stride, "set": {k: v for k, v in (stride.get("set") or {}).items() if k not in recovery}}
 
 
-def _job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, Any]:
+def proxy_job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, Any]:
+    """A proxy to train on `data` with the recipe's proxy settings and evaluate on `tasks`; kept under
+    out/proxies/KEY and out/eval/KEY, so a finished one is reused (see run_proxy_jobs)."""
     proxy = recipe["proxy"]
     return {
         "key": key, "name": key.replace("/", "_"), "data": str(data), "model": str(out / "proxies" / key),
@@ -315,13 +317,14 @@ def _job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, Any]:
     }
 
 
-def _run_jobs(jobs: list[dict[str, Any]], workers: int) -> dict[str, dict]:
+def run_proxy_jobs(jobs: list[dict[str, Any]], workers: int) -> dict[str, dict]:
+    """Every job's measured values, by key; `workers` processes of one torch thread each."""
     from tqdm import tqdm
 
     if workers <= 1:
-        return {job["key"]: _proxy_job(job) for job in tqdm(jobs, desc="proxies")}
+        return {job["key"]: _train_and_evaluate(job) for job in tqdm(jobs, desc="proxies")}
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        return {r["job"]: r for r in tqdm(pool.map(_proxy_job, jobs), total=len(jobs), desc="proxies")}
+        return {r["job"]: r for r in tqdm(pool.map(_train_and_evaluate, jobs), total=len(jobs), desc="proxies")}
 
 
 def _path_from_cwd(value: str | None, out: Path) -> Path:
