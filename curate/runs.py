@@ -69,8 +69,9 @@ def document_influence(store: ScoreStore, rule: str = "mean", k: int = 10) -> pl
 
     - "mean": mean signed score over the target's queries (helps on average; harmful documents count against);
     - "standardized": the same mean after dividing each query's scores by their spread over the pool, so that every
-      query has the same say (a query whose loss the operators move most, noise included, no longer outvotes
-      the rest; a target drawn from several sources is served by all of them);
+      query has the same say (a query whose loss the operators move most, noise included, no longer outvotes the
+      rest). Measured in the README: better for a target of one kind; wrong for a mixture whose parts differ in
+      how far their loss can move, where the loud part's scale was information;
     - "positive": mean of the positive parts only (helps some query; harm elsewhere is ignored);
     - "topk-hits": in how many queries' top k the document ranks (robust to a few very large scores).
     """
