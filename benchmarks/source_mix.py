@@ -4,7 +4,10 @@
 The mixed target is a third each of tales, Shakespeare and GSM8K problems. No selection method in the study beats
 random there beyond seed noise. This measures the headroom: random documents drawn from the target's own sources,
 in the target's proportions (a third each; the math third from GSM8K train), against random documents in the
-pool's natural mix without Wikipedia, at the study's budgets, proxies trained and scored as in the study:
+pool's natural mix without Wikipedia, at the study's budgets, proxies trained and scored as in the study. And it
+asks whether STRIDE's ranking helps once the mix is right, without labels: each target item (its windows
+together) is placed in the STRIDE run's nearest recovery group by the reference model's pooled states, each group
+gets the budget in proportion to the items placed in it, and inside a group STRIDE's mean score ranks:
 
     python -m benchmarks.source_mix runs/select_pretraining_mix   # after `curate recipe recipes/select_pretraining_mix.yaml`
 
@@ -18,11 +21,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
+from curate.runs import document_groups, document_influence, open_run
+from curate.select import prepare_target, target_for_run
 from curate.selection_report import against_random
 from stride_engine.artifacts import atomic_write_text
+from stride_engine.groups import nearest_group
 
 from .runner import commit
 
@@ -40,9 +47,9 @@ def main(study: Path, recipe_path: Path, out: Path = OUT, workers: int = 2) -> P
     recipe = load_recipe(recipe_path)
     pool = pl.read_ndjson(study / "data" / "pool.jsonl")
     tasks = [f"target_{TARGET}", *(f"domain_{d}" for d in sorted(pool["domain"].unique()))]
+    totals = {budget: round(float(budget.rstrip("%")) / 100 * len(pool)) for budget in recipe["selection"]["budgets"]}
     jobs, rows = [], []
-    for budget in recipe["selection"]["budgets"]:
-        total = round(float(budget.rstrip("%")) / 100 * len(pool))
+    for budget, total in totals.items():
         for label, mix in MIXES.items():
             slug = label.split(",")[0].replace("'", "").replace(" ", "-")
             for seed in recipe["proxy"]["seeds"]:
@@ -54,6 +61,20 @@ def main(study: Path, recipe_path: Path, out: Path = OUT, workers: int = 2) -> P
                 jobs.append(proxy_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
                 rows.append({"task": "source-mix", "target": TARGET, "budget": budget, "method": label, "seed": seed,
                              "selected_per_domain": {d: round(total * share) for d, share in mix.items()}, "job": key})
+    in_target_mix = stride_in_target_mix(study, list(totals.values()))
+    for budget, total in totals.items():
+        chosen = in_target_mix[total]
+        data = study / "source-mix" / budget.replace("%", "pct") / "stride-in-target-mix" / "selected.jsonl"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        selection = pool.filter(pl.col("id").is_in(chosen))
+        selection.write_ndjson(data)
+        mix = selection["domain"].value_counts().sort("domain")
+        for seed in recipe["proxy"]["seeds"]:
+            key = f"source-mix/{budget.replace('%', 'pct')}/stride-in-target-mix/proxy-seed{seed}"
+            jobs.append(proxy_job(key, data, study, study / "base", recipe, seed, tasks, study / "tasks"))
+            rows.append({"task": "source-mix", "target": TARGET, "budget": budget, "seed": seed, "job": key,
+                         "method": "target's mix from the model's states (no labels), STRIDE inside each group",
+                         "selected_per_domain": dict(mix.iter_rows())})
     measured = run_proxy_jobs(jobs, workers)
     for row in rows:
         values = measured[row.pop("job")]["values"]
@@ -66,6 +87,30 @@ def main(study: Path, recipe_path: Path, out: Path = OUT, workers: int = 2) -> P
     atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), table)
     return out
+
+
+def stride_in_target_mix(study: Path, totals: list[int]) -> dict[int, list[str]]:
+    """For each total, that many document ids: the budget shared across the run's recovery groups by where the
+    target's items fall (groups.nearest_group; an item's windows count once together), STRIDE's mean score first
+    inside each group; what a group too small for its share leaves goes to the best remaining documents."""
+    fitted = [p for p in study.glob("run-*") if (p / "groups").is_dir()]
+    run = max(fitted, key=lambda p: (p / "stages" / "operators.json").stat().st_mtime)  # the latest fit
+    stride, spec = open_run(run), str(study / "data" / f"target-{TARGET}.jsonl")
+    store, target = prepare_target(run, spec, [])
+    items = np.array([query.split("#")[0] for query in target.queries.ids])
+    names, counts = np.unique(items, return_counts=True)
+    weight = 1.0 / counts[np.searchsorted(names, items)]
+    groups = stride.groups()
+    placed = nearest_group(stride.pooled_states(), groups, stride.pooled_states(target.queries))
+    share = np.bincount(placed, weights=weight, minlength=int(groups.max()) + 1) / weight.sum()
+    ranked = document_influence(store, "mean").join(document_groups(run), on="doc_id").sort(
+        ["influence", "doc_id"], descending=[True, False]).with_columns(place=pl.int_range(pl.len()).over("group"))
+    chosen = {}
+    for total in totals:
+        quota = pl.col("group").map_elements(lambda g: int(round(share[g] * total)), return_dtype=pl.Int64)
+        kept = ranked.filter(pl.col("place") < quota)["doc_id"].head(total).to_list()
+        chosen[total] = kept + ranked.filter(~pl.col("doc_id").is_in(kept))["doc_id"].head(total - len(kept)).to_list()
+    return chosen
 
 
 def markdown(rows: list[dict], study_rows: list[dict]) -> str:

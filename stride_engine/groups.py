@@ -46,16 +46,34 @@ def pooled_states(adapter: ModelAdapter, batch: Batch, form: str, layer: int, mi
     return torch.cat(pooled).numpy().astype(np.float64)
 
 
+def _standardiser(features: np.ndarray):
+    scale = features.std(axis=0)
+    mean, scale = features.mean(axis=0), np.where(scale > 0, scale, 1.0)
+    return lambda values: (values - mean) / scale
+
+
 def cluster_examples(features: np.ndarray, num_groups: int, seed: int) -> np.ndarray:
     """k-means (k-means++ start, seeded) on standardised features; returns each example's group, 0..C−1."""
     n = len(features)
     if num_groups > n:
         raise ConfigError(f"groups={num_groups} exceeds the number of training examples ({n}); use fewer groups")
-    scale = features.std(axis=0)
-    whitened = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    whitened = _standardiser(features)(features)
     _, labels = scipy.cluster.vq.kmeans2(whitened, num_groups, minit="++", seed=np.random.default_rng([seed, 11]))
     # k-means can leave a group empty; renumber so the groups in use are 0..C'−1
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def nearest_group(features: np.ndarray, groups: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The group of each `new` row: the nearest group centre, in the space the groups were clustered in (the
+    training examples' `features`, standardised as cluster_examples does). Places text that is not in the training
+    set, such as a target's queries, among the run's groups."""
+    if new.shape[1:] != features.shape[1:]:
+        raise ConfigError(f"new features have shape {new.shape[1:]} per row, the groups' {features.shape[1:]}")
+    standardise = _standardiser(features)
+    points = standardise(features)
+    centres = np.stack([points[groups == g].mean(axis=0) for g in range(int(groups.max()) + 1)])
+    distances = ((standardise(new)[:, None, :] - centres[None]) ** 2).sum(axis=-1)
+    return distances.argmin(axis=1).astype(np.int64)
 
 
 def group_design(membership: scipy.sparse.spmatrix, groups: np.ndarray) -> np.ndarray:
@@ -79,4 +97,4 @@ def fit_group_effects(design: np.ndarray, y_c: np.ndarray, ridge: float) -> np.n
     return np.linalg.solve(gram + penalty * np.eye(len(gram)), centred.T @ y_c)
 
 
-__all__ = ["groups_file", "pooled_states", "cluster_examples", "group_design", "fit_group_effects"]
+__all__ = ["groups_file", "pooled_states", "cluster_examples", "nearest_group", "group_design", "fit_group_effects"]

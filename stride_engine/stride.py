@@ -169,12 +169,18 @@ class Stride:
         path = groups_file(self.run.root, count)
         if self.run.is_done(stage):
             return pl.read_parquet(path)["group"].to_numpy()
-        features = pooled_states(self.adapter, self._examples.batch, self.config.form, self.layer, self.config.micro_batch, self.device)
-        groups = cluster_examples(features, count, self.config.seed)
+        groups = cluster_examples(self.pooled_states(), count, self.config.seed)
         with atomic_path(path) as tmp:
             pl.DataFrame({"chunk_id": np.arange(len(groups)), "group": groups}).write_parquet(tmp)
         self.run.finish(stage, groups=int(groups.max()) + 1, sizes=np.bincount(groups).tolist())
         return groups
+
+    def pooled_states(self, queries: Queries | Examples | None = None) -> np.ndarray:
+        """The states at the cut, mean-pooled: one row per training chunk (no argument), the features the recovery
+        groups are clustered from, or one row per query (to place them among the groups: groups.nearest_group)."""
+        self._require_fit()
+        batch = self._examples.batch if queries is None else self._query_batch(queries)[0]
+        return pooled_states(self.adapter, batch, self.config.form, self.layer, self.config.micro_batch, self.device)
 
     def attribute(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> ScoreStore:
         self.responses(queries, name, force)

@@ -9,7 +9,7 @@ import pytest
 
 from stride_engine import Stride, preset, read_documents, read_queries
 from stride_engine.errors import ConfigError
-from stride_engine.groups import cluster_examples, group_design
+from stride_engine.groups import cluster_examples, group_design, nearest_group
 from stride_engine.recovery import RecoverySettings, recover
 
 from test_recovery import expander, one_thread  # noqa: F401 (one_thread: an autouse fixture, single-threaded torch)
@@ -79,6 +79,11 @@ def test_clusters_follow_the_features_and_the_seed():
         cluster_examples(features, 151, seed=0)
     design = group_design(expander(150, 10, 2, seed=1), labels)
     assert design.shape == (10, 3) and design.sum() == 150 * 2
+    # New points near a true centre land in the group that centre's examples were given.
+    new = centres[[2, 0, 1, 2]] + rng.normal(0, 0.5, (4, 5))
+    np.testing.assert_array_equal(nearest_group(features, labels, new), labels[[100, 0, 50, 100]])
+    with pytest.raises(ConfigError, match="per row"):
+        nearest_group(features, labels, new[:, :3])
 
 
 def test_a_run_clusters_its_chunks_once_and_rescoring_keeps_the_operators(tmp_path):
@@ -105,3 +110,7 @@ def test_a_run_clusters_its_chunks_once_and_rescoring_keeps_the_operators(tmp_pa
     again = Stride.from_pretrained(model, preset("cpu-smoke", **tiny, groups=3, group_ridge=5.0), tmp_path / "run", progress=False)
     again.fit(documents, force=True).attribute(queries, force=True)
     assert (tmp_path / "run" / "groups" / "3.parquet").stat().st_mtime_ns == before
+    # A training text as a query lands in the group of its own chunk.
+    own = read_queries(write_jsonl(tmp_path / "own.jsonl", [{"id": "own", "text": texts[0]}]))
+    first_chunk_group = groups.join(chunks, on="chunk_id").filter(pl.col("doc_id") == "doc0")["group"][0]
+    assert nearest_group(again.pooled_states(), groups["group"].to_numpy(), again.pooled_states(own))[0] == first_chunk_group
