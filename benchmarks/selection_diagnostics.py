@@ -35,9 +35,14 @@ OUT = Path(__file__).parent / "results" / "selection_diagnostics.md"
 SUBSETS, SUBSET_SIZE = 50, 20
 
 
-def main(study: Path, out: Path = OUT) -> Path:
+def latest_run(study: Path) -> Path:
+    """The selection study's latest fitted STRIDE run (runs/<recipe>/run-<settings>, with its recovery groups)."""
     fitted = [p for p in study.glob("run-*") if (p / "groups").is_dir()]
-    run_dir = max(fitted, key=lambda p: (p / "stages" / "operators.json").stat().st_mtime)  # the latest fit
+    return max(fitted, key=lambda p: (p / "stages" / "operators.json").stat().st_mtime)
+
+
+def main(study: Path, out: Path = OUT) -> Path:
+    run_dir = latest_run(study)
     stride = open_run(run_dir)
     chunks = pl.read_parquet(run_dir / "chunks.parquet")
     membership = Membership.load(run_dir / "design.npz").matrix

@@ -26,12 +26,13 @@ import polars as pl
 
 from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
 from curate.runs import document_groups, document_influence, open_run
-from curate.select import prepare_target, target_for_run
+from curate.select import prepare_target
 from curate.selection_report import against_random
 from stride_engine.artifacts import atomic_write_text
 from stride_engine.groups import nearest_group
 
 from .runner import commit
+from .selection_diagnostics import latest_run
 
 OUT = Path(__file__).parent / "results" / "source_mix.json"
 STUDY_RESULTS = Path(__file__).parent / "results" / "selection.json"
@@ -93,8 +94,7 @@ def stride_in_target_mix(study: Path, totals: list[int]) -> dict[int, list[str]]
     """For each total, that many document ids: the budget shared across the run's recovery groups by where the
     target's items fall (groups.nearest_group; an item's windows count once together), STRIDE's mean score first
     inside each group; what a group too small for its share leaves goes to the best remaining documents."""
-    fitted = [p for p in study.glob("run-*") if (p / "groups").is_dir()]
-    run = max(fitted, key=lambda p: (p / "stages" / "operators.json").stat().st_mtime)  # the latest fit
+    run = latest_run(study)
     stride, spec = open_run(run), str(study / "data" / f"target-{TARGET}.jsonl")
     store, target = prepare_target(run, spec, [])
     items = np.array([query.split("#")[0] for query in target.queries.ids])
@@ -107,7 +107,8 @@ def stride_in_target_mix(study: Path, totals: list[int]) -> dict[int, list[str]]
         ["influence", "doc_id"], descending=[True, False]).with_columns(place=pl.int_range(pl.len()).over("group"))
     chosen = {}
     for total in totals:
-        quota = pl.col("group").map_elements(lambda g: int(round(share[g] * total)), return_dtype=pl.Int64)
+        quota = pl.col("group").replace_strict(list(range(len(share))), np.round(share * total).astype(int).tolist(),
+                                               return_dtype=pl.Int64)
         kept = ranked.filter(pl.col("place") < quota)["doc_id"].head(total).to_list()
         chosen[total] = kept + ranked.filter(~pl.col("doc_id").is_in(kept))["doc_id"].head(total - len(kept)).to_list()
     return chosen

@@ -20,15 +20,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
-from curate.select import influence_table, target_for_run
+from curate.select import influence_table
 from curate.selection_report import against_random
 from stride_engine.artifacts import atomic_write_text
 
 from .runner import commit
+from .selection_diagnostics import latest_run
 
 OUT = Path(__file__).parent / "results" / "within_source.json"
 SOURCES = {"math": "math", "wiki-military": "wiki"}  # target -> the pool domain its items come from
@@ -38,8 +38,7 @@ RANKINGS = {"stride": ("stride", "mean"), "stride-standardized": ("stride", "sta
 def main(study: Path, recipe_path: Path, documents: int, out: Path = OUT, workers: int = 2, smoke: bool = False) -> Path:
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, smoke)
-    fitted = [p for p in study.glob("run-*") if (p / "groups").is_dir()]
-    run = max(fitted, key=lambda p: (p / "stages" / "operators.json").stat().st_mtime)  # the latest fit
+    run = latest_run(study)
     pool = pl.read_ndjson(study / "data" / "pool.jsonl")
     folder = study / "within-source" / str(documents)
     jobs, rows = [], []
@@ -47,7 +46,6 @@ def main(study: Path, recipe_path: Path, documents: int, out: Path = OUT, worker
         spec = str(study / "data" / f"target-{target}.jsonl")
         if not Path(spec).is_file():  # a study without this target (the smoke recipe has math only)
             continue
-        target_for_run(run, spec, [])  # the target as the study attributed it (its score store is reused)
         own = pool.filter(pl.col("domain") == source)
         tasks = [f"target_{target.replace('-', '_')}", f"domain_{source}"]
         if documents > len(own):
@@ -106,12 +104,10 @@ def markdown(rows: list[dict]) -> str:
     ]
     for target, documents in dict.fromkeys(zip(table["target"], table["documents"])):
         part = table.filter((pl.col("target") == target) & (pl.col("documents") == documents))
-        def seeds(method: str) -> list[float]:
-            return frame.filter((pl.col("target") == target) & (pl.col("documents") == documents)
-                                & (pl.col("method") == method))["target_ppl"].to_list()
-
+        cell = frame.filter((pl.col("target") == target) & (pl.col("documents") == documents))
+        seeds = {method: rows["target_ppl"].to_list() for (method,), rows in cell.partition_by("method", as_dict=True).items()}
         for r in part.iter_rows(named=True):
-            change = "" if r["method"] == "random" else against_random(seeds(r["method"]), seeds("random"))
+            change = "" if r["method"] == "random" else against_random(seeds[r["method"]], seeds["random"])
             spread = f" ± {r['std']:,.0f}" if r["std"] is not None else ""  # one seed: no spread
             lines.append(f"| {target} | {r['documents']} ({r['source']}) | {r['method']} | {r['ppl']:,.0f}{spread} | "
                          f"{change} | {r['source_ppl']:,.0f} |")
