@@ -17,6 +17,14 @@ in order of marginal worth v·S·log((n + 2)/(n + 1)) (each group's best documen
 exactly and gives each group a share of the budget in proportion to its total influence v·S: a group that
 k-means happened to split in two gets the same budget as the whole would (the shares do not depend on how
 finely the documents were grouped). Groups of value ≤ 0 come after all others, by score.
+
+"balanced" allocation is for a target made of parts (benchmark subtasks, the sources of a mixed target: the
+target items' `part` field, see curate/targets.py). Each part ranks the pool by its own queries' aggregate (the
+columns `part_score:<part>`), and the parts take turns: the part that has spent least so far (documents, or tokens
+under a token budget) takes its best document not yet taken. Every part gets an equal share of the budget, and a
+part whose scores are small or narrow (a target's quiet half) is no longer outvoted by a loud one, as it is in a mean
+over all queries. The mean's ranking is what LESS (Xia et al., 2024) replaces with a maximum over subtasks; turns
+give the same protection with shares that do not depend on how the parts' score scales compare.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import polars as pl
 
 from .errors import CurateError
 
-ALLOCATIONS = ("greedy", "proportional")
+ALLOCATIONS = ("greedy", "proportional", "balanced")
+PART_SCORE = "part_score:"  # prefix of the per-part score columns "balanced" allocation reads
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 _FRACTION = re.compile(r"^\s*(?P<number>[+-]?\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*(?P<number>[+-]?\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*-?\s*(?P<unit>tokens?|docs?|documents?|)\s*$", re.I)
@@ -90,15 +99,26 @@ def check_allocation(allocation: str, table: pl.DataFrame | None = None) -> None
             "proportional allocation spends the budget across the run's recovery groups, and this run has none: "
             "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
         )
+    if allocation == "balanced" and table is not None and not part_columns(table):
+        raise CurateError(
+            "balanced allocation shares the budget across the target's parts, and this table has no per-part scores: "
+            "score the target by part (the scorer's `by_part`; `curate select --allocation balanced` does it)"
+        )
+
+
+def part_columns(table: pl.DataFrame) -> list[str]:
+    """The per-part score columns, in the target's order of parts."""
+    return [name for name in table.columns if name.startswith(PART_SCORE)]
 
 
 def select_under_budget(
     table: pl.DataFrame, budget: Budget, domain_floor: float = 0.0, allocation: str = "greedy",
 ) -> pl.DataFrame:
-    """Rank `table` (doc_id, score, tokens, domain; `group` for proportional allocation) and mark what the budget keeps.
+    """Rank `table` (doc_id, score, tokens, domain; `group` for proportional allocation, `part_score:<part>` columns for
+    balanced) and mark what the budget keeps.
 
     Returns the table sorted by rank with `rank` (1 = taken first), `selected` and `reason` (why a document was kept
-    or left out). With a token budget, documents are taken in rank order; one that no longer fits the remaining
+    or left out); under balanced allocation also `part`, the part whose turn took the document. With a token budget, documents are taken in rank order; one that no longer fits the remaining
     tokens is passed over for the next that does, so the budget is never exceeded.
     """
     if not 0.0 <= domain_floor <= 1.0:
@@ -113,8 +133,10 @@ def select_under_budget(
     ranked = table.with_columns(pl.col("domain").fill_null("(none)"))
     if allocation == "greedy":
         ranked = ranked.sort(["score", "doc_id"], descending=[True, False])
-    else:
+    elif allocation == "proportional":
         ranked = _by_marginal_worth(ranked)
+    else:
+        ranked = _by_turns(ranked, by_tokens=unit == "tokens")
     ranked = ranked.with_columns(rank=pl.int_range(1, len(ranked) + 1, dtype=pl.Int64))
     cost = ranked["tokens"].to_numpy() if unit == "tokens" else np.ones(len(ranked), dtype=np.int64)
     domains = ranked["domain"].to_numpy()
@@ -144,9 +166,11 @@ def select_under_budget(
     last_kept = ranked["score"].to_numpy()[selected].min()
     if allocation == "greedy":
         cut = [f"score {score:.4g}; lowest kept {last_kept:.4g}" for score in ranked["score"]]
-    else:
+    elif allocation == "proportional":
         cut = [f"score {score:.4g}, group {group} of value {value:.4g}"
                for score, group, value in zip(ranked["score"], ranked["group"], ranked["group_value"])]
+    else:
+        cut = [f"part {part}'s turn, its score {score:.4g}" for part, score in zip(ranked["part"], ranked["part_score"])]
     reasons = [
         ("kept: domain floor" if floor else "kept: within budget") if keep
         else f"below the budget cut (rank {rank} of {len(ranked)}, {why})"
@@ -169,3 +193,33 @@ def _by_marginal_worth(table: pl.DataFrame) -> pl.DataFrame:
     )
     ordered = ordered.sort(["positive", "worth", "score", "doc_id"], descending=[True, True, True, False])
     return ordered.drop("taken_before", "positive", "worth", "group_size")
+
+
+def _by_turns(table: pl.DataFrame, by_tokens: bool) -> pl.DataFrame:
+    """Every document in the order the parts take them in turns (see the module docstring): `part` took it, with
+    `part_score`, its score for that part. The part that has spent least goes next; ties go to the earlier part."""
+    columns = part_columns(table)
+    names = [name[len(PART_SCORE):] for name in columns]
+    ids = table["doc_id"].to_numpy()
+    orders = [  # each part's ranking: its score, then the id (a rerun takes the same documents)
+        np.lexsort((ids, -table[name].fill_null(float("-inf")).to_numpy())) for name in columns
+    ]
+    cost = table["tokens"].to_numpy() if by_tokens else np.ones(len(table), dtype=np.int64)
+    taken = np.zeros(len(table), dtype=bool)
+    position = [0] * len(columns)
+    spent = np.zeros(len(columns))
+    sequence, takers = [], []
+    while len(sequence) < len(table):
+        turn = int(np.argmin(spent))
+        order = orders[turn]
+        while taken[order[position[turn]]]:
+            position[turn] += 1
+        chosen = int(order[position[turn]])
+        taken[chosen] = True
+        sequence.append(chosen)
+        takers.append(turn)
+        spent[turn] += max(int(cost[chosen]), 1)  # a document of no tokens still costs its part a turn
+    scores = table.select(columns).to_numpy()[sequence, takers]
+    return table[sequence].with_columns(
+        part=pl.Series([names[t] for t in takers], dtype=pl.String), part_score=pl.Series(scores, dtype=pl.Float64),
+    )

@@ -132,7 +132,7 @@ def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, te
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Top k per query, for --rule topk-hits.")
 @click.option("--domain-floor", default=0.0, show_default=True, type=float, help="Each domain keeps at least this share of the budget.")
 @click.option("--allocation", default="greedy", show_default=True, type=click.Choice(ALLOCATIONS),
-              help="greedy: the top scores; proportional: across the run's recovery groups, a share per group in proportion to its total influence (for targets that mix sources).")
+              help="greedy: the top scores; proportional: across the run's recovery groups, a share per group in proportion to its total influence; balanced: an equal share for each part of the target (its items' `part` field, a task group's tasks), each part's own best documents first (for targets that mix sources).")
 @click.option("--format", "output_format", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet"]))
 @click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra folder of lm-eval task YAMLs (for a task target).")
 @click.option("--target-limit", type=click.IntRange(min=1), default=None, help="Use only the first N target items.")

@@ -37,7 +37,7 @@ from curate.errors import CurateError
 from stride_engine.artifacts import atomic_path
 
 __all__ = [
-    "TASKS_DIR", "available_tasks", "evaluate_models", "prepare_tasks", "results_table", "target_task", "task_examples",
+    "TASKS_DIR", "available_tasks", "evaluate_models", "prepare_tasks", "results_table", "target_task", "task_examples", "task_items",
     "write_report",
 ]
 
@@ -324,6 +324,11 @@ def task_examples(spec: str, task_dirs: Sequence[Path] = (), limit: int | None =
     """The evaluation documents of a task (a name, or a task YAML file; a group gives all its tasks') as
     `stride_engine.Queries`: zero-shot `doc_to_text` as the prompt and what the task scores as the completion
     (see EXAMPLE_BUILDERS). At most `limit` items. Used to attribute a selection target given as a task."""
+    return task_items(spec, task_dirs, limit)[0]
+
+
+def task_items(spec: str, task_dirs: Sequence[Path] = (), limit: int | None = None):
+    """`task_examples` and each item's part: the name of the task it comes from (a group's tasks are its parts)."""
     from lm_eval.tasks import TaskManager
 
     from stride_engine import Queries
@@ -341,6 +346,7 @@ def task_examples(spec: str, task_dirs: Sequence[Path] = (), limit: int | None =
     ids: list[str] = []
     prompts: list[str] = []
     completions: list[str] = []
+    parts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="curate-tasks-") as folder:
         include = prepare_tasks([name], Path(folder), dirs)
         loaded = TaskManager(include_path=str(include), include_defaults=False).load([name])
@@ -357,7 +363,8 @@ def task_examples(spec: str, task_dirs: Sequence[Path] = (), limit: int | None =
                 ids.append(f"{task_name}-{index:05d}")
                 prompts.append(prompt)
                 completions.append(completion)
-    return Queries(ids, prompts, completions)
+                parts.append(task_name)
+    return Queries(ids, prompts, completions), parts
 
 
 # ------------------------------------------------------------------------------------------------ running

@@ -42,7 +42,10 @@ STRIDE_METHODS = {
     "stride": ("greedy", None),
     "stride-proportional": ("proportional", None),
     "stride-standardized": ("greedy", "standardized"),
+    "stride-balanced": ("balanced", None),  # an equal share of the budget for each part of the target
 }
+# A baseline under balanced allocation: each part of the target scored on its own, the same control STRIDE has.
+BALANCED_BASELINES = {"bm25-balanced": "bm25"}
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
@@ -116,7 +119,9 @@ def prepare_data(recipe: dict, folder: Path) -> dict[str, Any]:
                 rng.shuffle(rows)
             picked = draw(rows, source["items"] + source["eval"], source.get("match"))
             texts = [source["text"].format(**r) if "text" in source else r["text"] for r in picked]
-            items += [{"id": f"{name}-{r['id']}", "text": t} for r, t in zip(picked[: source["items"]], texts)]
+            # each item names its part of the target (balanced allocation gives every part an equal share)
+            part = source.get("part") or (source["file"] if source["file"] in records else Path(source["file"]).stem)
+            items += [{"id": f"{name}-{r['id']}", "text": t, "part": part} for r, t in zip(picked[: source["items"]], texts)]
             evaluation += [{"id": f"{name}-eval-{r['id']}", "text": t} for r, t in zip(picked[source["items"]:], texts[source["items"]:])]
         files["targets"][name] = _write_jsonl(folder / f"target-{name}.jsonl", items)
         files["eval"][name] = _write_jsonl(folder / f"eval-{name}.jsonl", evaluation)
@@ -229,8 +234,16 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
             tasks.append(task)
 
     selection, jobs, rows = recipe["selection"], [], []
-    seeds = proxy["seeds"]
+    target_seeds = proxy.get("target_seeds") or {}  # more proxy seeds where a target's effects are small
+    unknown = set(target_seeds) - set(files["targets"])
+    if unknown:
+        raise CurateError(f"proxy.target_seeds names targets the recipe does not have: {sorted(unknown)}")
+    # Two methods that select the same documents (balanced allocation on a target of one part is greedy) share
+    # their proxies: the same data gives the same proxy, and training it twice would only spend time.
+    same_selection: dict[tuple, Path] = {}
+    queued: set[str] = set()  # a job is queued once (random selections are shared by all targets)
     for target, target_file in files["targets"].items():
+        seeds = target_seeds.get(target, proxy["seeds"])
         target_name = target_for_run(run, target_file, []).name  # names the target's queries and recovery settings
         for budget in selection["budgets"]:
             for method in selection["methods"]:
@@ -243,18 +256,22 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
                         folder = out / "selections" / "_random" / budget.replace("%", "pct") / label
                     if method != "random":  # a selection made for other queries is stale, and so is what came of it
                         _drop_if_stale(folder, target_name, out)
-                    allocation, rule = STRIDE_METHODS.get(method, ("greedy", None))
+                    allocation, rule = STRIDE_METHODS.get(method, ("balanced" if method in BALANCED_BASELINES else "greedy", None))
                     t0 = time.perf_counter()
                     if not (folder / "manifest.json").is_file():
                         run_selection(SelectionRequest(
                             run=str(run), target=target_file, budget=budget, out=str(folder),
-                            method="stride" if method in STRIDE_METHODS else method,
+                            method="stride" if method in STRIDE_METHODS else BALANCED_BASELINES.get(method, method),
                             allocation=allocation, seed=seed or 0, rule=rule or selection.get("rule", "mean"),
                         ), overwrite=folder.exists())
                     manifest = json.loads((folder / "manifest.json").read_text())
+                    chosen = (target, budget, seed, tuple(sorted(d["id"] for d in manifest["selected_documents"])))
+                    trained = same_selection.setdefault(chosen, folder)
                     for proxy_seed in seeds if seed is None else [seed]:
-                        key = f"{folder.relative_to(out)}/proxy-seed{proxy_seed}"
-                        jobs.append(proxy_job(key, folder / "selected", out, base, recipe, proxy_seed, tasks, task_dir))
+                        key = f"{trained.relative_to(out)}/proxy-seed{proxy_seed}"
+                        if trained == folder and key not in queued:
+                            queued.add(key)
+                            jobs.append(proxy_job(key, folder / "selected", out, base, recipe, proxy_seed, tasks, task_dir))
                         rows.append({
                             "task": "selection", "target": target, "budget": budget, "method": method,
                             "seed": proxy_seed, "job": key, "selection_seconds": round(time.perf_counter() - t0, 2),

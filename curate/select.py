@@ -33,7 +33,7 @@ from stride_engine.artifacts import atomic_path, atomic_write_text
 from stride_engine.config import stage_fields
 from stride_engine.corpus import PARQUET_SUFFIXES
 
-from .budget import check_allocation, parse_budget
+from .budget import PART_SCORE, check_allocation, parse_budget
 from .errors import CurateError
 from .pipeline.selection import SELECTION_FILE, BudgetThreshold, InfluenceFilter, InfluenceScorer
 from .pipeline.report import SelectionReport
@@ -58,7 +58,7 @@ class SelectionRequest:
     rule: str = "mean"
     k: int = 10  # queries' top k, for the "topk-hits" rule
     domain_floor: float = 0.0
-    allocation: str = "greedy"  # or "proportional": across the run's recovery groups (curate.budget)
+    allocation: str = "greedy"  # or "proportional" (across the run's recovery groups), "balanced" (the target's parts)
     output_format: str = "jsonl"
     task_dirs: tuple[str, ...] = ()
     target_limit: int | None = None
@@ -94,27 +94,51 @@ def target_for_run(run_dir: Path, spec: str, task_dirs: list[Path], limit: int |
 
 def prepare_target(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None) -> tuple[ScoreStore, Target]:
     """The target's score store in the run, computed once (whichever process gets the lock first)."""
+    target = target_for_run(Path(run_dir), spec, task_dirs, limit)
+    return _score_store(Path(run_dir), target.name, target.queries), target
+
+
+def prepare_parts(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None) -> tuple[dict[str, ScoreStore], Target]:
+    """One score store per part of the target (its own queries), computed once; a target of one part has its
+    whole store. Each query's scores are recovered alone, so a part's are the same as in the whole target's store."""
     run_dir = Path(run_dir)
     target = target_for_run(run_dir, spec, task_dirs, limit)
+    parts = target.part_queries()
+    return {label: _score_store(run_dir, _part_name(target, label), queries) for label, queries in parts.items()}, target
+
+
+def _score_store(run_dir: Path, name: str, queries) -> ScoreStore:
     with FileLock(str(run_dir / ".curate-target.lock")):
-        folder = run_dir / "scores" / target.name
         try:
-            store = ScoreStore(folder)
+            store = ScoreStore(run_dir / "scores" / name)
             if store.is_current():
-                return store, target
+                return store
         except StrideError:  # not computed yet
             pass
         # computed now, or rewritten from its kept responses when an older version wrote it without an aggregate
-        return attribute_target(open_run(run_dir), target.queries, target.name), target
+        return attribute_target(open_run(run_dir), queries, name)
+
+
+def _part_name(target: Target, label: str) -> str:
+    """A part's name in the run: the target's (its queries' digest), the part's, and which queries the part holds
+    (items moved to another part get new stores)."""
+    if len(target.part_queries()) == 1:
+        return target.name
+    digest = hashlib.sha1(json.dumps([label, target.part_queries()[label].ids]).encode()).hexdigest()[:6]
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)[:40]
+    return f"{target.name}-part-{safe}-{digest}"
 
 
 def influence_table(
     run_dir: str | Path, spec: str, rule: str, k: int, task_dirs: list[Path], limit: int | None = None,
-    method: str = "stride", seed: int = 0,
+    method: str = "stride", seed: int = 0, by_part: bool = False,
 ) -> pl.DataFrame:
-    """doc_id, domain, influence, tokens, group (the run's recovery group; null without) for every pool document."""
+    """doc_id, domain, influence, tokens, group (the run's recovery group; null without) for every pool document;
+    with `by_part`, also each part of the target's own scores (`part_score:<part>`, for balanced allocation)."""
     run_dir = Path(run_dir)
-    if method == "stride":
+    if by_part:
+        influence = _influence_by_part(run_dir, spec, rule, k, task_dirs, limit, method, seed)
+    elif method == "stride":
         store, _ = prepare_target(run_dir, spec, task_dirs, limit)
         influence = document_influence(store, rule, k)
     else:
@@ -126,19 +150,50 @@ def influence_table(
     return table.join(groups, on="doc_id", how="left")
 
 
+def _influence_by_part(run_dir: Path, spec: str, rule: str, k: int, task_dirs: list[Path], limit: int | None,
+                       method: str, seed: int) -> pl.DataFrame:
+    """The whole target's influence and every part's. For STRIDE the whole is the parts' aggregates put together
+    (the mean over all queries is the parts' means weighted by their sizes; hits add up), so no query is scored twice;
+    a baseline scores the whole target and each part on its own."""
+    if method == "stride":
+        stores, target = prepare_parts(run_dir, spec, task_dirs, limit)
+        per_part = {label: document_influence(store, rule, k) for label, store in stores.items()}
+        sizes = {label: len(queries) for label, queries in target.part_queries().items()}
+        weight = {label: 1.0 if rule == "topk-hits" else size / sum(sizes.values()) for label, size in sizes.items()}
+        whole = pl.sum_horizontal(pl.col(PART_SCORE + label) * weight[label] for label in per_part).alias("influence")
+    else:
+        target = target_for_run(run_dir, spec, task_dirs, limit)
+        per_part = {label: _baseline_table(run_dir, _part_name(target, label), queries, method, seed)
+                    for label, queries in target.part_queries().items()}
+        whole = None
+    table = next(iter(per_part.values())).select("doc_id", "domain")
+    for label, frame in per_part.items():
+        table = table.join(frame.select("doc_id", pl.col("influence").alias(PART_SCORE + label)), on="doc_id", how="left")
+    if whole is not None:
+        return table.with_columns(whole).select("doc_id", "domain", "influence", pl.col(f"^{PART_SCORE}.*$"))
+    overall = baseline_scores(run_dir, spec, task_dirs, limit, method, seed).select("doc_id", "influence")
+    return table.join(overall, on="doc_id", how="left").select("doc_id", "domain", "influence", pl.col(f"^{PART_SCORE}.*$"))
+
+
 def baseline_scores(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None, method: str, seed: int) -> pl.DataFrame:
     """A model-free baseline's scores of the run's pool against the target, computed once and kept in the run."""
     if method not in METHODS:
         raise CurateError(f"selection method {method!r} is not one of {['stride', *METHODS]}")
     target = target_for_run(run_dir, spec, task_dirs, limit)
-    path = run_dir / "baselines" / f"{method}-{target.name}-seed{seed}.parquet"
+    return _baseline_table(run_dir, target.name, target.queries, method, seed)
+
+
+def _baseline_table(run_dir: Path, name: str, queries, method: str, seed: int) -> pl.DataFrame:
+    if method not in METHODS:
+        raise CurateError(f"selection method {method!r} is not one of {['stride', *METHODS]}")
+    path = run_dir / "baselines" / f"{method}-{name}-seed{seed}.parquet"
     with FileLock(str(run_dir / ".curate-target.lock")):
         if path.is_file():
             return pl.read_parquet(path)
         inputs = RunInputs.load(run_dir)
         config = StrideConfig.load(run_dir / "config.yaml")
         pool = read_documents(inputs.train, config.text_field, config.id_field, config.domain_field)
-        items = [f"{p}{c}" for p, c in zip(target.queries.prompts, target.queries.completions)]
+        items = [f"{p}{c}" for p, c in zip(queries.prompts, queries.completions)]
         scores = similarity_scores(method, list(pool.texts), items, seed)
         table = pl.DataFrame({"doc_id": pool.ids, "domain": pool.domains, "influence": scores.astype(float)},
                              schema={"doc_id": pl.String, "domain": pl.String, "influence": pl.Float64})
@@ -168,7 +223,8 @@ def selection_pipelines(request: SelectionRequest, readers: list, target: Target
     writer = ParquetWriter if request.output_format == "parquet" else JsonlWriter
     task_dirs = list(request.task_dirs)
     scorer = dict(run_dir=request.run, target=request.target, rule=request.rule, k=request.k, task_dirs=task_dirs,
-                  target_limit=request.target_limit, method=request.method, seed=request.seed)
+                  target_limit=request.target_limit, method=request.method, seed=request.seed,
+                  by_part=request.allocation == "balanced")
     return {
         "score": [*readers, InfluenceScorer(**scorer, scores_folder=str(work / "scores"))],
         "threshold": [BudgetThreshold(str(work / "scores"), str(out), request.budget, request.domain_floor, request.allocation)],
@@ -226,6 +282,7 @@ def describe_request(request: SelectionRequest, target: Target | None = None) ->
         values["target_queries"] = len(target.queries)  # more than the items where long items became windows
         values["target_items_truncated"] = target.truncated
         values["target_items_windowed"] = target.windowed
+        values["target_parts"] = {label: len(queries) for label, queries in target.part_queries().items()}  # queries per part
     return values
 
 
@@ -249,7 +306,8 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
     run = Path(request.run)
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit)
     table = influence_table(run, request.target, request.rule, request.k, [Path(d) for d in request.task_dirs],
-                            request.target_limit, request.method, request.seed)  # computed here, reused by the stages
+                            request.target_limit, request.method, request.seed,
+                            request.allocation == "balanced")  # computed here, reused by the stages
     budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
     check_allocation(request.allocation, table)
     if not 0.0 <= request.domain_floor <= 1.0:

@@ -9,6 +9,10 @@ A text item (no prompt) longer than the model's window becomes several queries, 
 does (and as the training corpus is chunked). A prompt-completion item longer than the window is cut to it (the
 prompt loses its beginning first, then the completion its end). Both are counted. An item the tokenizer cannot
 encode (no token, or only unknown tokens) is an error that names it.
+
+A target may be made of parts: benchmark subtasks, or the sources of a mixed target. In a file, each item names its
+part in a `part` field (all items do, or none); a task group's parts are its tasks. A window belongs to its item's
+part. Balanced allocation (curate/budget.py) gives each part an equal share of a selection's budget.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stride_engine import Queries, StrideError, read_queries
-from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES
+from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES, iter_records
 
 from .errors import CurateError
 
@@ -30,6 +34,17 @@ class Target:
     items: int
     truncated: int  # prompt-completion items cut to the model's window
     windowed: int  # text items split into several windows (queries)
+    parts: tuple[str, ...] = ()  # each query's part of the target; empty when the target is one whole
+
+    def part_queries(self) -> dict[str, Queries]:
+        """The queries of each part, in the order the parts first occur (one part, the target's name, without parts)."""
+        labels = self.parts or (self.name,) * len(self.queries)
+        grouped: dict[str, list[int]] = {}
+        for index, label in enumerate(labels):
+            grouped.setdefault(label, []).append(index)
+        q = self.queries
+        return {label: Queries([q.ids[i] for i in rows], [q.prompts[i] for i in rows], [q.completions[i] for i in rows])
+                for label, rows in grouped.items()}
 
 
 def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Path] | None = None, limit: int | None = None) -> Target:
@@ -39,21 +54,44 @@ def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Pa
             raise CurateError(f"target file {text} does not exist")
         try:
             queries = read_queries(Path(text))
+            parts = _file_parts(Path(text))
         except StrideError as err:
             raise CurateError(f"target {text}: {err}") from err
         name = Path(text).name.split(".")[0]
     else:
-        from .evaluate import task_examples  # lm-eval is imported only for task targets
+        from .evaluate import task_items  # lm-eval is imported only for task targets
 
-        queries = task_examples(text, task_dirs or [], limit=limit)
+        queries, parts = task_items(text, task_dirs or [], limit=limit)
         name = Path(text).stem if text.lower().endswith((".yaml", ".yml")) else text
     if limit is not None:
         queries = Queries(queries.ids[:limit], queries.prompts[:limit], queries.completions[:limit])
+        parts = parts[:limit]
     if len(queries) == 0:
         raise CurateError(f"target {text} has no items")
     fitted, truncated, windowed = fit_to_window(queries, tokenizer, max_length)
+    if parts:
+        part_of = dict(zip(queries.ids, parts))
+        parts = [part_of[query_id] if query_id in part_of else part_of[query_id.rsplit("#", 1)[0]] for query_id in fitted.ids]
     name = _safe(name)
-    return Target(name if name.startswith("target") else f"target-{name}", text, fitted, len(queries), truncated, windowed)
+    target_name = name if name.startswith("target") else f"target-{name}"
+    return Target(target_name, text, fitted, len(queries), truncated, windowed, tuple(parts))
+
+
+def _file_parts(path: Path) -> list[str]:
+    """Each record's `part`, or [] when no record names one; a file where only some do is an error that names one."""
+    parts, missing = [], None
+    for line_no, record in iter_records(path):
+        value = record.get("part")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            missing = missing or line_no
+        else:
+            parts.append(str(value))
+    if parts and missing is not None:
+        raise CurateError(
+            f"target {path}, record {missing}: no `part`, where other items name theirs; give every item its part "
+            "(a subtask or source name) or none"
+        )
+    return parts
 
 
 def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries, int, int]:

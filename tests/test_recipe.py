@@ -39,13 +39,14 @@ def _recipe(folder, files, **changes):
         "targets": {
             "battles": [{"file": "ships", "match": "^Battle", "items": 6, "eval": 6}],
             "birds": [{"file": "birds", "items": 6, "eval": 6}],
+            "both": [{"file": "ships", "items": 4, "eval": 4}, {"file": "birds", "items": 4, "eval": 4, "part": "wings"}],
         },
         "model": {"hidden_size": 32, "layers": 1, "heads": 2, "max_length": 64, "vocab_size": 300, "steps": 30, "batch_size": 8},
         "stride": {"preset": "cpu-smoke", "set": {"num_subsets": 16, "subsets_per_example": 3, "steps": 12, "chunk_length": 32,
                                                    "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 8,
                                                    "groups": 2}},
-        "selection": {"budgets": ["25%"], "methods": ["stride", "stride-proportional", "bm25", "random"]},
-        "proxy": {"steps": 10, "batch_size": 4, "seeds": [0]},
+        "selection": {"budgets": ["25%"], "methods": ["stride", "stride-proportional", "stride-balanced", "bm25", "bm25-balanced", "random"]},
+        "proxy": {"steps": 10, "batch_size": 4, "seeds": [0], "target_seeds": {"both": [0, 1]}},
     }
     recipe.update(changes)
     path = folder / "recipe.yaml"
@@ -64,10 +65,12 @@ def test_prepared_data_keeps_targets_and_held_out_items_out_of_the_pool(tmp_path
     assert len(pool) == 80 == len(set(pool))
     held = [i for f in files["heldout"].values() for i in ids(f)]
     targets = [i.split("-", 1)[1].replace("eval-", "") for f in [*files["targets"].values(), *files["eval"].values()] for i in ids(f)]
-    assert len(held) == 10 and len(targets) == 24
+    assert len(held) == 10 and len(targets) == 40
     assert not set(pool) & set(held) and not set(pool) & set(targets) and not set(held) & set(targets)
     battles = [json.loads(line)["text"] for line in open(files["targets"]["battles"])]
     assert all(text.startswith("Battle") for text in battles)
+    parts = [json.loads(line)["part"] for line in open(files["targets"]["both"])]
+    assert parts == ["ships"] * 4 + ["wings"] * 4  # a source's part: its own name, else its file's domain
 
 
 def test_a_recipe_asking_for_more_than_the_corpus_holds_is_refused(tmp_path):
@@ -89,6 +92,19 @@ def test_a_small_study_runs_end_to_end(tmp_path):
     proportional = next((tmp_path / "out" / "selections" / "battles").glob("*/stride-proportional-*"))
     manifest = json.loads((proportional / "manifest.json").read_text())
     assert manifest["request"]["allocation"] == "proportional" and len(manifest["per_group"]) == 2
+    # Balanced allocation: an equal share for each part of the two-part target; on a target of one part it selects
+    # what greedy does, and the two share their proxies.
+    for method in ("stride-balanced", "bm25-balanced"):
+        balanced = next((tmp_path / "out" / "selections" / "both" / "25pct").glob(f"{method}*"))
+        manifest = json.loads((balanced / "manifest.json").read_text())
+        assert {p["part"]: p["selected_documents"] for p in manifest["per_part"]} == {"ships": 10, "wings": 10}, method
+    seeds = {(r["target"], r["method"], r["seed"]) for r in rows}
+    assert {s for t, m, s in seeds if (t, m) == ("both", "stride-balanced")} == {0, 1}  # proxy.target_seeds
+    assert {s for t, m, s in seeds if (t, m) == ("birds", "stride")} == {0}
+    jobs = {(r["target"], r["method"]): r["job"] for r in rows if r["seed"] == 0}
+    assert jobs[("battles", "stride-balanced")] == jobs[("battles", "stride")]
+    assert jobs[("both", "stride-balanced")] != jobs[("both", "stride")]
+    assert not list((tmp_path / "out" / "proxies" / "selections" / "battles" / "25pct").glob("stride-balanced*"))
     for row in rows:
         assert row["task"] == "selection" and row["target_ppl"] > 1 and set(row["domain_ppl"]) == {"birds", "ships"}
         assert {"budget", "seed", "commit", "machine"} <= set(row)

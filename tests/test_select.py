@@ -140,6 +140,39 @@ def test_a_store_written_before_the_standardized_aggregate_is_rewritten(fitted_r
     assert len(planted & {row["id"] for row in manifest["selected_documents"]}) >= 0.3 * len(planted)
 
 
+@pytest.mark.parametrize("method", ["stride", "bm25"])
+def test_balanced_allocation_serves_every_part_of_a_mixed_target(fitted_run, demo_assets, tmp_path, method):
+    """A target of two named parts (arithmetic items, recipe items): balanced allocation gives each part half of a
+    60-document budget, and each part takes documents of its own kind."""
+    sources = {domain: [d for d in demo_assets.documents if d["domain"] == domain][:8] for domain in ("arithmetic", "recipes")}
+    items = [{"id": f"{domain}-{i}", "text": d["text"], "part": domain} for domain, docs in sources.items() for i, d in enumerate(docs)]
+    target = write_jsonl(tmp_path / "mixed.jsonl", items)
+    manifest = run_selection(_request(fitted_run, target, tmp_path / "out", budget="60", method=method, allocation="balanced"))
+    assert manifest["request"]["target_parts"] == {"arithmetic": 8, "recipes": 8}
+    parts = {row["part"]: row for row in manifest["per_part"]}
+    assert {part: row["selected_documents"] for part, row in parts.items()} == {"arithmetic": 30, "recipes": 30}
+    # each part takes documents of its own kind: more of them than the other part takes
+    assert parts["arithmetic"]["domains"].get("arithmetic", 0) > parts["recipes"]["domains"].get("arithmetic", 0) + 3, parts
+    assert parts["recipes"]["domains"].get("recipes", 0) > parts["arithmetic"]["domains"].get("recipes", 0) + 3, parts
+    table = pl.read_parquet(tmp_path / "out" / "selection.parquet")
+    assert table.filter(pl.col("selected"))["doc_id"].n_unique() == 60 and len(_records(tmp_path / "out" / "selected")) == 60
+    if method == "stride":  # the documents' influence is the whole target's mean, put together from the parts' stores
+        whole = run_selection(_request(fitted_run, target, tmp_path / "whole", budget="60"))
+        influence = dict(pl.read_parquet(tmp_path / "whole" / "selection.parquet").select("doc_id", "score").iter_rows())
+        assert table["score"].to_list() == pytest.approx([influence[d] for d in table["doc_id"]], rel=1e-3, abs=1e-6)
+        assert whole["request"]["target_parts"] == {"arithmetic": 8, "recipes": 8}
+
+
+def test_a_target_where_only_some_items_name_their_part_is_refused(fitted_run, fact_target, tmp_path):
+    target, _ = fact_target
+    records = [json.loads(line) for line in Path(target).read_text().splitlines()]
+    records[0]["part"] = "facts"
+    partial = write_jsonl(tmp_path / "partial.jsonl", records)
+    with pytest.raises(CurateError, match="record 2: no `part`"):
+        run_selection(_request(fitted_run, partial, tmp_path / "out", allocation="balanced"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("method", ["bm25", "embedding", "dsir", "random"])
 def test_baselines_select_from_the_targets_domain(fitted_run, demo_assets, tmp_path, method):
     """A target of recipes: similarity baselines fill a 60-document budget with recipes; random keeps the pool's mix."""
@@ -194,6 +227,29 @@ def test_proportional_allocation_shares_the_budget_by_group_influence():
     assert tokens.filter(pl.col("selected"))["tokens"].sum() == 390
     with pytest.raises(CurateError, match="recovery groups"):
         select_under_budget(pool.drop("group"), parse_budget("40"), allocation="proportional")
+
+
+def test_balanced_allocation_gives_every_part_of_the_target_an_equal_share():
+    """A target of two parts whose scores differ tenfold: greedy on the mean spends a 40-document budget on the loud
+    part's documents; balanced gives each part 20, its own best first, and never takes a document twice."""
+    loud = [(f"loud-{i:03d}", 1.0 - 0.001 * i, 0.0) for i in range(100)]
+    quiet = [(f"quiet-{i:03d}", 0.0, 0.1 - 0.0001 * i) for i in range(100)]
+    rows = [(doc, (a + b) / 2, 10, doc.split("-")[0], a, b) for doc, a, b in loud + quiet]
+    pool = pl.DataFrame(rows, schema=["doc_id", "score", "tokens", "domain", "part_score:math", "part_score:poems"], orient="row")
+    greedy = select_under_budget(pool, parse_budget("40")).filter(pl.col("selected"))
+    assert set(greedy["domain"]) == {"loud"}
+    ranked = select_under_budget(pool, parse_budget("40"), allocation="balanced")
+    kept = ranked.filter(pl.col("selected"))
+    assert dict(kept.group_by("part").len().iter_rows()) == {"math": 20, "poems": 20}
+    assert kept.filter(pl.col("part") == "poems")["doc_id"].sort().to_list() == [f"quiet-{i:03d}" for i in range(20)]
+    assert ranked["doc_id"].n_unique() == len(pool) == len(ranked)  # every document ranked once
+    assert "part poems's turn" in ranked.filter(pl.col("doc_id") == "quiet-050")["reason"][0]
+    # Under a token budget the parts take equal tokens: long documents use up their part's share sooner.
+    long = pool.with_columns(tokens=pl.when(pl.col("domain") == "loud").then(30).otherwise(10))
+    tokens = select_under_budget(long, parse_budget("600-tokens"), allocation="balanced").filter(pl.col("selected"))
+    assert dict(tokens.group_by("part").agg(pl.col("tokens").sum()).iter_rows()) == {"math": 300, "poems": 300}
+    with pytest.raises(CurateError, match="per-part scores"):
+        select_under_budget(pool.drop("part_score:math", "part_score:poems"), parse_budget("40"), allocation="balanced")
 
 
 @pytest.mark.parametrize("text, kind, value", [

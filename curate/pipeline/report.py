@@ -77,6 +77,15 @@ def selection_manifest(selection: pl.DataFrame, request: dict[str, Any]) -> dict
             majority_domain=pl.col("domain").mode().sort().first(),
         )
         manifest["per_group"] = per_group.sort("value", descending=True).to_dicts()
+    if "part" in selection.columns:  # balanced allocation: what each part of the target took, and from which domains
+        per_part = []
+        for part, frame in selection.filter(pl.col("selected")).group_by("part", maintain_order=True):
+            counts = frame["domain"].value_counts().sort("domain")
+            per_part.append({
+                "part": part[0], "selected_documents": len(frame), "selected_tokens": int(frame["tokens"].sum()),
+                "lowest_part_score": float(frame["part_score"].min()), "domains": dict(counts.iter_rows()),
+            })
+        manifest["per_part"] = per_part
     return manifest
 
 

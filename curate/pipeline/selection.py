@@ -23,7 +23,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from ..budget import check_allocation, parse_budget, select_under_budget
+from ..budget import check_allocation, parse_budget, part_columns, select_under_budget
 from ..errors import CurateError
 
 SELECTION_FILE = "selection.parquet"
@@ -33,7 +33,8 @@ class InfluenceScorer(PipelineStep):
     """Annotates each document with its aggregate influence on the target (`metadata["influence"]`).
 
     With `scores_folder`, each task also writes its documents' (doc_id, score, tokens, domain, group) as one Parquet shard,
-    which `BudgetThreshold` reads to place the global cut.
+    which `BudgetThreshold` reads to place the global cut. With `by_part`, the shards also carry each part of the
+    target's own scores (`part_score:<part>`), which balanced allocation shares the budget by.
     """
 
     name = "🎯 Influence scorer"
@@ -42,7 +43,7 @@ class InfluenceScorer(PipelineStep):
     def __init__(
         self, run_dir: str | Path, target: str | Path, rule: str = "mean", k: int = 10,
         scores_folder: DataFolderLike | None = None, task_dirs: list[str | Path] | None = None, target_limit: int | None = None,
-        method: str = "stride", seed: int = 0,
+        method: str = "stride", seed: int = 0, by_part: bool = False,
     ):
         super().__init__()
         self.run_dir, self.target, self.rule, self.k = str(run_dir), str(target), rule, k
@@ -50,14 +51,17 @@ class InfluenceScorer(PipelineStep):
         self.task_dirs = [str(d) for d in task_dirs or []]
         self.target_limit = target_limit
         self.method, self.seed = method, seed  # "stride", or a model-free baseline (curate.similarity)
+        self.by_part = by_part
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from ..select import influence_table  # torch and the model load here, in the worker
 
         table = influence_table(
-            self.run_dir, self.target, self.rule, self.k, [Path(d) for d in self.task_dirs], self.target_limit, self.method, self.seed,
+            self.run_dir, self.target, self.rule, self.k, [Path(d) for d in self.task_dirs], self.target_limit, self.method,
+            self.seed, self.by_part,
         )
-        known = {row[0]: row[1:] for row in table.select("doc_id", "influence", "tokens", "domain", "group").iter_rows()}
+        columns = ["doc_id", "influence", "tokens", "domain", "group", *part_columns(table)]
+        known = {row[0]: row for row in table.select(columns).iter_rows()}
         shard: list[tuple] = []
         for doc in data or []:
             with self.track_time():
@@ -66,14 +70,14 @@ class InfluenceScorer(PipelineStep):
                         f"document {doc.id!r} is not in run {self.run_dir}: documents are matched to the run by their "
                         "id field; select from the corpus the run was fit on (or fit a run on this one)"
                     )
-                influence, tokens, domain, group = known[doc.id]
-                doc.metadata["influence"] = influence
-                shard.append((doc.id, influence, tokens, domain, group))
+                row = known[doc.id]
+                doc.metadata["influence"] = row[1]
+                shard.append(row)
             self.stat_update("scored")
             yield doc
         if self.scores_folder is not None:
-            frame = pl.DataFrame(shard, schema={"doc_id": pl.String, "score": pl.Float64, "tokens": pl.Int64, "domain": pl.String, "group": pl.Int64},
-                                 orient="row")
+            schema = {"doc_id": pl.String, "score": pl.Float64, "tokens": pl.Int64, "domain": pl.String, "group": pl.Int64}
+            frame = pl.DataFrame(shard, schema={**schema, **{name: pl.Float64 for name in columns[5:]}}, orient="row")
             _write_parquet(frame, self.scores_folder, f"{rank:05d}.parquet")
 
 
@@ -93,7 +97,7 @@ class BudgetThreshold(PipelineStep):
         self.budget = parse_budget(budget)  # a malformed budget fails when the pipeline is built, before it runs
         self.domain_floor = domain_floor
         check_allocation(allocation)
-        self.allocation = allocation  # "greedy" or "proportional" (across recovery groups, see curate.budget)
+        self.allocation = allocation  # "greedy", "proportional" (across recovery groups) or "balanced" (across the target's parts)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if world_size != 1:
