@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 SEEDED_METHODS = ("random", "dsir")  # their selection changes with the seed; the others' does not
 # STRIDE's selections: (budget allocation, aggregation rule; None = the recipe's `selection.rule`). Allocation
-# (curate.budget): greedy top scores, or shares across recovery groups. Rule (curate.runs.document_influence).
+# (curate.budget): greedy top scores, shares across recovery groups, or equal shares for the target's parts.
+# Rule (curate.runs.document_influence).
 STRIDE_METHODS = {
     "stride": ("greedy", None),
     "stride-proportional": ("proportional", None),

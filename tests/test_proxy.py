@@ -29,6 +29,7 @@ from curate.evaluate import (
     prepare_tasks,
     target_task,
     task_examples,
+    task_items,
 )
 from curate.proxy_cli import eval_command, retrain
 from curate.retrain import train_proxy
@@ -249,6 +250,9 @@ def test_shipped_shared_data_tasks_load(tmp_path, monkeypatch):
     assert "\nAnswer: " in gsm8k.doc_to_target(docs[0])
     assert set(loaded["group_map"]["curate_domains_ppl"]) == {f"curate_{d}_ppl" for d in ("wiki", "shakespeare", "tales", "math")}
     assert all(len(loaded["tasks"][name].eval_docs) > 500 for name in loaded["group_map"]["curate_domains_ppl"])
+    # As a selection target, a group's tasks are its parts (balanced allocation gives each an equal share).
+    queries, parts = task_items("curate_domains_ppl")
+    assert len(parts) == len(queries) and set(parts) == set(loaded["group_map"]["curate_domains_ppl"])
 
 
 # ------------------------------------------------------------------------------------------------ command line
