@@ -28,7 +28,7 @@ from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from filelock import FileLock
 
-from stride_engine import ScoreStore, StrideConfig, StrideError, read_documents
+from stride_engine import Queries, ScoreStore, StrideConfig, StrideError, read_documents
 from stride_engine.artifacts import atomic_path, atomic_write_text
 from stride_engine.config import stage_fields
 from stride_engine.corpus import PARQUET_SUFFIXES
@@ -103,11 +103,10 @@ def prepare_parts(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | 
     whole store. Each query's scores are recovered alone, so a part's are the same as in the whole target's store."""
     run_dir = Path(run_dir)
     target = target_for_run(run_dir, spec, task_dirs, limit)
-    parts = target.part_queries()
-    return {label: _score_store(run_dir, _part_name(target, label), queries) for label, queries in parts.items()}, target
+    return {label: _score_store(run_dir, name, queries) for label, (name, queries) in part_sets(target).items()}, target
 
 
-def _score_store(run_dir: Path, name: str, queries) -> ScoreStore:
+def _score_store(run_dir: Path, name: str, queries: Queries) -> ScoreStore:
     with FileLock(str(run_dir / ".curate-target.lock")):
         try:
             store = ScoreStore(run_dir / "scores" / name)
@@ -119,14 +118,19 @@ def _score_store(run_dir: Path, name: str, queries) -> ScoreStore:
         return attribute_target(open_run(run_dir), queries, name)
 
 
-def _part_name(target: Target, label: str) -> str:
-    """A part's name in the run: the target's (its queries' digest), the part's, and which queries the part holds
-    (items moved to another part get new stores)."""
-    if len(target.part_queries()) == 1:
-        return target.name
-    digest = hashlib.sha1(json.dumps([label, target.part_queries()[label].ids]).encode()).hexdigest()[:6]
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)[:40]
-    return f"{target.name}-part-{safe}-{digest}"
+def part_sets(target: Target) -> dict[str, tuple[str, Queries]]:
+    """Each part's query set in the run: its name and queries. A one-part target's is the target's own; a part's
+    name holds the target's (its queries' digest), the part's, and a digest of which queries the part holds, so
+    items moved to another part get new stores."""
+    parts = target.part_queries()
+    if len(parts) == 1:
+        return {label: (target.name, queries) for label, queries in parts.items()}
+    sets = {}
+    for label, queries in parts.items():
+        digest = hashlib.sha1(json.dumps([label, queries.ids]).encode()).hexdigest()[:6]
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)[:40]
+        sets[label] = (f"{target.name}-part-{safe}-{digest}", queries)
+    return sets
 
 
 def influence_table(
@@ -163,8 +167,8 @@ def _influence_by_part(run_dir: Path, spec: str, rule: str, k: int, task_dirs: l
         whole = pl.sum_horizontal(pl.col(PART_SCORE + label) * weight[label] for label in per_part).alias("influence")
     else:
         target = target_for_run(run_dir, spec, task_dirs, limit)
-        per_part = {label: _baseline_table(run_dir, _part_name(target, label), queries, method, seed)
-                    for label, queries in target.part_queries().items()}
+        per_part = {label: _baseline_table(run_dir, name, queries, method, seed)
+                    for label, (name, queries) in part_sets(target).items()}
         whole = None
     table = next(iter(per_part.values())).select("doc_id", "domain")
     for label, frame in per_part.items():
@@ -181,7 +185,7 @@ def baseline_scores(run_dir: Path, spec: str, task_dirs: list[Path], limit: int 
     return _baseline_table(run_dir, target.name, target.queries, method, seed)
 
 
-def _baseline_table(run_dir: Path, name: str, queries, method: str, seed: int) -> pl.DataFrame:
+def _baseline_table(run_dir: Path, name: str, queries: Queries, method: str, seed: int) -> pl.DataFrame:
     if method not in METHODS:
         raise CurateError(f"selection method {method!r} is not one of {['stride', *METHODS]}")
     path = run_dir / "baselines" / f"{method}-{name}-seed{seed}.parquet"
