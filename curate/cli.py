@@ -133,6 +133,7 @@ def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, te
 @click.option("--domain-floor", default=0.0, show_default=True, type=float, help="Each domain keeps at least this share of the budget.")
 @click.option("--allocation", default="greedy", show_default=True, type=click.Choice(ALLOCATIONS),
               help="greedy: the top scores; proportional: across the run's recovery groups, a share per group in proportion to its total influence; balanced: an equal share for each part of the target (its items' `part` field, a task group's tasks), each part's own best documents first (for targets that mix sources).")
+@click.option("--part-field", default="part", show_default=True, help="The target items' field that names their part, for --allocation balanced (e.g. subject).")
 @click.option("--format", "output_format", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet"]))
 @click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra folder of lm-eval task YAMLs (for a task target).")
 @click.option("--target-limit", type=click.IntRange(min=1), default=None, help="Use only the first N target items.")
@@ -142,13 +143,13 @@ def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, te
 @click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE", help="Passed to the executor (e.g. partition=cpu for Slurm).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted selection in OUT (same settings).")
 @click.option("--overwrite", is_flag=True, help="Replace the selection in OUT.")
-def select_command(run_dir, target, budget, out_dir, method, seed, rule, k, domain_floor, allocation, output_format, task_dirs, target_limit, executor, tasks, workers, executor_options, resume, overwrite):
+def select_command(run_dir, target, budget, out_dir, method, seed, rule, k, domain_floor, allocation, part_field, output_format, task_dirs, target_limit, executor, tasks, workers, executor_options, resume, overwrite):
     """Keep the training documents that help a target most, under a budget."""
     from .select import SelectionRequest, run_selection
 
     request = SelectionRequest(
         run=str(run_dir), target=str(target), budget=budget, out=str(out_dir), method=method, seed=seed, rule=rule, k=k, domain_floor=domain_floor,
-        allocation=allocation, output_format=output_format, task_dirs=tuple(str(d) for d in task_dirs), target_limit=target_limit,
+        allocation=allocation, part_field=part_field, output_format=output_format, task_dirs=tuple(str(d) for d in task_dirs), target_limit=target_limit,
         executor=executor, tasks=tasks, workers=workers, executor_options=_parse_overrides(executor_options),
     )
     try:

@@ -59,6 +59,7 @@ class SelectionRequest:
     k: int = 10  # queries' top k, for the "topk-hits" rule
     domain_floor: float = 0.0
     allocation: str = "greedy"  # or "proportional" (across the run's recovery groups), "balanced" (the target's parts)
+    part_field: str = "part"  # the target items' field that names their part, for balanced allocation
     output_format: str = "jsonl"
     task_dirs: tuple[str, ...] = ()
     target_limit: int | None = None
@@ -78,13 +79,13 @@ class SelectionRequest:
 # ------------------------------------------------------------------------------------------ the target
 
 
-def target_for_run(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None) -> Target:
+def target_for_run(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None, part_field: str = "part") -> Target:
     from transformers import AutoConfig, AutoTokenizer
 
     inputs = RunInputs.load(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(inputs.model)
     model_config = AutoConfig.from_pretrained(inputs.model)
-    target = load_target(spec, tokenizer, max_positions(model_config) or 1 << 30, task_dirs, limit)
+    target = load_target(spec, tokenizer, max_positions(model_config) or 1 << 30, task_dirs, limit, part_field)
     recovery = stage_fields(StrideConfig.load(Path(run_dir) / "config.yaml"), "scores")
     digest = hashlib.sha1(json.dumps([target.queries.ids, target.queries.prompts, target.queries.completions, recovery]).encode())
     # The digest in the name: a target file edited since an earlier selection, or a run rescored with other recovery
@@ -98,11 +99,13 @@ def prepare_target(run_dir: Path, spec: str, task_dirs: list[Path], limit: int |
     return _score_store(Path(run_dir), target.name, target.queries), target
 
 
-def prepare_parts(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None) -> tuple[dict[str, ScoreStore], Target]:
+def prepare_parts(
+    run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None = None, part_field: str = "part",
+) -> tuple[dict[str, ScoreStore], Target]:
     """One score store per part of the target (its own queries), computed once; a target of one part has its
     whole store. Each query's scores are recovered alone, so a part's are the same as in the whole target's store."""
     run_dir = Path(run_dir)
-    target = target_for_run(run_dir, spec, task_dirs, limit)
+    target = target_for_run(run_dir, spec, task_dirs, limit, part_field)
     return {label: _score_store(run_dir, name, queries) for label, (name, queries) in part_sets(target).items()}, target
 
 
@@ -135,13 +138,13 @@ def part_sets(target: Target) -> dict[str, tuple[str, Queries]]:
 
 def influence_table(
     run_dir: str | Path, spec: str, rule: str, k: int, task_dirs: list[Path], limit: int | None = None,
-    method: str = "stride", seed: int = 0, by_part: bool = False,
+    method: str = "stride", seed: int = 0, by_part: bool = False, part_field: str = "part",
 ) -> pl.DataFrame:
     """doc_id, domain, influence, tokens, group (the run's recovery group; null without) for every pool document;
     with `by_part`, also each part of the target's own scores (`part_score:<part>`, for balanced allocation)."""
     run_dir = Path(run_dir)
     if by_part:
-        influence = _influence_by_part(run_dir, spec, rule, k, task_dirs, limit, method, seed)
+        influence = _influence_by_part(run_dir, spec, rule, k, task_dirs, limit, method, seed, part_field)
     elif method == "stride":
         store, _ = prepare_target(run_dir, spec, task_dirs, limit)
         influence = document_influence(store, rule, k)
@@ -155,18 +158,18 @@ def influence_table(
 
 
 def _influence_by_part(run_dir: Path, spec: str, rule: str, k: int, task_dirs: list[Path], limit: int | None,
-                       method: str, seed: int) -> pl.DataFrame:
+                       method: str, seed: int, part_field: str) -> pl.DataFrame:
     """The whole target's influence and every part's. For STRIDE the whole is the parts' aggregates put together
     (the mean over all queries is the parts' means weighted by their sizes; hits add up), so no query is scored twice;
     a baseline scores the whole target and each part on its own."""
     if method == "stride":
-        stores, target = prepare_parts(run_dir, spec, task_dirs, limit)
+        stores, target = prepare_parts(run_dir, spec, task_dirs, limit, part_field)
         per_part = {label: document_influence(store, rule, k) for label, store in stores.items()}
         sizes = {label: len(queries) for label, queries in target.part_queries().items()}
         weight = {label: 1.0 if rule == "topk-hits" else size / sum(sizes.values()) for label, size in sizes.items()}
         whole = pl.sum_horizontal(pl.col(PART_SCORE + label) * weight[label] for label in per_part).alias("influence")
     else:
-        target = target_for_run(run_dir, spec, task_dirs, limit)
+        target = target_for_run(run_dir, spec, task_dirs, limit, part_field)
         per_part = {label: _baseline_table(run_dir, name, queries, method, seed)
                     for label, (name, queries) in part_sets(target).items()}
         whole = None
@@ -226,7 +229,7 @@ def selection_pipelines(request: SelectionRequest, readers: list, target: Target
     task_dirs = list(request.task_dirs)
     scorer = dict(run_dir=request.run, target=request.target, rule=request.rule, k=request.k, task_dirs=task_dirs,
                   target_limit=request.target_limit, method=request.method, seed=request.seed,
-                  by_part=request.allocation == "balanced")
+                  by_part=request.allocation == "balanced", part_field=request.part_field)
     return {
         "score": [*readers, InfluenceScorer(**scorer, scores_folder=str(work / "scores"))],
         "threshold": [BudgetThreshold(str(work / "scores"), str(out), request.budget, request.domain_floor, request.allocation)],
@@ -306,10 +309,10 @@ def check_request(request: SelectionRequest, resume: bool, overwrite: bool) -> T
         raise CurateError("choose one of resume and overwrite")
     _check_output_folder(request, resume, overwrite)
     run = Path(request.run)
-    target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit)
+    target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
     table = influence_table(run, request.target, request.rule, request.k, [Path(d) for d in request.task_dirs],
                             request.target_limit, request.method, request.seed,
-                            request.allocation == "balanced")  # computed here, reused by the stages
+                            request.allocation == "balanced", request.part_field)  # computed here, reused by the stages
     budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
     check_allocation(request.allocation, table)
     if not 0.0 <= request.domain_floor <= 1.0:

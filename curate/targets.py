@@ -12,7 +12,8 @@ encode (no token, or only unknown tokens) is an error that names it.
 
 A target may be made of parts: benchmark subtasks, or the sources of a mixed target. In a file, each item names its
 part in a `part` field (all items do, or none); a task group's parts are its tasks. A window belongs to its item's
-part. Balanced allocation (curate/budget.py) gives each part an equal share of a selection's budget.
+part. Balanced allocation (curate/budget.py) gives each part an equal share of a selection's budget. Another field
+can name the part (`part_field`, e.g. a benchmark's `subject`).
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ class Target:
                 for label, rows in grouped.items()}
 
 
-def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Path] | None = None, limit: int | None = None) -> Target:
+def load_target(
+    spec: str | Path, tokenizer, max_length: int, task_dirs: list[Path] | None = None, limit: int | None = None,
+    part_field: str = "part",
+) -> Target:
     text = str(spec)
     if text.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
         if not Path(text).is_file():
             raise CurateError(f"target file {text} does not exist")
         try:
             queries = read_queries(Path(text))
-            parts = _file_parts(Path(text))
+            parts = _file_parts(Path(text), part_field)
         except StrideError as err:
             raise CurateError(f"target {text}: {err}") from err
         name = Path(text).name.split(".")[0]
@@ -77,19 +81,19 @@ def load_target(spec: str | Path, tokenizer, max_length: int, task_dirs: list[Pa
     return Target(target_name, text, fitted, len(queries), truncated, windowed, tuple(parts))
 
 
-def _file_parts(path: Path) -> list[str]:
-    """Each record's `part`, or [] when no record names one; a file where only some do is an error that names one."""
+def _file_parts(path: Path, field: str) -> list[str]:
+    """Each record's part (its `field`), or [] when no record names one; a file where only some do is an error."""
     parts, missing = [], None
     for line_no, record in iter_records(path):
-        value = record.get("part")
+        value = record.get(field)
         if value is None or (isinstance(value, str) and not value.strip()):
             missing = missing or line_no
         else:
             parts.append(str(value))
     if parts and missing is not None:
         raise CurateError(
-            f"target {path}, record {missing}: no `part`, where other items name theirs; give every item its part "
-            "(a subtask or source name) or none"
+            f"target {path}, record {missing}: no `{field}`, where other items name their part; give every item its "
+            "part (a subtask or source name) or none"
         )
     return parts
 

@@ -173,6 +173,24 @@ def test_a_target_where_only_some_items_name_their_part_is_refused(fitted_run, f
     assert not (tmp_path / "out").exists()
 
 
+def test_the_part_can_be_named_by_another_field_on_the_command_line(fitted_run, demo_assets, tmp_path):
+    """A benchmark's own field (here `subject`) names the parts: `curate select --allocation balanced --part-field subject`."""
+    sources = {domain: [d for d in demo_assets.documents if d["domain"] == domain][:6] for domain in ("stories", "recipes")}
+    items = [{"id": f"{domain}-{i}", "text": d["text"], "subject": domain} for domain, docs in sources.items() for i, d in enumerate(docs)]
+    target = write_jsonl(tmp_path / "suite.jsonl", items)
+    args = ["select", "--run", str(fitted_run), "--target", str(target), "--budget", "40", "--method", "bm25",
+            "--allocation", "balanced", "--part-field", "subject", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {p["part"]: p["selected_documents"] for p in manifest["per_part"]} == {"stories": 20, "recipes": 20}
+    assert manifest["per_part"][1]["domains"] == {"recipes": 20}  # BM25's recipe part keeps recipes only
+    # Without the field named, the items have no part: one part, the greedy selection.
+    greedy = CliRunner().invoke(main, [*args[:-4], "--out", str(tmp_path / "whole")])
+    assert greedy.exit_code == 0, greedy.output
+    assert len(json.loads((tmp_path / "whole" / "manifest.json").read_text())["per_part"]) == 1
+
+
 @pytest.mark.parametrize("method", ["bm25", "embedding", "dsir", "random"])
 def test_baselines_select_from_the_targets_domain(fitted_run, demo_assets, tmp_path, method):
     """A target of recipes: similarity baselines fill a 60-document budget with recipes; random keeps the pool's mix."""

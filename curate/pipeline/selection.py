@@ -43,7 +43,7 @@ class InfluenceScorer(PipelineStep):
     def __init__(
         self, run_dir: str | Path, target: str | Path, rule: str = "mean", k: int = 10,
         scores_folder: DataFolderLike | None = None, task_dirs: list[str | Path] | None = None, target_limit: int | None = None,
-        method: str = "stride", seed: int = 0, by_part: bool = False,
+        method: str = "stride", seed: int = 0, by_part: bool = False, part_field: str = "part",
     ):
         super().__init__()
         self.run_dir, self.target, self.rule, self.k = str(run_dir), str(target), rule, k
@@ -51,14 +51,14 @@ class InfluenceScorer(PipelineStep):
         self.task_dirs = [str(d) for d in task_dirs or []]
         self.target_limit = target_limit
         self.method, self.seed = method, seed  # "stride", or a model-free baseline (curate.similarity)
-        self.by_part = by_part
+        self.by_part, self.part_field = by_part, part_field  # the target items' field that names their part
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from ..select import influence_table  # torch and the model load here, in the worker
 
         table = influence_table(
             self.run_dir, self.target, self.rule, self.k, [Path(d) for d in self.task_dirs], self.target_limit, self.method,
-            self.seed, self.by_part,
+            self.seed, self.by_part, self.part_field,
         )
         columns = ["doc_id", "influence", "tokens", "domain", "group", *part_columns(table)]
         known = {row[0]: row for row in table.select(columns).iter_rows()}
