@@ -112,8 +112,9 @@ def plot(table: pl.DataFrame, path: Path) -> None:
         axis.set_title(f"target: {target}", fontsize=10)
         axis.set_ylabel("target word perplexity (log scale; lower is better)", fontsize=8)
         axis.set_yscale("log")  # a collapsed selection can be 10-100x worse than the rest
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend under the panels, clear of the bars
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.05 + 0.03 * (len(labels) // 7), 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
