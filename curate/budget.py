@@ -118,8 +118,9 @@ def select_under_budget(
     balanced) and mark what the budget keeps.
 
     Returns the table sorted by rank with `rank` (1 = taken first), `selected` and `reason` (why a document was kept
-    or left out); under balanced allocation also `part`, the part whose turn took the document. With a token budget, documents are taken in rank order; one that no longer fits the remaining
-    tokens is passed over for the next that does, so the budget is never exceeded.
+    or left out); under balanced allocation also `part`, the part whose turn took the document. With a token budget,
+    documents are taken in rank order; one that no longer fits the remaining tokens is passed over for the next that
+    does, so the budget is never exceeded.
     """
     if not 0.0 <= domain_floor <= 1.0:
         raise CurateError(f"domain floor {domain_floor} must be between 0 and 1 (a share of the budget per domain)")

@@ -242,7 +242,7 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
     # Two methods that select the same documents (balanced allocation on a target of one part is greedy) share
     # their proxies: the same data gives the same proxy, and training it twice would only spend time.
     same_selection: dict[tuple, Path] = {}
-    queued: set[str] = set()  # a job is queued once (random selections are shared by all targets)
+    queued: set[str] = set()  # a job is queued once (random selections and the whole pool serve every target)
     for target, target_file in files["targets"].items():
         seeds = target_seeds.get(target, proxy["seeds"])
         target_name = target_for_run(run, target_file, []).name  # names the target's queries and recovery settings
@@ -282,7 +282,8 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
                         })
         for proxy_seed in seeds:  # the whole pool, same steps: what the budget costs
             key = f"full-pool/proxy-seed{proxy_seed}"
-            if not any(j["key"] == key for j in jobs):
+            if key not in queued:
+                queued.add(key)
                 jobs.append(proxy_job(key, Path(files["pool"]), out, base, recipe, proxy_seed, tasks, task_dir))
             rows.append({"task": "selection", "target": target, "budget": "100%", "method": "full-pool", "seed": proxy_seed, "job": key})
 

@@ -176,10 +176,12 @@ def _influence_by_part(run_dir: Path, spec: str, rule: str, k: int, task_dirs: l
     table = next(iter(per_part.values())).select("doc_id", "domain")
     for label, frame in per_part.items():
         table = table.join(frame.select("doc_id", pl.col("influence").alias(PART_SCORE + label)), on="doc_id", how="left")
-    if whole is not None:
-        return table.with_columns(whole).select("doc_id", "domain", "influence", pl.col(f"^{PART_SCORE}.*$"))
-    overall = baseline_scores(run_dir, spec, task_dirs, limit, method, seed).select("doc_id", "influence")
-    return table.join(overall, on="doc_id", how="left").select("doc_id", "domain", "influence", pl.col(f"^{PART_SCORE}.*$"))
+    if whole is None:  # a baseline's own score of the whole target (the target was loaded once, above)
+        overall = _baseline_table(run_dir, target.name, target.queries, method, seed)
+        table = table.join(overall.select("doc_id", "influence"), on="doc_id", how="left")
+    else:
+        table = table.with_columns(whole)
+    return table.select("doc_id", "domain", "influence", pl.col(f"^{PART_SCORE}.*$"))
 
 
 def baseline_scores(run_dir: Path, spec: str, task_dirs: list[Path], limit: int | None, method: str, seed: int) -> pl.DataFrame:
@@ -189,6 +191,7 @@ def baseline_scores(run_dir: Path, spec: str, task_dirs: list[Path], limit: int 
 
 
 def _baseline_table(run_dir: Path, name: str, queries: Queries, method: str, seed: int) -> pl.DataFrame:
+    """A baseline's scores of the pool against one query set (a target or a part), kept in RUN/baselines/."""
     if method not in METHODS:
         raise CurateError(f"selection method {method!r} is not one of {['stride', *METHODS]}")
     path = run_dir / "baselines" / f"{method}-{name}-seed{seed}.parquet"

@@ -60,7 +60,8 @@ class InfluenceScorer(PipelineStep):
             self.run_dir, self.target, self.rule, self.k, [Path(d) for d in self.task_dirs], self.target_limit, self.method,
             self.seed, self.by_part, self.part_field,
         )
-        columns = ["doc_id", "influence", "tokens", "domain", "group", *part_columns(table)]
+        parts = part_columns(table)
+        columns = ["doc_id", "influence", "tokens", "domain", "group", *parts]
         known = {row[0]: row for row in table.select(columns).iter_rows()}
         shard: list[tuple] = []
         for doc in data or []:
@@ -77,7 +78,7 @@ class InfluenceScorer(PipelineStep):
             yield doc
         if self.scores_folder is not None:
             schema = {"doc_id": pl.String, "score": pl.Float64, "tokens": pl.Int64, "domain": pl.String, "group": pl.Int64}
-            frame = pl.DataFrame(shard, schema={**schema, **{name: pl.Float64 for name in columns[5:]}}, orient="row")
+            frame = pl.DataFrame(shard, schema={**schema, **{name: pl.Float64 for name in parts}}, orient="row")
             _write_parquet(frame, self.scores_folder, f"{rank:05d}.parquet")
 
 
