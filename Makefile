@@ -42,6 +42,7 @@ bench: install
 bench-selection: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.selection_diagnostics runs/select_pretraining_mix
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.target_size runs/select_pretraining_mix
 	for n in 200 400; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix --documents $$n || exit 1; done
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.source_mix runs/select_pretraining_mix
 

@@ -34,6 +34,12 @@ def similarity_scores(method: str, documents: list[str], target: list[str], seed
 
 
 def _bm25(documents: list[str], target: list[str], seed: int) -> np.ndarray:
+    return bm25_item_scores(documents, target).mean(axis=0)
+
+
+def bm25_item_scores(documents: list[str], items: list[str]) -> np.ndarray:
+    """(items x documents): each item's BM25 scores over the pool, divided by its best score (0 for an item with
+    no word in the pool's vocabulary)."""
     import bm25s
 
     def tokenize(texts: list[str]) -> list[list[str]]:
@@ -41,13 +47,13 @@ def _bm25(documents: list[str], target: list[str], seed: int) -> np.ndarray:
 
     retriever = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
     retriever.index(tokenize(documents), show_progress=False)
-    total = np.zeros(len(documents))
-    for tokens in tokenize(target):
+    scores = np.zeros((len(items), len(documents)))
+    for row, tokens in enumerate(tokenize(items)):
         known = [token for token in tokens if token in retriever.vocab_dict]
         if known:
-            scores = retriever.get_scores(known)
-            total += scores / max(float(scores.max()), 1e-12)
-    return total / len(target)
+            item_scores = retriever.get_scores(known)
+            scores[row] = item_scores / max(float(item_scores.max()), 1e-12)
+    return scores
 
 
 def _embedding(documents: list[str], target: list[str], seed: int) -> np.ndarray:

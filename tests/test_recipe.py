@@ -136,6 +136,19 @@ def test_a_small_study_runs_end_to_end(tmp_path):
         assert f"| {label} | " in text
     assert "| birds | " in text and "| ships | " in text
 
+    # How a part's selection sharpens with its number of items (benchmarks/target_size.py), on the same run: bird
+    # items share no word with ship documents, so BM25's top 8 of 80 (a third of a 30% budget) are all birds.
+    from benchmarks.target_size import main as target_size
+
+    sizes = target_size(tmp_path / "out", {"birds": "birds"}, tmp_path / "size.md")
+    rows = json.loads(sizes.with_suffix(".json").read_text())["rows"]
+    assert {r["query_set"] for r in rows} == {"target birds", "held-out birds", "held-out ships"}
+    full = {(r["query_set"], r["method"]): r for r in rows if r["items"] == 6}
+    assert full[("target birds", "bm25")]["tops"] == [3, 8] and full[("target birds", "bm25")]["own_mean"] == [3, 8]
+    assert full[("target birds", "bm25")]["random_expected"] == [1.5, 4.0]
+    assert {r["items"] for r in rows if r["query_set"] == "target birds"} == {5, 6}
+    assert "| target birds | 6 | " in sizes.read_text()
+
 
 def test_the_comparison_with_random_says_whether_a_gap_is_more_than_seed_noise():
     random = [9203.0, 8800.0, 9600.0, 9400.0, 9000.0]
