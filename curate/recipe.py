@@ -35,6 +35,7 @@ from .errors import CurateError
 
 log = logging.getLogger(__name__)
 
+EVALUATED_ON = "tasks.sha1"  # in a proxy's evaluation folder: the digest of the tasks it was evaluated on
 SEEDED_METHODS = ("random", "dsir")  # their selection changes with the seed; the others' does not
 # STRIDE's selections: (budget allocation, aggregation rule; None = the recipe's `selection.rule`). Allocation
 # (curate.budget): greedy top scores, shares across recovery groups, or equal shares for the target's parts.
@@ -195,8 +196,13 @@ def _train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     if not model.exists():
         train_proxy(job["data"], model, Path(job["base"]), steps=job["steps"], seed=job["seed"],
                     batch_size=job["batch_size"], seq_len=job["seq_len"], progress=False)
-    if not (evaluation / "results.parquet").is_file():
+    # An evaluation is reused only on the same items: a proxy shared by every target (random, the whole pool) keeps
+    # its model when a target's evaluation items change, but is scored again on the new ones.
+    stamp = evaluation / EVALUATED_ON
+    if not (evaluation / "results.parquet").is_file() or not stamp.is_file() or stamp.read_text() != job["tasks_digest"]:
+        remove_path(evaluation)
         evaluate_models({job["name"]: model}, job["tasks"], evaluation, task_dirs=[Path(job["task_dir"])], batch_size=16)
+        atomic_write_text(stamp, job["tasks_digest"])
     import polars as pl
 
     table = pl.read_parquet(evaluation / "results.parquet")
@@ -326,14 +332,26 @@ def _fit_settings(stride: dict) -> dict:
 
 
 def proxy_job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, Any]:
-    """A proxy to train on `data` with the recipe's proxy settings and evaluate on `tasks`; kept under
-    out/proxies/KEY and out/eval/KEY, so a finished one is reused (see run_proxy_jobs)."""
+    """A proxy to train on `data` with the recipe's proxy settings and evaluate on `tasks` (YAMLs in `task_dir`);
+    kept under out/proxies/KEY and out/eval/KEY, so a finished one is reused (see run_proxy_jobs), its evaluation
+    only while the tasks and their items are the same."""
     proxy = recipe["proxy"]
     return {
         "key": key, "name": key.replace("/", "_"), "data": str(data), "model": str(out / "proxies" / key),
         "eval": str(out / "eval" / key), "base": str(base), "steps": proxy["steps"], "batch_size": proxy.get("batch_size", 8),
         "seq_len": recipe["model"]["max_length"], "seed": seed, "tasks": tasks, "task_dir": str(task_dir),
+        "tasks_digest": tasks_digest(task_dir, tasks),
     }
+
+
+def tasks_digest(task_dir: Path, tasks: list[str]) -> str:
+    """What the proxies are evaluated on: each task's YAML (from `target_task`) and the bytes of its items."""
+    digest = hashlib.sha1()
+    for task in sorted(tasks):
+        config = (Path(task_dir) / f"{task}.yaml").read_text()
+        items = Path(yaml.safe_load(config)["dataset_kwargs"]["data_files"]["test"]).read_bytes()
+        digest.update(b"\0".join([task.encode(), config.encode(), items, b""]))
+    return digest.hexdigest()
 
 
 def run_proxy_jobs(jobs: list[dict[str, Any]], workers: int) -> dict[str, dict]:

@@ -83,7 +83,8 @@ def test_a_recipe_asking_for_more_than_the_corpus_holds_is_refused(tmp_path):
 
 
 def test_a_small_study_runs_end_to_end(tmp_path):
-    path = _recipe(tmp_path, _corpus(tmp_path))
+    files = _corpus(tmp_path)
+    path = _recipe(tmp_path, files)
     result = CliRunner().invoke(main, ["recipe", str(path)])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "results.json").read_text())
@@ -122,10 +123,22 @@ def test_a_small_study_runs_end_to_end(tmp_path):
     stale.write_text(json.dumps(manifest))
     kept_at, proxy = kept.stat().st_mtime_ns, tmp_path / "out" / "proxies" / "selections" / "birds" / "25pct" / "bm25"
     proxy_at = next(proxy.rglob("model.safetensors")).stat().st_mtime_ns
+    # The battles target's items are now written another way, so its evaluation items change too: the random
+    # proxies, which every target shares, keep their models but are scored again on the new items.
+    random_model = tmp_path / "out" / "proxies" / "selections" / "_random" / "25pct" / "random-seed0" / "proxy-seed0"
+    random_at = next(random_model.rglob("model.safetensors")).stat().st_mtime_ns
+    battles = {"task": "selection", "target": "battles", "method": "random", "seed": 0}
+    before = next(r["target_ppl"] for r in rows if battles.items() <= r.items())
+    targets = yaml.safe_load(path.read_text())["targets"]
+    targets["battles"][0]["text"] = "Dispatch: {text}"
+    _recipe(tmp_path, files, targets=targets)
     result = CliRunner().invoke(main, ["recipe", str(path)])
     assert result.exit_code == 0, result.output
     assert json.loads(stale.read_text())["request"]["target_run_name"] != "target-birds-00000000"
     assert next(proxy.rglob("model.safetensors")).stat().st_mtime_ns > proxy_at and kept.stat().st_mtime_ns == kept_at
+    assert next(random_model.rglob("model.safetensors")).stat().st_mtime_ns == random_at
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert next(r["target_ppl"] for r in rows if battles.items() <= r.items()) != before
 
     # The diagnostics of STRIDE's run (benchmarks/selection_diagnostics.py) read the same study folder.
     from benchmarks.selection_diagnostics import main as diagnostics
