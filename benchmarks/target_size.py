@@ -8,9 +8,9 @@ known (the recipe's held-out items of every domain, 60 each, and targets named w
 default the math target's 100 GSM8K test problems), it draws k items at random (30 draws per k), ranks the pool
 by the mean of their scores (a long item's windows all count) and reports how much of the top 1/30 and top 1/10
 of the pool (87 and 260 documents of 2,600) comes from the items' own source: a part's share of a 10% and a 30%
-budget under balanced allocation with three parts, as in the mixed target. STRIDE's scores are the run's grouped recovery, one query at a time; BM25's are
-`curate.similarity`'s (each item's scores over the pool divided by their best). Writes
-benchmarks/results/target_size.{md,json}.
+budget under balanced allocation with three parts, as in the mixed target. STRIDE's scores are the run's
+grouped recovery, one query at a time; BM25's are `curate.similarity`'s (each item's scores over the pool
+divided by their best). Writes benchmarks/results/target_size.{md,json}.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import polars as pl
 from curate.runs import RunInputs, open_run
 from curate.select import prepare_target
 from curate.similarity import bm25_item_scores
+from curate.targets import Target
 from stride_engine import read_documents
 from stride_engine.design import Membership
 from stride_engine.recovery import recover
@@ -49,10 +50,9 @@ def query_sets(study: Path, targets: dict[str, str]) -> dict[str, tuple[Path, st
     return sets
 
 
-def stride_query_scores(run_dir: Path, items: Path) -> tuple[list[str], np.ndarray]:
-    """Query ids and their (queries x documents) scores: the run's recovery, one query at a time, chunk to document
-    as the run aggregates. The responses are the ones `curate select` computed (or computes now) for this file."""
-    _, target = prepare_target(run_dir, str(items), [])
+def stride_query_scores(run_dir: Path, target: Target) -> np.ndarray:
+    """(queries x documents) scores: the run's recovery, one query at a time, chunk to document as the run
+    aggregates. The responses are the ones `curate select` computed for the target (prepare_target)."""
     stride = open_run(run_dir)
     responses = stride.responses(target.queries, name=target.name)
     chunks = pl.read_parquet(run_dir / "chunks.parquet")
@@ -62,7 +62,7 @@ def stride_query_scores(run_dir: Path, items: Path) -> tuple[list[str], np.ndarr
     scores = np.zeros((len(responses), documents))
     for rows, chunk_scores, _ in recover(membership, responses, stride.recovery_settings(), groups=stride.groups()):
         scores[rows] = chunk_to_document(chunk_scores, doc_index, documents, stride.config.aggregate)
-    return target.queries.ids, scores
+    return scores
 
 
 def own_share(scores: np.ndarray, item_of_query: np.ndarray, picked: np.ndarray, own: np.ndarray, tops: list[int]) -> list[int]:
@@ -87,10 +87,10 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
     rng = np.random.default_rng(0)
     rows = []
     for label, (path, source) in sets.items():
-        query_ids, stride_scores = stride_query_scores(run_dir, path)
-        _, target = prepare_target(run_dir, str(path), [])
+        _, target = prepare_target(run_dir, str(path), [])  # the target's responses, computed once in the run
+        stride_scores = stride_query_scores(run_dir, target)
         bm25 = bm25_item_scores(texts_in_run_order, [p + c for p, c in zip(target.queries.prompts, target.queries.completions)])
-        item_of_query = np.array([q.rsplit("#", 1)[0] for q in query_ids])
+        item_of_query = np.array([q.rsplit("#", 1)[0] for q in target.queries.ids])  # a window's id: <item>#<n>
         items = np.unique(item_of_query)
         own = domain == source
         for size in [s for s in SIZES if s < len(items)] + [len(items)]:
@@ -108,8 +108,8 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
         "",
         f"Made by `python -m benchmarks.target_size {study}` at commit {commit()}; run `{run_dir.name}` "
         f"({len(doc_ids)} pool documents). For k items drawn at random ({DRAWS} draws; one when k is all of them), "
-        "the pool is ranked by the mean of their scores; the cells are how many of the top 87 / top 260 documents "
-        f"come from the items' own source (mean ± sd over draws). {tops[0]} and {tops[1]} are a part's share of a "
+        f"the pool is ranked by the mean of their scores; the cells are how many of the top {tops[0]} / top {tops[1]} "
+        f"documents come from the items' own source (mean ± sd over draws). {tops[0]} and {tops[1]} are a part's share of a "
         "10% and a 30% budget under balanced allocation with three parts. No proxy is trained: this reads the scores only.",
         "",
         f"| query set | items | STRIDE top {tops[0]} | STRIDE top {tops[1]} | BM25 top {tops[0]} | BM25 top {tops[1]} | "
