@@ -72,6 +72,7 @@ def own_share(scores: np.ndarray, item_of_query: np.ndarray, picked: np.ndarray,
 
 def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) -> Path:
     targets = {"math": "math"} if targets is None else targets
+    made_at = commit()  # before this writes anything: the tree it ran from
     run_dir = latest_run(study)
     inputs = RunInputs.load(run_dir)
     config = open_run(run_dir).config
@@ -100,13 +101,13 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
                 rows.append({"query_set": label, "source": source, "items": size, "draws": len(draws), "method": method,
                              "tops": tops, "own_mean": shares.mean(axis=0).tolist(), "own_std": shares.std(axis=0).tolist(),
                              "random_expected": [float(own.mean() * top) for top in tops]})
-    out.with_suffix(".json").write_text(json.dumps({"run": run_dir.name, "commit": commit(), "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"run": run_dir.name, "commit": made_at, "rows": rows}, indent=1))
 
     share = {(r["query_set"], r["items"], r["method"]): r for r in rows}
     lines = [
         "# How many target items does a selection need?",
         "",
-        f"Made by `python -m benchmarks.target_size {study}` at commit {commit()}; run `{run_dir.name}` "
+        f"Made by `python -m benchmarks.target_size {study}` at commit {made_at}; run `{run_dir.name}` "
         f"({len(doc_ids)} pool documents). For k items drawn at random ({DRAWS} draws; one when k is all of them), "
         f"the pool is ranked by the mean of their scores; the cells are how many of the top {tops[0]} / top {tops[1]} "
         f"documents come from the items' own source (mean ± sd over draws). {tops[0]} and {tops[1]} are a part's share of a "
