@@ -26,7 +26,7 @@ from curate.runs import RunInputs, open_run
 from curate.select import prepare_target
 from curate.similarity import bm25_item_scores
 from curate.targets import Target
-from stride_engine import read_documents
+from stride_engine import Stride, read_documents
 from stride_engine.design import Membership
 from stride_engine.recovery import recover
 from stride_engine.scores import chunk_to_document
@@ -50,14 +50,12 @@ def query_sets(study: Path, targets: dict[str, str]) -> dict[str, tuple[Path, st
     return sets
 
 
-def stride_query_scores(run_dir: Path, target: Target) -> np.ndarray:
+def stride_query_scores(stride: Stride, run_dir: Path, target: Target) -> np.ndarray:
     """(queries x documents) scores: the run's recovery, one query at a time, chunk to document as the run
     aggregates. The responses are the ones `curate select` computed for the target (prepare_target)."""
-    stride = open_run(run_dir)
     responses = stride.responses(target.queries, name=target.name)
-    chunks = pl.read_parquet(run_dir / "chunks.parquet")
     membership = Membership.load(run_dir / "design.npz").matrix
-    doc_index = chunks["doc_index"].to_numpy()
+    doc_index = pl.read_parquet(run_dir / "chunks.parquet")["doc_index"].to_numpy()  # an index into the pool's documents
     documents = int(doc_index.max()) + 1
     scores = np.zeros((len(responses), documents))
     for rows, chunk_scores, _ in recover(membership, responses, stride.recovery_settings(), groups=stride.groups()):
@@ -74,23 +72,19 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
     targets = {"math": "math"} if targets is None else targets
     made_at = commit()  # before this writes anything: the tree it ran from
     run_dir = latest_run(study)
-    inputs = RunInputs.load(run_dir)
-    config = open_run(run_dir).config
-    pool = read_documents(inputs.train, config.text_field, config.id_field, config.domain_field)
-    doc_ids = pl.read_parquet(run_dir / "chunks.parquet").unique("doc_index").sort("doc_index")["doc_id"].to_list()
-    pool_domain = dict(zip(pool.ids, pool.domains))
-    domain = np.array([pool_domain[d] for d in doc_ids])
-    pool_texts = dict(zip(pool.ids, pool.texts))
-    texts_in_run_order = [pool_texts[d] for d in doc_ids]
-    tops = [max(1, round(len(doc_ids) * fraction)) for fraction in TOP_FRACTIONS]
+    stride = open_run(run_dir)
+    config = stride.config
+    pool = read_documents(RunInputs.load(run_dir).train, config.text_field, config.id_field, config.domain_field)
+    domain = np.asarray(pool.domains)  # in the run's document order (the chunks' doc_index)
+    tops = [max(1, round(len(pool.ids) * fraction)) for fraction in TOP_FRACTIONS]
     sets = query_sets(study, targets)
 
     rng = np.random.default_rng(0)
     rows = []
     for label, (path, source) in sets.items():
         _, target = prepare_target(run_dir, str(path), [])  # the target's responses, computed once in the run
-        stride_scores = stride_query_scores(run_dir, target)
-        bm25 = bm25_item_scores(texts_in_run_order, [p + c for p, c in zip(target.queries.prompts, target.queries.completions)])
+        stride_scores = stride_query_scores(stride, run_dir, target)
+        bm25 = bm25_item_scores(list(pool.texts), [p + c for p, c in zip(target.queries.prompts, target.queries.completions)])
         item_of_query = np.array([q.rsplit("#", 1)[0] for q in target.queries.ids])  # a window's id: <item>#<n>
         items = np.unique(item_of_query)
         own = domain == source
@@ -108,7 +102,7 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
         "# How many target items does a selection need?",
         "",
         f"Made by `python -m benchmarks.target_size {study}` at commit {made_at}; run `{run_dir.name}` "
-        f"({len(doc_ids)} pool documents). For k items drawn at random ({DRAWS} draws; one when k is all of them), "
+        f"({len(pool.ids)} pool documents). For k items drawn at random ({DRAWS} draws; one when k is all of them), "
         f"the pool is ranked by the mean of their scores; the cells are how many of the top {tops[0]} / top {tops[1]} "
         f"documents come from the items' own source (mean ± sd over draws). {tops[0]} and {tops[1]} are a part's share of a "
         "10% and a 30% budget under balanced allocation with three parts. No proxy is trained: this reads the scores only.",
