@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench-smoke bench bench-selection clean
+.PHONY: install demo test test-slow test-all bench-smoke bench bench-selection clean
 
 # torch is pinned to the CPU wheel this machine keeps on disk; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -19,8 +19,13 @@ install: $(VENV)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/curate demo
 
+# The default run stays under 8 minutes on 2 cores; the tests marked `slow` (whole studies, Ray, the benchmark's
+# peers) run in CI after it (.ci/run).
 test: install
 	$(BIN)/python -m pytest -q -rs
+
+test-slow: install
+	$(BIN)/python -m pytest -q -rs -m slow
 
 test-all: install
 	$(BIN)/python -m pytest -q -rs -m ""

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from curate.studies.notes import keep_notes
 from stride_engine.artifacts import atomic_write_text
 
 GROUP_ORDER = {"stride": 0, "peer": 1, "baseline": 2, "ablation": 3}
@@ -25,7 +26,7 @@ def write_report(results: Path) -> Path:
     plots = [_plot_lds(rows, folder / "lds.png"), _plot_lds_time(rows, folder / "lds_vs_time.png"), _plot_removal(rows, folder / "removal.png")]
     text = markdown(rows, [p for p in plots if p is not None], results.parent)
     out = results.with_suffix(".md")
-    atomic_write_text(out, text)
+    atomic_write_text(out, keep_notes(out, text, rows[0].get("commit") if rows else None))  # the notes of the file stay
     return out
 
 
@@ -35,10 +36,12 @@ def _sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], plots: list[Path], base: Path) -> str:
     commands = sorted({r.get("command", "") for r in rows} - {""})
-    lines = ["Made by " + ", then ".join(f"`{c}`" for c in commands), ""]
+    lines = ["# Attribution benchmark: STRIDE against peer methods, by explicit retraining", "",
+             "Made by " + ", then ".join(f"`{c}`" for c in commands), ""]
     if rows:
         machine = rows[0]["machine"]
         lines += [f"Machine: {machine['cpus']} CPUs, {machine['platform']}, torch {machine['torch']}; commit {rows[0]['commit']}.", ""]
+    lines += ["## Results", ""]  # the hand-written notes (curate.studies.notes) go before it
     for setting in sorted({r["setting"] for r in rows}):
         group = [r for r in _sorted(rows) if r["setting"] == setting]
         truth = next((r["ground_truth"] for r in group if "ground_truth" in r), {})

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.retrain import max_positions
-from curate.runs import open_run
-from curate.targets import fit_to_window
+from curate.proxy.retrain import max_positions
+from curate.core.run import Run
+from curate.core.targets import fit_to_window
+from curate.studies.notes import keep_notes
 from stride_engine import read_queries
+from stride_engine.artifacts import atomic_write_text
 from stride_engine.design import Membership
 from stride_engine.groups import fit_group_effects, group_design
 from stride_engine.recovery import RecoverySettings, recover
@@ -43,8 +45,9 @@ def latest_run(study: Path) -> Path:
 
 
 def main(study: Path, out: Path = OUT) -> Path:
+    made_at = commit()
     run_dir = latest_run(study)
-    stride = open_run(run_dir)
+    stride = Run(run_dir).engine
     chunks = pl.read_parquet(run_dir / "chunks.parquet")
     membership = Membership.load(run_dir / "design.npz").matrix
     groups = stride.groups()
@@ -69,8 +72,10 @@ def main(study: Path, out: Path = OUT) -> Path:
     lines = [
         "# Selection study: diagnostics of STRIDE's run",
         "",
-        f"Made by `python -m benchmarks.selection_diagnostics {study}` at commit {commit()}; run `{run_dir.name}`, "
+        f"Made by `python -m benchmarks.selection_diagnostics {study}` at commit {made_at}; run `{run_dir.name}`, "
         f"{len(groups)} chunks in {groups.max() + 1} groups, {purity:.1%} of chunks in their group's majority domain.",
+        "",
+        "## Results",  # the hand-written notes (curate.studies.notes) go before it
         "",
         "Domain mix of the top 10% of documents (mean score over the query set):",
         "",
@@ -101,7 +106,7 @@ def main(study: Path, out: Path = OUT) -> Path:
             effects = fit_group_effects(design, (part - part.mean(1, keepdims=True)).T, stride.config.group_ridge).mean(1)
             hits += group_domain[int(np.argmax(effects))] == domain
         lines.append(f"| {domain} | {hits / SUBSETS:.0%} |")
-    out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, keep_notes(out, "\n".join(lines) + "\n", made_at))  # the notes of the file stay
     return out
 
 

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
-from curate.runs import document_groups, document_influence, open_run
+from curate.studies.proxies import proxy_job, run_proxy_jobs
+from curate.studies.recipe import load_recipe
+from curate.core.run import Run, document_influence
 from curate.select import prepare_target
-from curate.selection_report import against_random
+from curate.studies.notes import keep_notes
+from curate.studies.results import against_reference
 from stride_engine.artifacts import atomic_write_text
 from stride_engine.groups import nearest_group
 
@@ -89,7 +91,7 @@ def main(study: Path, recipe_path: Path, out: Path = OUT, workers: int = 2) -> P
     rows = [{**row, **context} for row in rows]
     table = markdown(rows, json.loads(STUDY_RESULTS.read_text()))  # before anything is written
     atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), table)
+    atomic_write_text(out.with_suffix(".md"), keep_notes(out.with_suffix(".md"), table, context["commit"]))  # notes stay
     return out
 
 
@@ -98,15 +100,16 @@ def stride_in_target_mix(study: Path, totals: list[int]) -> dict[int, list[str]]
     target's items fall (groups.nearest_group; an item's windows count once together), STRIDE's mean score first
     inside each group; what a group too small for its share leaves goes to the best remaining documents."""
     run = latest_run(study)
-    stride, spec = open_run(run), str(study / "data" / f"target-{TARGET}.jsonl")
-    store, target = prepare_target(run, spec, [])
+    opened, spec = Run(run), str(study / "data" / f"target-{TARGET}.jsonl")
+    stride = opened.engine
+    store, target = prepare_target(opened, spec, [])
     items = np.array([query.split("#")[0] for query in target.queries.ids])
     names, counts = np.unique(items, return_counts=True)
     weight = 1.0 / counts[np.searchsorted(names, items)]
     groups = stride.groups()
     placed = nearest_group(stride.pooled_states(), groups, stride.pooled_states(target.queries))
     share = np.bincount(placed, weights=weight, minlength=int(groups.max()) + 1) / weight.sum()
-    ranked = document_influence(store, "mean").join(document_groups(run), on="doc_id").sort(
+    ranked = document_influence(store, "mean").join(opened.document_groups(), on="doc_id").sort(
         ["influence", "doc_id"], descending=[True, False]).with_columns(place=pl.int_range(pl.len()).over("group"))
     chosen = {}
     for total in totals:
@@ -122,8 +125,11 @@ def markdown(rows: list[dict], study_rows: list[dict]) -> str:
         "# The mixed target's headroom: the right mix of sources, drawn at random (source labels used)",
         "",
         f"Made by `{rows[0]['command']}` at commit {rows[0]['commit']} ({rows[0]['seconds'] / 60:.0f} min).",
+        "",
         f"Target word perplexity of proxies trained as in the selection study, mean ± std over {len({r['seed'] for r in rows})} seeds (one draw per seed);",
         "vs random: the change of the mean and Welch's t-test of log perplexities against the study's random selections.",
+        "",
+        "## Results",  # the hand-written notes (curate.studies.notes) go before it
         "",
         "| budget | selection | target ppl | vs random | documents per domain |",
         "| --- | --- | --- | --- | --- |",
@@ -137,7 +143,7 @@ def markdown(rows: list[dict], study_rows: list[dict]) -> str:
                 groups.setdefault(r["method"], []).append(r)
         for method, mine in groups.items():
             values = pl.Series([r["target_ppl"] for r in mine])
-            change = "" if method == "random" else against_random(values.to_list(), random)
+            change = "" if method == "random" else against_reference(values.to_list(), random)
             mix = ", ".join(f"{d} {n}" for d, n in (mine[0].get("selected_per_domain") or {}).items())
             lines.append(f"| {budget} | {method} | {values.mean():,.0f} ± {values.std():,.0f} | {change} | {mix} |")
     return "\n".join(lines) + "\n"

@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.runs import RunInputs, open_run
+from curate.core.run import Run
 from curate.select import prepare_target
-from curate.similarity import bm25_item_scores
-from curate.targets import Target
-from stride_engine import Stride, read_documents
+from curate.core.baselines import bm25_item_scores
+from curate.core.targets import Target
+from curate.studies.notes import keep_notes
+from stride_engine import Stride
+from stride_engine.artifacts import atomic_write_text
 from stride_engine.design import Membership
 from stride_engine.recovery import recover
 from stride_engine.scores import chunk_to_document
@@ -72,9 +74,9 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
     targets = {"math": "math"} if targets is None else targets
     made_at = commit()  # before this writes anything: the tree it ran from
     run_dir = latest_run(study)
-    stride = open_run(run_dir)
-    config = stride.config
-    pool = read_documents(RunInputs.load(run_dir).train, config.text_field, config.id_field, config.domain_field)
+    run = Run(run_dir)
+    stride = run.engine
+    pool = run.documents
     domain = np.asarray(pool.domains)  # in the run's document order (the chunks' doc_index)
     tops = [max(1, round(len(pool.ids) * fraction)) for fraction in TOP_FRACTIONS]
     sets = query_sets(study, targets)
@@ -82,7 +84,7 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
     rng = np.random.default_rng(0)
     rows = []
     for label, (path, source) in sets.items():
-        _, target = prepare_target(run_dir, str(path), [])  # the target's responses, computed once in the run
+        _, target = prepare_target(run, str(path), [])  # the target's responses, computed once in the run
         stride_scores = stride_query_scores(stride, run_dir, target)
         bm25 = bm25_item_scores(list(pool.texts), [p + c for p, c in zip(target.queries.prompts, target.queries.completions)])
         item_of_query = np.array([q.rsplit("#", 1)[0] for q in target.queries.ids])  # a window's id: <item>#<n>
@@ -95,7 +97,7 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
                 rows.append({"query_set": label, "source": source, "items": size, "draws": len(draws), "method": method,
                              "tops": tops, "own_mean": shares.mean(axis=0).tolist(), "own_std": shares.std(axis=0).tolist(),
                              "random_expected": [float(own.mean() * top) for top in tops]})
-    out.with_suffix(".json").write_text(json.dumps({"run": run_dir.name, "commit": made_at, "rows": rows}, indent=1))
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"run": run_dir.name, "commit": made_at, "rows": rows}, indent=1))
 
     share = {(r["query_set"], r["items"], r["method"]): r for r in rows}
     lines = [
@@ -107,6 +109,8 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
         f"documents come from the items' own source (mean ± sd over draws). {tops[0]} and {tops[1]} are a part's share of a "
         "10% and a 30% budget under balanced allocation with three parts. No proxy is trained: this reads the scores only.",
         "",
+        "## Results",  # the hand-written notes (curate.studies.notes) go before it
+        "",
         f"| query set | items | STRIDE top {tops[0]} | STRIDE top {tops[1]} | BM25 top {tops[0]} | BM25 top {tops[1]} | "
         f"random top {tops[0]} / {tops[1]} |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -117,7 +121,7 @@ def main(study: Path, targets: dict[str, str] | None = None, out: Path = OUT) ->
         cells = [f"{m:.0f} ± {s:.0f}" for r in (row, share[(label, size, "bm25")]) for m, s in zip(r["own_mean"], r["own_std"])]
         expected = " / ".join(f"{e:.0f}" for e in row["random_expected"])
         lines.append(f"| {label} | {size} | {' | '.join(cells)} | {expected} |")
-    out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, keep_notes(out, "\n".join(lines) + "\n", made_at))  # the notes of the file stay
     return out
 
 

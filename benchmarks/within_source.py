@@ -22,9 +22,11 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.recipe import load_recipe, proxy_job, run_proxy_jobs
+from curate.studies.proxies import proxy_job, run_proxy_jobs
+from curate.studies.recipe import load_recipe
 from curate.select import influence_table
-from curate.selection_report import against_random
+from curate.studies.notes import keep_notes
+from curate.studies.results import against_reference
 from stride_engine.artifacts import atomic_write_text
 
 from .runner import commit
@@ -78,7 +80,9 @@ def main(study: Path, recipe_path: Path, documents: int, out: Path = OUT, worker
     rows = kept + [{**row, **context} for row in rows]
     table = markdown(rows)  # made before anything is written: a failure leaves the results as they were
     atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), table)
+    stamps = [r["commit"] for r in rows]  # one per size; the dirty paragraph is due when any of them is dirty
+    dirty = next((c for c in stamps if c.endswith("-dirty")), stamps[0] if stamps else None)
+    atomic_write_text(out.with_suffix(".md"), keep_notes(out.with_suffix(".md"), table, dirty))  # the notes stay
     return out
 
 
@@ -94,10 +98,13 @@ def markdown(rows: list[dict]) -> str:
         "",
         *[f"Made by `{m['command']}` at commit {m['commit']} on run `{m['run']}` ({m['seconds'] / 60:.0f} min)."
           for m in made.iter_rows(named=True)],
+        "",
         "Every selection holds the same number of documents, all from the target's own source; a proxy is trained on each",
         "(the selection study's settings) and scored on the target's held-out items: word perplexity, mean ± std over",
         "proxy seeds (random: one draw per seed). Lower is better. vs random: the change of the mean, and Welch's t-test",
         "of the seeds' log perplexities against random's.",
+        "",
+        "## Results",  # the hand-written notes (curate.studies.notes) go before it
         "",
         "| target | documents (source) | method | target ppl | vs random | source held-out ppl |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -107,7 +114,7 @@ def markdown(rows: list[dict]) -> str:
         cell = frame.filter((pl.col("target") == target) & (pl.col("documents") == documents))
         seeds = {method: rows["target_ppl"].to_list() for (method,), rows in cell.partition_by("method", as_dict=True).items()}
         for r in part.iter_rows(named=True):
-            change = "" if r["method"] == "random" else against_random(seeds[r["method"]], seeds["random"])
+            change = "" if r["method"] == "random" else against_reference(seeds[r["method"]], seeds["random"])
             spread = f" ± {r['std']:,.0f}" if r["std"] is not None else ""  # one seed: no spread
             lines.append(f"| {target} | {r['documents']} ({r['source']}) | {r['method']} | {r['ppl']:,.0f}{spread} | "
                          f"{change} | {r['source_ppl']:,.0f} |")

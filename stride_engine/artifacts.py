@@ -28,7 +28,7 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
+def file_digest(path: Path | str, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk_size):
@@ -36,7 +36,8 @@ def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()[:16]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -48,12 +49,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling path to write a file or folder to; move it onto `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def remove_path(path: Path) -> None:
+def remove_path(path: Path | str) -> None:
+    path = Path(path)
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
@@ -90,7 +92,7 @@ class Stage:
 class RunDirectory:
     """The folder of one run: `config.yaml`, one output per stage, and `stages/<name>.json` records."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path | str):
         self.root = Path(root)
 
     def path(self, *parts: str) -> Path:
@@ -113,7 +115,7 @@ class RunDirectory:
             detail = f" (changed: {', '.join(changed)})" if changed else ""
             raise StageMismatchError(
                 f"stage '{stage.name}' in {self.root} was built from a different configuration or input{detail}. "
-                "Use a new run directory, or rerun with --force to rebuild it and the stages after it."
+                "Use a new run directory, or rerun with --overwrite (force=True) to rebuild it and the stages after it."
             )
         return True
 

@@ -40,6 +40,10 @@ class StrideConfig:
     fidelity_batch: int = 8  # member examples per operator per step
     stability_batch: int = 4  # non-member examples per operator per step
     learning_rate: float = 3e-3
+    # All a_k live in one tensor: plain Adam ("adam") keeps moving the operators not drawn in a step along their old
+    # momentum; "masked-adam" updates only the drawn operators' rows (and their moments), like torch's SparseAdam,
+    # and the shared basis every step (results/optimizer_and_linearity.md compares them).
+    optimizer: str = "adam"
     fidelity_weight: float = 1.0
     stability_weight: float = 0.5
     linearity_weight: float = 0.1
@@ -133,6 +137,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# For runs meant for selection (`curate fit --preset select`): the default plus grouped recovery, whose group effects
+# carry what a whole source does for a target (plain Lasso selections were blind to the domains, see
+# benchmarks/results/selection_diagnostics.md), with lambda by cross-validation, as the selection study runs it.
+PRESETS["select"] = {**PRESETS["default"], "groups": 16, "lambda_rule": "cv"}
+
 def preset(name: str, **overrides: Any) -> StrideConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -146,7 +155,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "design": ("num_subsets", "subsets_per_example", "seed"),
     "operators": (
         "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
-        "fidelity_batch", "stability_batch", "learning_rate", "fidelity_weight", "stability_weight",
+        "fidelity_batch", "stability_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
         "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
         "sketch_ridge", "seed", "loss_positions",
     ),
@@ -160,7 +169,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
-ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0}
+ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam"}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -170,6 +179,7 @@ def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
 
 _CHOICES = {
     "form": ("activation", "logit"),
+    "optimizer": ("adam", "masked-adam"),
     "basis": ("linear", "mlp"),
     "solver": ("lasso", "ridge"),
     "lambda_rule": ("cv", "fixed"),
@@ -221,5 +231,19 @@ def _validate(config: StrideConfig) -> None:
     for name in ("fidelity_weight", "stability_weight", "linearity_weight"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be non-negative, got {getattr(config, name)}")
+    _validate_linearity(config)
     if config.fidelity_weight == 0:
         raise ConfigError("fidelity_weight must be positive: without it the operators learn nothing about their subsets")
+
+
+def _validate_linearity(config: StrideConfig) -> None:
+    """The linearity term regresses S = linearity_operators responses on q = sketch_dim sketch columns plus a free
+    intercept: with q >= S - 1 the centred columns span every centred response, the ridge residual is (near) zero
+    and the term trains nothing."""
+    if config.linearity_weight > 0 and config.sketch_dim >= config.linearity_operators - 1:
+        raise ConfigError(
+            f"sketch_dim ({config.sketch_dim}) must be below linearity_operators - 1 ({config.linearity_operators} - 1): "
+            f"{config.linearity_operators} operators' responses are fitted exactly by {config.sketch_dim} sketch columns "
+            "and an intercept, so the linearity term would be zero and do nothing. Raise linearity_operators to at least "
+            f"{config.sketch_dim + 2}, lower sketch_dim, or set linearity_weight=0"
+        )

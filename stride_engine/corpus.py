@@ -89,8 +89,10 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def read_documents(
-    paths: Sequence[Path | str], text_field: str = "text", id_field: str = "id", domain_field: str = "domain"
+    paths: Sequence[Path | str] | Path | str, text_field: str = "text", id_field: str = "id", domain_field: str = "domain"
 ) -> Documents:
+    if isinstance(paths, (str, Path)):  # one file: a str would otherwise be read as a sequence of one-letter paths
+        paths = [paths]
     if not paths:
         raise CorpusError("no training files given")
     ids: list[str] = []

@@ -36,7 +36,7 @@ class Membership:
         start, end = self.matrix.indptr[subset], self.matrix.indptr[subset + 1]
         return self.matrix.indices[start:end]
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path | str) -> None:
         with atomic_path(Path(path)) as tmp:
             with open(tmp, "wb") as handle:  # np.savez would append ".npz" to a bare temp name
                 np.savez_compressed(
@@ -49,7 +49,7 @@ class Membership:
                 )
 
     @classmethod
-    def load(cls, path: Path) -> "Membership":
+    def load(cls, path: Path | str) -> "Membership":
         with np.load(path) as data:
             indptr, indices = data["indptr"], data["indices"]
             matrix = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=tuple(data["shape"]))

@@ -25,7 +25,7 @@ from .adapters import Batch, ModelAdapter, move, select_rows
 from .errors import ConfigError
 
 
-def groups_file(run_root: Path, count: int) -> Path:
+def groups_file(run_root: Path | str, count: int) -> Path:
     """Where a run keeps each chunk's group (chunk_id, group) for `count` groups."""
     return Path(run_root) / "groups" / f"{count}.parquet"
 

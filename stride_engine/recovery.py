@@ -291,7 +291,7 @@ def cv_folds(k: int, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def choose_lambda_cv(
-    op: CentredOperator, y: torch.Tensor, settings: RecoverySettings
+    op: CentredOperator, y: torch.Tensor, settings: RecoverySettings, design: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per column of y (K, b, not centred), the fraction of λ_max chosen by K-fold CV over the subsets.
 
@@ -309,15 +309,21 @@ def choose_lambda_cv(
     noise 0.2–0.5) it lost 1–6 points of top-s recall against the minimum, while the 1% rule matched
     the minimum and came within 2 points of the best grid fraction in hindsight.  The null model is chosen only when
     no fit predicts the held-out subsets 1% better than the intercept alone.
+    With `design` (grouped recovery: the K × C group design, groups.py), y is the raw response, not what the group
+    effects leave: each fold fits the group effects on its own training rows and the Lasso on what they leave there,
+    so the held-out error is that of group effects + sparse rest, none of it fitted on the held-out rows (effects
+    fitted on all K would make every λ's error optimistic).  The null model is then the group effects alone.
     Returns (fractions (b,), mean errors (1 + len(grid), b): null model first, then grid large → small).
     """
     k, b = y.shape
     grid = sorted(settings.lambda_grid, reverse=True)
     folds = []
     for held in cv_folds(k, settings.cv_folds, settings.cv_seed):
-        fold = op.restrict(np.setdiff1d(np.arange(k), held))
-        y_tr = fold.centre(y)
-        folds.append((fold, y_tr, lambda_max(fold, y_tr), torch.as_tensor(held, device=y.device)))
+        train = np.setdiff1d(np.arange(k), held)
+        fold = op.restrict(train)
+        y_fold = y if design is None else _without_group_effects(y, design, train, settings.group_ridge)
+        y_tr = fold.centre(y_fold)
+        folds.append((fold, y_fold, y_tr, lambda_max(fold, y_tr), torch.as_tensor(held, device=y.device)))
 
     def held_error(fold: CentredOperator, held: torch.Tensor, y: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
         resid = y - mw  # mw = M w; the intercept is the mean residual on the training rows
@@ -325,17 +331,17 @@ def choose_lambda_cv(
         return ((resid[held] - intercept) ** 2).mean(0)
 
     errors = torch.full((1 + len(grid), b), float("inf"), device=y.device)
-    errors[0] = sum(held_error(f, h, y, torch.zeros_like(y)) for f, _, _, h in folds) / len(folds)
+    errors[0] = sum(held_error(f, h, y_f, torch.zeros_like(y)) for f, y_f, _, _, h in folds) / len(folds)
     best, stale = errors[0].clone(), torch.zeros(b, dtype=torch.long, device=y.device)
     live = torch.arange(b, device=y.device)  # columns still walking down the grid
     warm: list[torch.Tensor | None] = [None] * len(folds)
     for g, frac in enumerate(grid, start=1):
         err = torch.zeros(live.numel(), device=y.device)
-        for i, (fold, y_tr, lmax, held) in enumerate(folds):
+        for i, (fold, y_fold, y_tr, lmax, held) in enumerate(folds):
             warm[i], mw = lasso(
                 fold, y_tr[:, live], frac * lmax[live], w0=warm[i], max_iter=settings.max_iter, tol=settings.cv_tol
             )
-            err += held_error(fold, held, y[:, live], mw)
+            err += held_error(fold, held, y_fold[:, live], mw)
         errors[g, live] = err / len(folds)
         # a column stops after two grid points in a row that beat its best error by less than the tie margin
         better = errors[g, live] * (1 + settings.cv_tie_rtol) < best[live]
@@ -349,6 +355,14 @@ def choose_lambda_cv(
     near_best = errors <= errors.amin(0) * (1 + settings.cv_tie_rtol)
     pick = near_best.to(torch.int8).argmax(0)  # first True: the largest λ within the tolerance
     return fractions[pick], errors
+
+
+def _without_group_effects(y: torch.Tensor, design: np.ndarray, train: np.ndarray, ridge: float) -> torch.Tensor:
+    """y (K, b) minus the group effects fitted on the `train` rows alone (groups.fit_group_effects), on every row."""
+    y64 = y.double().cpu().numpy()
+    y_tr = y64[train] - y64[train].mean(0, keepdims=True)
+    effects = fit_group_effects(design[train], y_tr, ridge)
+    return torch.as_tensor(y64 - design @ effects, dtype=y.dtype, device=y.device)
 
 
 def ridge_factor(membership: scipy.sparse.spmatrix, alpha: float) -> tuple[tuple, float]:
@@ -435,10 +449,9 @@ def _recover_batches(
         y64 = responses[idx].T.astype(np.float64)  # (K, b); centre in float64, solve in float32
         y_c64 = y64 - y64.mean(0, keepdims=True)
         shared = 0.0
-        if design is not None:  # group effects first; the sparse solver explains what they leave
+        if design is not None:  # group effects first (on all K); the sparse solver explains what they leave
             effects = fit_group_effects(design, y_c64, settings.group_ridge)
             y_c64 = y_c64 - (design - design.mean(0, keepdims=True)) @ effects
-            y64 = y_c64
             shared = effects[groups].T.astype(np.float32)  # (b, n)
         if settings.solver == "ridge":
             yield idx, ridge(op, factor, y_c64).T.contiguous().cpu().numpy() + shared, np.full(idx.size, alpha)
@@ -448,7 +461,8 @@ def _recover_batches(
         if settings.lambda_rule == "fixed":
             fracs = torch.full_like(lmax, settings.lambda_fraction)
         else:
-            fracs, _ = choose_lambda_cv(op, torch.as_tensor(y64, dtype=torch.float32, device=op.device), settings)
+            # CV gets the raw responses: each fold fits its own group effects, without its held-out subsets
+            fracs, _ = choose_lambda_cv(op, torch.as_tensor(y64, dtype=torch.float32, device=op.device), settings, design)
         # cold start at the chosen λ: the working sets grow from the worst KKT violators
         w, _ = lasso(op, y_c, fracs * lmax, max_iter=settings.max_iter, tol=settings.tol)
         yield idx, w.T.contiguous().cpu().numpy() + shared, (fracs * lmax).cpu().numpy().astype(np.float64)

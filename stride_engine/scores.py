@@ -4,7 +4,8 @@ Never a dense documents × queries matrix: recovery yields a few queries at a ti
 - `top.parquet`: per query, the `top_k` most influential (direction "positive") and least influential
   (direction "negative") documents with non-zero scores, ranked;
 - `chunk_scores.parquet`: the recovered non-zero chunk scores (Lasso's support; the top chunks for ridge);
-- `documents.parquet`: per-document aggregates streamed over the whole query set;
+- `documents.parquet`: per-document aggregates streamed over the whole query set, and each document's chunk count
+  (`chunks`: 0 for a document too short to make a chunk, which scores 0 everywhere);
 - `queries.parquet`: per query, the λ used, the number of non-zeros, the base loss and the spread of its scores.
 
 A query's scores are comparable with each other, not with another query's: their scale follows how far the
@@ -27,17 +28,23 @@ from .errors import StrideError
 FILES = ("top.parquet", "chunk_scores.parquet", "documents.parquet", "queries.parquet")
 # Aggregates a store written by an older version may lack; Stride.recover rewrites such a store from its responses.
 DOCUMENT_COLUMNS = ("mean_score", "mean_standardized_score", "positive_mass", "negative_mass", "nonzero_queries")
+# Written since, but no reason to rewrite an older store: `chunks` (chunks per document; 0: never measured, score 0).
 
 
 def chunk_to_document(scores: np.ndarray, doc_index: np.ndarray, num_docs: int, rule: str) -> np.ndarray:
-    """(b, n_chunks) -> (b, n_docs). "max": the chunk score largest in magnitude, with its sign; "sum": the sum."""
+    """(b, n_chunks) -> (b, n_docs). "max": the chunk score largest in magnitude, with its sign; "sum": the sum.
+
+    A document without chunks (too short to predict a token) scores 0 under both: nothing of it was trained on.
+    """
     out = np.zeros((scores.shape[0], num_docs), dtype=np.float64)
     if rule == "sum":
         for row, values in enumerate(scores):
             np.add.at(out[row], doc_index, values)
         return out
-    highest = np.full_like(out, -np.inf)
-    lowest = np.full_like(out, np.inf)
+    # Starting from 0 instead of ∓inf changes no document with chunks (its largest |score| is its maximum when
+    # positive, its minimum when negative) and gives one without chunks 0, not −inf.
+    highest = np.zeros_like(out)
+    lowest = np.zeros_like(out)
     for row, values in enumerate(scores):
         np.maximum.at(highest[row], doc_index, values)
         np.minimum.at(lowest[row], doc_index, values)
@@ -45,7 +52,7 @@ def chunk_to_document(scores: np.ndarray, doc_index: np.ndarray, num_docs: int, 
 
 
 def write_scores(
-    folder: Path,
+    folder: Path | str,
     batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     query_ids: list[str],
     base_losses: np.ndarray,
@@ -91,6 +98,7 @@ def write_scores(
         "positive_mass": doc_positive,
         "negative_mass": doc_negative,
         "nonzero_queries": doc_nonzero,
+        "chunks": np.bincount(doc_index, minlength=num_docs).astype(np.int64),
     })
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
@@ -130,9 +138,10 @@ def _chunk_entries(query_id: str, scores: np.ndarray, top_k: int, keep_all: bool
 class ScoreStore:
     """Read access to a written score store (one query set of one run)."""
 
-    folder: Path
+    folder: Path  # a str is accepted and made a Path
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))  # frozen: set once, here
         missing = [name for name in FILES if not (self.folder / name).is_file()]
         if missing:
             raise StrideError(f"{self.folder} is not a finished score store (missing {', '.join(missing)})")

@@ -7,7 +7,9 @@
 
 Each stage is persisted with a fingerprint of what it was built from (see artifacts.py): a rerun skips finished
 stages, resumes an interrupted operator training from its last checkpoint, and refuses a stage built from a
-different configuration unless `force=True`. Everything is validated before the first file is written.
+different configuration unless `force=True`, which rebuilds it and the stages built on it (a query set's responses
+or scores: that set's alone). Everything is validated before the first file is written; `check_queries` runs the
+query checks before a fit.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .training import StateCache, new_bank, train_operators
 log = logging.getLogger(__name__)
 
 STAGES = ("chunks", "design", "operators", "groups", "responses", "scores")
+QUERY_STAGES = ("responses", "scores")  # one record per query set: responses-<set>, scores-<set>
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ class Stride:
     def fit(self, train: Documents | Examples, force: bool = False, on_step: Callable[[int], None] | None = None) -> "Stride":
         """Chunk the corpus, draw the design, train the operators (each stage skipped when already done)."""
         examples = self._examples_from(train)
-        membership = random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, self.config.seed)
         stages = self._training_stages(train, examples)
+        membership = self._membership(examples, stages["design"])  # drawn (and checked) before anything is written
         self._check_stages(stages, force)
         self._check_saved_config(force)
         self.config.save(self.run.path("config.yaml"))
@@ -182,6 +185,11 @@ class Stride:
         batch = self._examples.batch if queries is None else self._query_batch(queries)[0]
         return pooled_states(self.adapter, batch, self.config.form, self.layer, self.config.micro_batch, self.device)
 
+    def check_queries(self, queries: Queries | Examples) -> None:
+        """Raise the error responses() would raise on these queries (tokenisation, the model's window), without the
+        fit and without writing anything: a command calls it before a long operator training, not after."""
+        self._query_batch(queries)
+
     def attribute(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> ScoreStore:
         self.responses(queries, name, force)
         return self.recover(name, force)
@@ -197,6 +205,20 @@ class Stride:
         self._chunks = chunks
         batch = token_batch(chunks.input_ids, chunks.lengths, None)
         return Examples(batch, list(train.ids), chunks.doc_index, list(train.domains))
+
+    def _membership(self, examples: Examples, design: Stage) -> Membership:
+        """The saved design once its stage is done, else a fresh draw. Never a redraw of a finished design: another
+        numpy could draw another one from the same seed, and training must use the design that recovery reads."""
+        record = self.run.record(design.name)
+        if record is not None and record["fingerprint"] == design.fingerprint:
+            path = self.run.path("design.npz")
+            if not path.is_file():
+                raise StrideError(
+                    f"{path} is missing although {self.run.record_path(design.name)} records the design as done: "
+                    "the run directory is damaged (its operators were trained on the lost design); use a new one"
+                )
+            return Membership.load(path)
+        return random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, self.config.seed)
 
     def _training_stages(self, train: Documents | Examples, examples: Examples) -> dict[str, Stage]:
         source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(examples.batch, examples.doc_ids)
@@ -230,14 +252,17 @@ class Stride:
             if changed and any(self.run.path("stages").glob(f"{stage}*.json")):
                 raise StageMismatchError(
                     f"stage '{stage}' in {self.run.root} was built from a different configuration (changed: {', '.join(changed)}). "
-                    "Use a new run directory, or rerun with --force to rebuild it and the stages after it."
+                    "Use a new run directory, or rerun with --overwrite (force=True) to rebuild it and the stages after it."
                 )
 
     def _invalidate_from(self, name: str) -> None:
-        base = name.split("-")[0]
+        """Drop the record of stage `name` and of every stage built on it. A query set's stages (responses-<set>,
+        scores-<set>) are built on the training stages and on each other only, so a stale one drops its own set's."""
+        base, _, query_set = name.partition("-")
         later = STAGES[STAGES.index(base):]
         for record in self.run.path("stages").glob("*.json"):
-            if record.stem.split("-")[0] in later:
+            stage, _, its_set = record.stem.partition("-")
+            if stage in later and (base not in QUERY_STAGES or its_set == query_set):
                 record.unlink()
 
     def _write_chunks(self, train: Documents | Examples, examples: Examples) -> None:
@@ -285,6 +310,8 @@ class Stride:
     def _query_batch(self, queries: Queries | Examples) -> tuple[Batch, list[str]]:
         if isinstance(queries, Examples):
             return queries.batch, list(queries.doc_ids)
+        if self.tokenizer is None:
+            raise StrideError("text queries need a tokenizer: build Stride with tokenizer=... or pass Examples")
         window = getattr(getattr(self.adapter, "model", None), "config", None)
         max_length = getattr(window, "max_position_embeddings", None) or getattr(window, "n_positions", None) or 1 << 30
         return encode_queries(queries, self.tokenizer, max_length), list(queries.ids)

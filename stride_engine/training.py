@@ -5,12 +5,15 @@ One optimiser step draws `operators_per_step` subsets; for each, `fidelity_batch
 and are reused here by every operator. Losses:
 1. fidelity: the steered model's loss on the operator's own members;
 2. stability: KL(base ‖ steered) on non-members, so an operator cannot become a global shortcut;
-3. linearity (every `linearity_every` steps): responses y_S of a sample S of operators on a probe batch should be
-   explained additively by the design: the ridge residual of y_S on the sketch (M R)_S is penalised.
+3. linearity (every `linearity_every` steps): each probe example's responses y_S to a sample S of operators should
+   be explained additively by the design: the ridge residual of y_S on the sketch (M R)_S is penalised, example by
+   example (additivity of the probe batch's mean response alone would allow per-example effects that do not add up).
 In the logit form on a sequence model, `loss_positions` scores terms 1 and 2 on a random sample of each micro-batch's
 positions: the vocabulary-wide outputs are most of a step's cost, and a position's output depends on its own state.
-Batches are drawn from a generator seeded by (seed, step), and the optimiser state is checkpointed, so an
-interrupted training resumes to exactly the weights an uninterrupted one reaches.
+All a_k live in one tensor: with `optimizer="adam"` the operators not drawn in a step still move on their momentum;
+"masked-adam" leaves them, and their moments, untouched (lazy Adam). Batches are drawn from a generator seeded by
+(seed, step), and the optimiser state is checkpointed, so an interrupted training resumes to exactly the weights an
+uninterrupted one reaches.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def train_operators(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainingLog:
     """Train `bank` in place; checkpoints go to `checkpoint_dir`, from which a rerun resumes."""
-    optimizer = torch.optim.Adam(bank.parameters(), lr=config.learning_rate)
+    optimizer = _OPTIMIZERS[config.optimizer](bank, config.learning_rate)
     log = TrainingLog()
     start = _resume(checkpoint_dir, bank, optimizer, log)
     sketch = _sketch(membership, config).to(cache.states.device)
@@ -88,11 +91,12 @@ def train_operators(
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="operators", disable=not progress)
     for step in bar:
         rng = np.random.default_rng([config.seed, step])
-        optimizer.zero_grad(set_to_none=True)
-        values = trainer.fidelity_and_stability(rng)
+        optimizer.zero_grad()
+        values, drawn = trainer.fidelity_and_stability(rng)
         if config.linearity_weight > 0 and step % config.linearity_every == 0:
-            values["linearity"] = trainer.linearity(rng)
-        optimizer.step()
+            values["linearity"], sampled = trainer.linearity(rng)
+            drawn = np.union1d(drawn, sampled)
+        optimizer.step(drawn)
         log.append(**values)
         if progress:
             bar.set_postfix(fid=f"{values['fidelity']:.3f}", gain=f"{values['fidelity_gain']:.4f}")
@@ -125,7 +129,8 @@ class _Steps:
             is_member += [np.ones(len(picked), bool), np.zeros(len(outsiders), bool)]
         return np.concatenate(rows), np.concatenate(operators), np.concatenate(is_member)
 
-    def fidelity_and_stability(self, rng: np.random.Generator) -> dict[str, float]:
+    def fidelity_and_stability(self, rng: np.random.Generator) -> tuple[dict[str, float], np.ndarray]:
+        """The two terms' values (their gradients accumulated), and the operators they drew."""
         rows, operators, is_member = self._draw(rng)
         n_member, n_other = max(1, is_member.sum()), max(1, (~is_member).sum())
         totals = dict(fidelity=0.0, stability=0.0, fidelity_gain=0.0)
@@ -148,7 +153,7 @@ class _Steps:
                 totals["fidelity_gain"] += float((base_losses - losses).sum() / n_member)
             totals["fidelity"] += fidelity.item()
             totals["stability"] += stability.item()
-        return totals
+        return totals, np.unique(operators)
 
     def _sampled(self, states: torch.Tensor, batch: Batch, rng: np.random.Generator) -> tuple[torch.Tensor, Batch]:
         """`loss_positions` random positions of each sequence (the same for the whole micro-batch), or all of them."""
@@ -159,8 +164,9 @@ class _Steps:
         picked = self.adapter.at_positions(states, batch, torch.as_tensor(positions, device=states.device))
         return picked if picked is not None else (states, batch)
 
-    def linearity(self, rng: np.random.Generator) -> float:
-        """Ridge residual of a sample of operators' responses on the sketched design (scaled by the weight)."""
+    def linearity(self, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+        """Mean squared ridge residual of each probe example's responses to a sample of operators on the sketched
+        design (its gradient, scaled by the weight, accumulated), and the operators sampled."""
         config = self.config
         operators = rng.choice(self.membership.num_subsets, size=min(config.linearity_operators, self.membership.num_subsets), replace=False)
         probe = rng.choice(self.n, size=config.linearity_batch, replace=False) if self.n >= config.linearity_batch else np.arange(self.n)
@@ -177,11 +183,11 @@ class _Steps:
             logits = steered_logits(self.adapter, self.bank, states[index], sub_batch, torch.as_tensor(pairs_op[block], device=self.device),
                                     config.form, self.layer, base_logits[index] if config.form == "logit" else None)
             steered.append(self.adapter.example_losses(logits, sub_batch))
-        responses = (base.repeat(len(operators)) - torch.cat(steered)).view(len(operators), len(probe)).mean(dim=1)
-        residual = _ridge_residual(self.sketch[torch.as_tensor(operators, device=self.device)], responses, config.sketch_ridge)
+        responses = (base.repeat(len(operators)) - torch.cat(steered)).view(len(operators), len(probe))
+        residual = linearity_residual(self.sketch[torch.as_tensor(operators, device=self.device)], responses, config.sketch_ridge)
         loss = residual.pow(2).mean()
         (config.linearity_weight * loss).backward()
-        return loss.item()
+        return loss.item(), operators
 
 
 def _blocks(total: int, size: int) -> list[slice]:
@@ -204,19 +210,76 @@ def _sketch(membership: Membership, config: StrideConfig) -> torch.Tensor:
     return torch.from_numpy(np.asarray(membership.matrix @ projection, dtype=np.float32))
 
 
-def _ridge_residual(design: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
-    """M̃(M̃ᵀM̃ + γI)⁻¹M̃ᵀy − y, on centred rows and response (an intercept is free)."""
-    design = design - design.mean(dim=0, keepdim=True)
-    y = y - y.mean()
-    gram = design.T @ design + gamma * torch.eye(design.shape[1], device=design.device)
+def linearity_residual(sketch_rows: torch.Tensor, responses: torch.Tensor, gamma: float) -> torch.Tensor:
+    """M̃(M̃ᵀM̃ + γI)⁻¹M̃ᵀy − y for every column y of `responses` (operators × probe examples): one ridge fit per
+    probe example on the sketched design rows M̃ = (M R)_S, on centred rows and columns (each example's intercept is
+    free). A vector of responses is one column."""
+    design = sketch_rows - sketch_rows.mean(dim=0, keepdim=True)
+    y = responses - responses.mean(dim=0, keepdim=True)
+    gram = design.T @ design + gamma * torch.eye(design.shape[1], device=design.device, dtype=design.dtype)
     fitted = design @ torch.linalg.solve(gram, design.T @ y)
     return fitted - y
+
+
+# ------------------------------------------------------------------------------------------- optimisers
+
+
+class _PlainAdam:
+    """One Adam over the whole bank: an operator not drawn in a step gets a zero gradient, and Adam still moves it
+    along its decaying momentum."""
+
+    def __init__(self, bank: SteeringBank, learning_rate: float):
+        self.adam = torch.optim.Adam(bank.parameters(), lr=learning_rate)
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+
+    def step(self, drawn: np.ndarray) -> None:
+        self.adam.step()
+
+    def state_dict(self) -> dict:
+        return self.adam.state_dict()  # the format checkpoints had before `optimizer` existed: they still resume
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adam.load_state_dict(state)
+
+
+class _MaskedAdam:
+    """Adam on the shared basis; lazy Adam (torch's SparseAdam) on the a_k, fed only the rows of the operators drawn
+    in the step, so the others and their moments stay exactly as they were."""
+
+    def __init__(self, bank: SteeringBank, learning_rate: float):
+        self.coefficients = bank.coefficients
+        self.basis = torch.optim.Adam(bank.basis.parameters(), lr=learning_rate)
+        self.rows = torch.optim.SparseAdam([bank.coefficients], lr=learning_rate)
+
+    def zero_grad(self) -> None:
+        self.basis.zero_grad(set_to_none=True)
+        self.rows.zero_grad(set_to_none=True)
+
+    def step(self, drawn: np.ndarray) -> None:
+        grad = self.coefficients.grad
+        if grad is not None:
+            rows = torch.as_tensor(np.unique(drawn), device=grad.device)  # sorted and unique: already coalesced
+            self.coefficients.grad = torch.sparse_coo_tensor(rows[None], grad[rows], grad.shape, is_coalesced=True, check_invariants=False)
+            self.rows.step()
+        self.basis.step()
+
+    def state_dict(self) -> dict:
+        return {"basis": self.basis.state_dict(), "rows": self.rows.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.basis.load_state_dict(state["basis"])
+        self.rows.load_state_dict(state["rows"])
+
+
+_OPTIMIZERS = {"adam": _PlainAdam, "masked-adam": _MaskedAdam}
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
 
 
-def _checkpoint(folder: Path, step: int, bank: SteeringBank, optimizer: torch.optim.Optimizer, log: TrainingLog) -> None:
+def _checkpoint(folder: Path, step: int, bank: SteeringBank, optimizer: _PlainAdam | _MaskedAdam, log: TrainingLog) -> None:
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
         bank.save(tmp / "bank.safetensors")
@@ -224,7 +287,7 @@ def _checkpoint(folder: Path, step: int, bank: SteeringBank, optimizer: torch.op
         atomic_write_text(tmp / "progress.json", json.dumps({"step": step, "curves": log.curves}))
 
 
-def _resume(folder: Path, bank: SteeringBank, optimizer: torch.optim.Optimizer, log: TrainingLog) -> int:
+def _resume(folder: Path, bank: SteeringBank, optimizer: _PlainAdam | _MaskedAdam, log: TrainingLog) -> int:
     progress = Path(folder) / "progress.json"
     if not progress.is_file():
         return 0

@@ -153,15 +153,43 @@ def test_the_runner_writes_rows_a_report_and_plots_and_records_a_failing_method(
     assert {p.name for p in (tmp_path / "test").glob("*.png")} == {"lds.png", "lds_vs_time.png", "removal.png"}
 
 
-def test_every_method_named_in_the_suites_resolves_to_a_function():
-    from benchmarks.settings import SETTINGS
+def _suite_methods():
     from benchmarks.suites import SUITES
 
-    for suite in SUITES.values():
+    return [(suite, plan, method) for suite in SUITES.values() for plan in suite.settings for method in plan.methods]
+
+
+def test_every_method_in_the_suites_accepts_the_options_it_is_given():
+    """The runner calls `method.resolve()(setting, **method.options)` in a child process after the setting's model
+    is built (benchmarks/runner.py `_child`), so a misspelt option in suites.py costs a whole setting build before it
+    fails. Bind every method's options to the function it resolves to, the setting as the one positional argument;
+    STRIDE's `**overrides` become a StrideConfig through `preset`, which rejects unknown keys and bad values."""
+    import inspect
+
+    from benchmarks.methods.stride import stride
+    from benchmarks.settings import SETTINGS
+    from stride_engine import preset
+    from stride_engine.errors import ConfigError
+
+    for suite, plan, method in _suite_methods():
+        where = (suite.name, plan.setting, method.label)
+        assert plan.setting in SETTINGS, where
+        function = method.resolve()
+        signature = inspect.signature(function)
+        try:
+            bound = signature.bind(object(), **method.options)
+            bound.apply_defaults()
+            extra = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+            if extra:  # **kwargs would take any misspelling: only STRIDE's are checked further, by its own config
+                assert function is stride, f"{method.function} takes **{extra[0]}, which binding cannot check"
+                preset(bound.arguments["preset_name"], **bound.arguments["overrides"])
+        except (TypeError, ConfigError) as error:
+            raise AssertionError(f"{where}: {method.function} rejects {method.options}: {error}") from None
+    # Rows are keyed by (setting, label): a repeated label would silently overwrite another method's row.
+    for suite in {suite.name: suite for suite, _, _ in _suite_methods()}.values():
         for plan in suite.settings:
-            assert plan.setting in SETTINGS
-            for method in plan.methods:
-                assert callable(method.resolve()), (suite.name, plan.setting, method.label)
+            labels = [method.label for method in plan.methods]
+            assert len(labels) == len(set(labels)), (suite.name, plan.setting)
 
 
 def test_the_benchmarks_stride_scores_follow_the_recovery_settings(digits):

@@ -111,10 +111,52 @@ def test_planted_ground_truth_is_exact(corpus):
     assert with_distractors >= 0.8 * len(corpus.queries)
 
 
-def test_write_jsonl_is_atomic_and_round_trips(tmp_path, corpus):
+def test_write_jsonl_round_trips_and_an_interrupted_write_leaves_the_old_file_whole(tmp_path, corpus, monkeypatch):
+    import curate.demo.corpus as corpus_module
+
     path = write_jsonl(corpus.documents[:5], tmp_path / "sub" / "docs.jsonl")
-    assert [json.loads(line) for line in path.read_text().splitlines()] == corpus.documents[:5]
-    assert sorted(p.name for p in path.parent.iterdir()) == ["docs.jsonl"]  # no temp file left behind
+    assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == corpus.documents[:5]
+    old = path.read_bytes()
+    seen_mid_write = []
+
+    def records_then(error):
+        for i, record in enumerate(corpus.documents[5:]):
+            if i == 3:
+                seen_mid_write.append(path.read_bytes())  # a reader during the write
+                raise error
+            yield record
+
+    def assert_untouched():
+        assert path.read_bytes() == old  # the previous content, whole
+        assert sorted(p.name for p in path.parent.iterdir()) == ["docs.jsonl"]  # no partial or temp file left
+
+    # interrupted while records are still being serialised: by an error, by Ctrl-C, by a record JSON cannot write
+    with pytest.raises(RuntimeError, match="disk"):
+        write_jsonl(records_then(RuntimeError("disk went away")), path)
+    assert seen_mid_write == [old]  # three new records were serialised by then, none over the file a reader sees
+    assert_untouched()
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(records_then(KeyboardInterrupt()), path)
+    assert_untouched()
+    with pytest.raises(TypeError):
+        write_jsonl([*corpus.documents[5:8], {"id": "bad", "text": {"a set"}}], path)
+    assert_untouched()
+
+    # interrupted at the final rename: the complete new file never replaces the old one, and is not left behind
+    def failing_replace(src, dst):
+        assert Path(src).parent == path.parent and Path(src).read_text(encoding="utf-8").count("\n") == 3
+        raise OSError("rename failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus_module.os, "replace", failing_replace)
+        with pytest.raises(OSError, match="rename failed"):
+            write_jsonl(corpus.documents[5:8], path)
+    assert_untouched()
+
+    new = [*corpus.documents[5:7], {"id": "ü", "text": "Ünïcode 🙂", "domain": "x"}]
+    write_jsonl(new, path)
+    assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == new
+    assert sorted(p.name for p in path.parent.iterdir()) == ["docs.jsonl"]
 
 
 # --------------------------------------------------------------------------------------------------------------

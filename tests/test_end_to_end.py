@@ -1,5 +1,7 @@
 """End to end on the embedded corpus: STRIDE finds the documents that planted each fact."""
 
+import hashlib
+
 from click.testing import CliRunner
 
 from curate.cli import main
@@ -34,15 +36,31 @@ def test_activation_form_finds_planted_documents_above_chance(demo_assets, tmp_p
     assert found.hit_rate >= 4 * found.random_hit_rate
 
 
-def test_demo_command_prints_results_and_run_directory(demo_assets, tmp_path):
+def _files(folder):
+    """Every file under `folder`: its bytes' hash and its modification time (ns)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_demo_command_prints_results_and_run_directory(demo_assets, tmp_path, monkeypatch):
     # The demo reuses finished assets: give it a copy of the session's quick build.
     import shutil
 
+    import curate.demo.model as demo_model
+
     out = tmp_path / "demo"
     shutil.copytree(demo_assets.model_dir.parent, out / "assets")
+    model_before = _files(out / "assets" / "model")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the demo retrained a model it should have reused")
+
+    monkeypatch.setattr(demo_model, "_train_and_save", no_training)
+    monkeypatch.setattr(demo_model, "train_model", no_training)
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--quick", "--quiet", "--show", "2", "--set", "steps=60"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert "most influential" in result.output and "least influential" in result.output
     assert f"Run directory: {out / 'run'}" in result.output
     assert "ranks in the top 10" in result.output
-    assert "assets 0 s" in result.output  # the model was reused, not retrained
+    # The model was reused, not retrained: nothing trained, and its files keep their bytes and mtimes.
+    assert _files(out / "assets" / "model") == model_before

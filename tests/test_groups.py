@@ -92,7 +92,7 @@ def test_a_run_clusters_its_chunks_once_and_rescoring_keeps_the_operators(tmp_pa
     train = write_jsonl(tmp_path / "train.jsonl", [{"id": f"doc{i}", "text": t} for i, t in enumerate(texts)])
     queries = read_queries(write_jsonl(tmp_path / "queries.jsonl", [{"id": "q", "text": "alpha beta gamma"}]))
     tiny = dict(chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=12, operators_per_step=4,
-                linearity_every=6, linearity_operators=8, top_k=20)
+                linearity_every=6, linearity_operators=12, top_k=20)
     documents = read_documents([train])
     Stride.from_pretrained(model, preset("cpu-smoke", **tiny), tmp_path / "run", progress=False).fit(documents).attribute(queries)
     bank = (tmp_path / "run" / "operators" / "bank.safetensors").read_bytes()

@@ -22,7 +22,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from tiny import save_tiny_model, write_jsonl
 
 from curate.errors import CurateError
-from curate.evaluate import (
+from curate.proxy.evaluate import (
     TASKS_DIR,
     available_tasks,
     evaluate_models,
@@ -31,8 +31,8 @@ from curate.evaluate import (
     task_examples,
     task_items,
 )
-from curate.proxy_cli import eval_command, retrain
-from curate.retrain import train_proxy
+from curate.cli.proxy import eval_command, retrain
+from curate.proxy.retrain import train_proxy
 
 GREEK = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 COLOURS = ["red", "orange", "yellow", "green", "blue", "indigo", "violet", "black", "white", "grey"]
@@ -266,6 +266,7 @@ def test_cli_retrain_takes_the_base_from_the_selection_manifest(world, tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     (run / "inputs.json").write_text(json.dumps({"model": str(world["base"]), "train": []}))
+    (run / "config.yaml").write_text("{}\n")  # a run directory as `curate fit` leaves it has both
     out = tmp_path / "proxy"
     args = ["--data", str(selection), "--out", str(out), "--steps", "3", "--seq-len", str(SEQ_LEN), "--quiet"]
 
@@ -281,8 +282,23 @@ def test_cli_retrain_takes_the_base_from_the_selection_manifest(world, tmp_path)
     saved = yaml.safe_load((out / "retrain.yaml").read_text())
     assert saved["base"] == str(world["base"]) and saved["steps"] == 3
 
-    result = CliRunner().invoke(retrain, args)
-    assert result.exit_code == 1 and "already exists" in result.output
+    trained_at = (out / "model.safetensors").stat().st_mtime_ns
+    result = CliRunner().invoke(retrain, args)  # the same settings: the finished proxy is reused
+    assert result.exit_code == 0 and "already trained" in result.output
+    assert (out / "model.safetensors").stat().st_mtime_ns == trained_at
+    result = CliRunner().invoke(retrain, [*args, "--steps", "4"])
+    assert result.exit_code == 1 and "changed: steps" in result.output and "--overwrite" in result.output
+    result = CliRunner().invoke(retrain, ["--config", str(out / "retrain.yaml"), "--steps", "4", "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output  # the saved settings, one of them changed on the command line
+    again = yaml.safe_load((tmp_path / "again" / "retrain.yaml").read_text())
+    assert again == {**saved, "steps": 4, "out": str(tmp_path / "again")}
+
+
+def test_retrain_reads_a_corpus_of_exactly_a_thousand_documents(world, tmp_path):
+    """Tokenising flushes every 1,000 documents; a corpus of 1,000·k once ended on an empty batch (IndexError)."""
+    data = write_jsonl(tmp_path / "thousand.jsonl", [{"text": t} for t in domain_texts(GREEK, 1000, 4)])
+    out = train_proxy(data, tmp_path / "proxy", world["base"], steps=1, seq_len=SEQ_LEN, progress=False)
+    assert json.loads((out / "training.json").read_text())["documents"] == 1000
 
 
 def test_cli_eval_compares_named_models_on_a_target(world, tmp_path):
@@ -295,6 +311,13 @@ def test_cli_eval_compares_named_models_on_a_target(world, tmp_path):
     saved = yaml.safe_load((out / "eval.yaml").read_text())
     assert saved["models"] == {"greek": str(world["proxy_greek"]), "proxy_colours": str(world["proxy_colours"])}
     assert saved["tasks"] == ["curate_fixture_ppl"] and saved["target"] == str(world["heldout"])
+
+    made_at = (out / "results.parquet").stat().st_mtime_ns
+    repeated = CliRunner().invoke(eval_command, ["--config", str(out / "eval.yaml")])  # read back: the same settings
+    assert repeated.exit_code == 0 and "already evaluated" in repeated.output
+    assert (out / "results.parquet").stat().st_mtime_ns == made_at
+    changed = CliRunner().invoke(eval_command, ["--config", str(out / "eval.yaml"), "--limit", "2"])
+    assert changed.exit_code == 1 and "changed: limit" in changed.output
 
     result = CliRunner().invoke(eval_command, ["--model", str(world["proxy_greek"]), "--tasks", "nope", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "unknown task 'nope'" in result.output and not (tmp_path / "x").exists()

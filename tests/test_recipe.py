@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from curate.cli import main
 from curate.errors import CurateError
-from curate.recipe import load_recipe, prepare_data
-from curate.selection_report import against_random
+from curate.studies.recipe import load_recipe, prepare_data
+from curate.studies.results import against_reference
 
 from tiny import write_jsonl
 
@@ -43,7 +43,7 @@ def _recipe(folder, files, **changes):
         },
         "model": {"hidden_size": 32, "layers": 1, "heads": 2, "max_length": 64, "vocab_size": 300, "steps": 30, "batch_size": 8},
         "stride": {"preset": "cpu-smoke", "set": {"num_subsets": 16, "subsets_per_example": 3, "steps": 12, "chunk_length": 32,
-                                                   "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 8,
+                                                   "operators_per_step": 4, "linearity_every": 6, "linearity_operators": 12,
                                                    "groups": 2}},
         "selection": {"budgets": ["25%"], "methods": ["stride", "stride-proportional", "stride-balanced", "bm25", "bm25-balanced", "random"]},
         "proxy": {"steps": 10, "batch_size": 4, "seeds": [0], "target_seeds": {"both": [0, 1]}},
@@ -165,7 +165,7 @@ def test_a_small_study_runs_end_to_end(tmp_path):
 
 def test_the_comparison_with_random_says_whether_a_gap_is_more_than_seed_noise():
     random = [9203.0, 8800.0, 9600.0, 9400.0, 9000.0]
-    assert against_random([4100.0, 3900.0, 4000.0, 4300.0, 4200.0], random) == "-55.4% (p < 0.001)"
-    tie = against_random([9300.0, 8900.0, 9500.0, 9100.0, 9250.0], random)
+    assert against_reference([4100.0, 3900.0, 4000.0, 4300.0, 4200.0], random) == "-55.4% (p < 0.001)"
+    tie = against_reference([9300.0, 8900.0, 9500.0, 9100.0, 9250.0], random)
     assert tie.startswith("+0.") and float(tie.split("p = ")[1].rstrip(")")) > 0.5
-    assert against_random([4000.0], random) == "-56.5%"  # one seed: no test
+    assert against_reference([4000.0], random) == "-56.5%"  # one seed: no test

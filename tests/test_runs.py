@@ -13,7 +13,7 @@ from stride_engine import ScoreStore, StageMismatchError, Stride, preset, read_d
 from tiny import random_texts, save_tiny_model, write_jsonl
 
 TINY = dict(chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=24, checkpoint_every=8,
-            operators_per_step=4, linearity_every=6, linearity_operators=8, top_k=20)
+            operators_per_step=4, linearity_every=6, linearity_operators=12, top_k=20)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,9 @@ def test_cli_round_trip(tiny_inputs, tmp_path):
     assert "most influential documents for query 'q1'" in shown.output
     top = pl.read_parquet(run_dir / "scores" / "queries" / "top.parquet")
     shown_ids = ScoreStore(run_dir / "scores" / "queries").top("q1", k=5)["doc_id"].to_list()
-    assert all(doc_id in shown.output for doc_id in shown_ids)  # every ranked document is listed by id
-    assert shown_ids or "no document has a non-zero score" in shown.output
+    assert shown_ids, "the tiny run gives query q1 no positive score: the round trip shows nothing"
+    listed = [line.split()[2] for line in shown.output.splitlines()[1:] if line.strip()]
+    assert listed == shown_ids  # every ranked document, by id, in rank order
 
     # The saved config repeats the run: every stage is found finished and the scores are unchanged.
     again = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--config", str(run_dir / "config.yaml")))

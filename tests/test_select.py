@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.readers import JsonlReader
 
-from curate.budget import parse_budget, select_under_budget
+from curate.core.budget import parse_budget, select_under_budget
 from curate.cli import main
 from curate.errors import CurateError
-from curate.pipeline import BudgetThreshold, InfluenceFilter, InfluenceScorer
-from curate.runs import RunInputs, document_influence
+from curate.select import BudgetThreshold, InfluenceFilter, InfluenceScorer
+from curate.core.run import RunInputs, document_influence
 from curate.select import SelectionRequest, run_selection, selection_executors, selection_pipelines
-from curate.targets import fit_to_window
+from curate.core.targets import fit_to_window
 from stride_engine import Queries, ScoreStore, Stride, preset, read_documents
 from stride_engine.scores import write_scores
 
@@ -340,26 +340,39 @@ def test_long_text_items_become_windows_that_cover_all_their_text():
     assert " ".join(fitted.completions[:3]) == text
 
 
-def test_rerun_refuses_resumes_or_overwrites_explicitly(fitted_run, fact_target, tmp_path):
+def test_rerun_resumes_the_same_request_refuses_another_and_overwrites_when_told(fitted_run, fact_target, tmp_path):
     target, _ = fact_target
     out = tmp_path / "out"
     first = run_selection(_request(fitted_run, target, out))
-    with pytest.raises(CurateError, match="already holds a selection"):
-        run_selection(_request(fitted_run, target, out))
-    with pytest.raises(CurateError, match="other settings"):
-        run_selection(_request(fitted_run, target, out, budget="20%"), resume=True)
+    made_at = (out / "manifest.json").stat().st_mtime_ns
+    again = run_selection(_request(fitted_run, target, out))  # the same request: the finished selection as it is
+    assert again == first and (out / "manifest.json").stat().st_mtime_ns == made_at
+    with pytest.raises(CurateError, match=r"other settings \(changed: budget"):
+        run_selection(_request(fitted_run, target, out, budget="20%"))
+    assert (out / "manifest.json").stat().st_mtime_ns == made_at  # refused: nothing was touched
 
     # An interruption after the filter stage: its outputs and marker exist, the report's do not.
     (out / "manifest.json").unlink()
     for marker in (out / ".work" / "logs" / "report" / "completions").glob("*"):
         marker.unlink()
     filtered_at = (out / "selected" / "00000.jsonl.gz").stat().st_mtime_ns
-    resumed = run_selection(_request(fitted_run, target, out), resume=True)
+    resumed = run_selection(_request(fitted_run, target, out))
     assert resumed["selected_documents"] == first["selected_documents"]
     assert (out / "selected" / "00000.jsonl.gz").stat().st_mtime_ns == filtered_at  # finished stages were skipped
 
     replaced = run_selection(_request(fitted_run, target, out, budget="20"), overwrite=True)
     assert replaced["selected"]["documents"] == 20 and len(_records(out / "selected")) == 20
+
+
+def test_a_folder_that_is_not_a_selection_is_never_overwritten(fitted_run, fact_target, tmp_path):
+    target, _ = fact_target
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(CurateError, match="not a curate selection"):
+            run_selection(_request(fitted_run, target, out), overwrite=overwrite)
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_a_pipeline_composed_by_hand_matches_the_command(fitted_run, fact_target, demo_assets, tmp_path):
@@ -419,8 +432,10 @@ def test_select_and_fit_commands(demo_assets, fact_target, tmp_path):
     assert result.exit_code == 0, result.output
     assert "kept 60 of" in result.output
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["selected"]["documents"] == 60
-    again = CliRunner().invoke(main, [*args, "--budget", "60"])
-    assert again.exit_code != 0 and "--resume" in again.output
+    again = CliRunner().invoke(main, [*args, "--budget", "60"])  # the same settings: the finished selection, reused
+    assert again.exit_code == 0 and "kept 60 of" in again.output
+    other = CliRunner().invoke(main, [*args, "--budget", "50"])
+    assert other.exit_code != 0 and "changed: budget" in other.output and "--overwrite" in other.output
     bad = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "bad"), "--budget", "ten percent"])
     assert bad.exit_code != 0 and "not understood" in bad.output and not (tmp_path / "bad").exists()
 

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from curate.retrain import train_rows
+from curate.proxy.retrain import train_rows
 from stride_engine.adapters import CausalLMAdapter, token_losses_mean
 from stride_engine.artifacts import atomic_path
 from stride_engine.corpus import token_batch

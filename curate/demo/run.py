@@ -17,7 +17,7 @@ import polars as pl
 
 from stride_engine import ScoreStore, Stride, StrideConfig, read_documents, read_queries
 
-from ..runs import RunInputs
+from ..core.run import RunInputs
 from .model import build_demo_assets
 
 

@@ -31,10 +31,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from curate.errors import CurateError
+from ..errors import CurateError
 from stride_engine.artifacts import atomic_path
 
-__all__ = ["DATA_SUFFIXES", "data_files", "max_positions", "read_texts", "selected_folder", "train_proxy", "train_rows"]
+__all__ = [
+    "DATA_SUFFIXES", "data_files", "max_positions", "read_texts", "resolve_device", "selected_folder", "train_proxy", "train_rows",
+]
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 # 1000 steps x 8 rows x 128 tokens = 1M tokens, about one pass over a 3,000-document selection of ~300-token
@@ -129,6 +131,8 @@ def _packed_rows(texts: Iterator[str], tokenizer, seq_len: int, progress: bool) 
     batch: list[str] = []
 
     def flush() -> None:
+        if not batch:  # a corpus of exactly 1,000·k documents ends on an empty batch, which tokenizers refuse
+            return
         for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             stream.extend(start + ids + end)
         batch.clear()
@@ -178,6 +182,17 @@ def max_positions(config) -> int | None:
     return None
 
 
+def resolve_device(name: str) -> str:
+    """"cpu", "cuda", "cuda:N" or "auto" (a GPU when there is one); CurateError for a GPU that is not there."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CurateError(f"device {name!r} was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise CurateError(f"device {name!r} is not cpu, cuda, cuda:N or auto")
+    return name
+
+
 def _fresh_model(config, seed: int):
     from transformers import AutoModelForCausalLM
 
@@ -217,8 +232,9 @@ def train_rows(model, ids: torch.Tensor, lengths: torch.Tensor, steps: int, batc
             order += torch.randperm(len(ids), generator=generator).tolist()
         rows, order = order[:batch_size], order[batch_size:]
         width = int(lengths[rows].max())
-        batch_ids = ids[rows, :width]
-        attention = (torch.arange(width)[None, :] < lengths[rows, None]).long()
+        device = next(model.parameters()).device
+        batch_ids = ids[rows, :width].to(device)
+        attention = (torch.arange(width)[None, :] < lengths[rows, None]).long().to(device)
         labels = batch_ids.masked_fill(attention == 0, -100)
         loss = model(input_ids=batch_ids, attention_mask=attention, labels=labels, use_cache=False).loss
         loss.backward()
@@ -246,11 +262,12 @@ def train_proxy(
     text_field: str = "text",
     progress: bool = True,
     overwrite: bool = False,
+    device: str = "cpu",
 ) -> Path:
     """Train a fresh model with `base`'s configuration and tokenizer on the documents of `data` (a dataset
     folder, a file, or a list of them) and save it to `out` (a Hugging Face model folder plus `training.json`).
 
-    Seeded by `seed` (initial weights and data order). `out` appears only when training finished; an existing
+    Seeded by `seed` (initial weights and data order); trained on `device` ("cpu", "cuda", "auto"). `out` appears only when training finished; an existing
     `out` is refused unless `overwrite` (it is then replaced at the end, not before). Returns `out`."""
     out = Path(out)
     if steps < 1 or batch_size < 1 or seq_len < 2 or learning_rate <= 0:
@@ -260,6 +277,7 @@ def train_proxy(
         )
     if out.exists() and not overwrite:
         raise CurateError(f"{out} already exists; choose another output folder or pass overwrite (--overwrite)")
+    device = resolve_device(device)
     files = data_files(data)
     config, tokenizer = _load_base(base)
     positions = max_positions(config)
@@ -270,7 +288,7 @@ def train_proxy(
     ids, lengths, documents = _packed_rows(read_texts(files, text_field), tokenizer, seq_len, progress)
     if documents == 0:
         raise CurateError(f"no documents with a non-empty {text_field!r} field in {', '.join(map(str, files))}")
-    model = _fresh_model(config, seed)
+    model = _fresh_model(config, seed).to(device)
     losses = train_rows(model, ids, lengths, steps, batch_size, learning_rate, seed, max(1, round(WARMUP_FRACTION * steps)),
                         progress=progress)
     window = min(LOSS_WINDOW, len(losses))
@@ -288,6 +306,7 @@ def train_proxy(
         "learning_rate": learning_rate,
         "warmup_steps": max(1, round(WARMUP_FRACTION * steps)),
         "seed": seed,
+        "device": device,
         "first_train_loss": sum(losses[:window]) / window,
         "final_train_loss": sum(losses[-window:]) / window,
         "losses": [round(loss, 5) for loss in losses],
@@ -295,7 +314,7 @@ def train_proxy(
         "recipe": "packed bos+text+eos rows; AdamW 0.9/0.95, wd 0.01 on matrices, clip 1, warm-up + cosine to 0",
     }
     with atomic_path(out) as tmp:
-        model.eval().save_pretrained(tmp, safe_serialization=True)
+        model.eval().cpu().save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return out

@@ -19,7 +19,7 @@ k-means happened to split in two gets the same budget as the whole would (the sh
 finely the documents were grouped). Groups of value ≤ 0 come after all others, by score.
 
 "balanced" allocation is for a target made of parts (benchmark subtasks, the sources of a mixed target: the
-target items' `part` field, see curate/targets.py). Each part ranks the pool by its own queries' aggregate (the
+target items' `part` field, see curate/core/targets.py). Each part ranks the pool by its own queries' aggregate (the
 columns `part_score:<part>`), and the parts take turns: the part that has spent least so far (documents, or tokens
 under a token budget) takes its best document not yet taken. Every part gets an equal share of the budget, and a
 part whose scores are small or narrow (a target's quiet half) is no longer outvoted by a loud one, as it is in a mean
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from .errors import CurateError
+from ..errors import CurateError
 
 ALLOCATIONS = ("greedy", "proportional", "balanced")
 PART_SCORE = "part_score:"  # prefix of the per-part score columns "balanced" allocation reads
@@ -97,7 +97,7 @@ def check_allocation(allocation: str, table: pl.DataFrame | None = None) -> None
     ):
         raise CurateError(
             "proportional allocation spends the budget across the run's recovery groups, and this run has none: "
-            "rescore it with groups (`curate fit ... --set groups=16 --force` keeps its operators)"
+            "rescore it with groups (`curate fit ... --set groups=16 --overwrite` keeps its operators)"
         )
     if allocation == "balanced" and table is not None and not part_columns(table):
         raise CurateError(

@@ -1,10 +1,11 @@
-"""Influence-based selection as datatrove steps: score -> global cut (one task) -> filter (many tasks).
+"""Influence-based selection as datatrove steps: score -> global cut (one task) -> filter (many tasks) -> report.
 
     stage 1  [reader, InfluenceScorer(scores_folder=WORK/scores)]       many tasks: per-task score shards
-    stage 2  [BudgetThreshold(WORK/scores, budget, WORK/selection)]     one task:  the global cut
-    stage 3  [reader, InfluenceScorer(), InfluenceFilter(WORK/selection, exclusion_writer), writer]
+    stage 2  [BudgetThreshold(WORK/scores, OUT, budget)]                one task:  the global cut (selection.parquet)
+    stage 3  [reader, InfluenceScorer(), InfluenceFilter(OUT, exclusion_writer), writer]
+    stage 4  [SelectionReport(OUT, request)]                            one task:  manifest.json and scores.png
 
-chained with `depends=` (see `curate.select.selection_executors`). The steps hold only paths and numbers until
+chained with `depends=` (see `curate.select.pipeline`). The steps hold only paths and numbers until
 `run()`: models, tokenizers and tables load inside the worker, so the steps pickle for Slurm and Ray.
 
 The target's attribution (responses of the run's operators to the target, then recovery) is computed once, by
@@ -13,8 +14,9 @@ whichever task gets there first, under a file lock in the run directory; the oth
 
 from __future__ import annotations
 
-import io
+import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from datatrove.data import Document, DocumentsPipeline
@@ -23,10 +25,11 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from ..budget import check_allocation, parse_budget, part_columns, select_under_budget
+from ..core.budget import check_allocation, parse_budget, part_columns, select_under_budget
+from ..core.outputs import read_parquet, write_atomically, write_parquet
 from ..errors import CurateError
-
-SELECTION_FILE = "selection.parquet"
+from .influence import influence_table
+from .manifest import SELECTION_FILE, score_plot, selection_manifest
 
 
 class InfluenceScorer(PipelineStep):
@@ -50,12 +53,10 @@ class InfluenceScorer(PipelineStep):
         self.scores_folder = get_datafolder(scores_folder) if scores_folder is not None else None
         self.task_dirs = [str(d) for d in task_dirs or []]
         self.target_limit = target_limit
-        self.method, self.seed = method, seed  # "stride", or a model-free baseline (curate.similarity)
+        self.method, self.seed = method, seed  # "stride", or a model-free baseline (curate.core.baselines)
         self.by_part, self.part_field = by_part, part_field  # the target items' field that names their part
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from ..select import influence_table  # torch and the model load here, in the worker
-
         table = influence_table(
             self.run_dir, self.target, self.rule, self.k, [Path(d) for d in self.task_dirs], self.target_limit, self.method,
             self.seed, self.by_part, self.part_field,
@@ -79,7 +80,7 @@ class InfluenceScorer(PipelineStep):
         if self.scores_folder is not None:
             schema = {"doc_id": pl.String, "score": pl.Float64, "tokens": pl.Int64, "domain": pl.String, "group": pl.Int64}
             frame = pl.DataFrame(shard, schema={**schema, **{name: pl.Float64 for name in parts}}, orient="row")
-            _write_parquet(frame, self.scores_folder, f"{rank:05d}.parquet")
+            write_parquet(frame, self.scores_folder, f"{rank:05d}.parquet")
 
 
 class BudgetThreshold(PipelineStep):
@@ -106,14 +107,11 @@ class BudgetThreshold(PipelineStep):
         shards = sorted(self.scores_folder.list_files(glob_pattern="*.parquet"))
         if not shards:
             raise CurateError(f"no score shards in {self.scores_folder.path}: run the InfluenceScorer stage first")
-        frames = []
-        for name in shards:
-            with self.scores_folder.open(name, "rb") as handle:
-                frames.append(pl.read_parquet(io.BytesIO(handle.read())))
+        frames = [read_parquet(self.scores_folder, name) for name in shards]
         selection = select_under_budget(pl.concat(frames), self.budget, self.domain_floor, self.allocation)
         self.stat_update("selected", value=int(selection["selected"].sum()))
         self.stat_update("excluded", value=int((~selection["selected"]).sum()))
-        _write_parquet(selection, self.output_folder, SELECTION_FILE)
+        write_parquet(selection, self.output_folder, SELECTION_FILE)
         yield from data or []
 
 
@@ -142,20 +140,25 @@ class InfluenceFilter(BaseFilter):
     def _load(self) -> dict[str, tuple]:
         if not self.selection_folder.isfile(SELECTION_FILE):
             raise CurateError(f"no {SELECTION_FILE} in {self.selection_folder.path}: run the BudgetThreshold stage first")
-        with self.selection_folder.open(SELECTION_FILE, "rb") as handle:
-            table = pl.read_parquet(io.BytesIO(handle.read()))
+        table = read_parquet(self.selection_folder, SELECTION_FILE)
         return {row[0]: row[1:] for row in table.select("doc_id", "selected", "rank", "reason").iter_rows()}
 
 
-def _write_parquet(frame: pl.DataFrame, folder, name: str) -> None:
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    write_atomically(folder, name, buffer.getvalue())
+class SelectionReport(PipelineStep):
+    """One task, last: the manifest and a plot of the scores with the cut, written atomically (a selection folder
+    with a manifest is a finished selection)."""
 
+    name = "📝 Selection report"
+    type = "📊 STATS"
 
-def write_atomically(folder, name: str, data: bytes) -> None:
-    """Through a temporary name and a rename where the filesystem allows, so a reader never sees half a file."""
-    partial = f"{name}.partial"
-    with folder.open(partial, "wb") as handle:
-        handle.write(data)
-    folder.mv(partial, name)
+    def __init__(self, output_folder: DataFolderLike, request: dict[str, Any]):
+        super().__init__()
+        self.output_folder = get_datafolder(output_folder)
+        self.request = request
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        selection = read_parquet(self.output_folder, SELECTION_FILE)
+        manifest = selection_manifest(selection, self.request)
+        write_atomically(self.output_folder, "scores.png", score_plot(selection, self.request))
+        write_atomically(self.output_folder, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+        yield from data or []

@@ -18,13 +18,18 @@ can name the part (`part_field`, e.g. a benchmark's `subject`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from stride_engine import Queries, StrideError, read_queries
+from stride_engine.config import stage_fields
 from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES, iter_records
 
-from .errors import CurateError
+from ..errors import CurateError
+from .run import Run
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def load_target(
             raise CurateError(f"target {text}: {err}") from err
         name = Path(text).name.split(".")[0]
     else:
-        from .evaluate import task_items  # lm-eval is imported only for task targets
+        from ..proxy.evaluate import task_items  # lm-eval is imported only for task targets
 
         queries, parts = task_items(text, task_dirs or [], limit=limit)
         name = Path(text).stem if text.lower().endswith((".yaml", ".yml")) else text
@@ -98,10 +103,15 @@ def _file_parts(path: Path, field: str) -> list[str]:
     return parts
 
 
-def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries, int, int]:
+LONG_TEXT = ("window", "cut")  # what becomes of a text item longer than the model's window
+
+
+def fit_to_window(queries: Queries, tokenizer, max_length: int, long_text: str = "window") -> tuple[Queries, int, int]:
     """Fit items to `max_length` tokens (bos included): long text items become windows, long prompt-completion items
-    are cut. Returns the queries, how many items were cut and how many were split; refuses items the tokenizer
-    cannot represent."""
+    are cut. With `long_text="cut"`, a long text item is cut to its opening window instead of split. Returns the
+    queries, how many items were cut and how many were split; refuses items the tokenizer cannot represent."""
+    if long_text not in LONG_TEXT:
+        raise CurateError(f"long_text {long_text!r} is not one of {list(LONG_TEXT)}")
     unknown = tokenizer.unk_token_id
     budget = max_length - (1 if tokenizer.bos_token_id is not None else 0)
     room = budget - 4  # decoded text re-encodes to about as many tokens, sometimes a few more
@@ -122,6 +132,9 @@ def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries
             )
         if len(prompt_ids) + len(completion_ids) <= budget:
             keep(query_id, prompt, completion)
+        elif not prompt_ids and long_text == "cut":
+            truncated += 1
+            keep(query_id, "", tokenizer.decode(completion_ids[:room]))
         elif not prompt_ids:
             windowed += 1
             count = -(-len(completion_ids) // room)
@@ -139,3 +152,31 @@ def fit_to_window(queries: Queries, tokenizer, max_length: int) -> tuple[Queries
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "target"
+
+
+# ------------------------------------------------------------------------------------------ a target in a run
+
+
+def target_for_run(run: Run, spec: str | Path, task_dirs: list[Path] | None = None, limit: int | None = None,
+                   part_field: str = "part") -> Target:
+    """The target fitted to the run's model window, named for its queries and the run's recovery settings."""
+    target = load_target(spec, run.tokenizer, run.window, task_dirs, limit, part_field)
+    recovery = stage_fields(run.config, "scores")
+    digest = hashlib.sha1(json.dumps([target.queries.ids, target.queries.prompts, target.queries.completions, recovery]).encode())
+    # The digest in the name: a target file edited since an earlier selection, or a run rescored with other recovery
+    # settings since (`curate fit ... --set groups=16 --overwrite`), gets its own score store instead of a stale one.
+    return dataclasses.replace(target, name=f"{target.name}-{digest.hexdigest()[:8]}")
+
+
+def part_sets(target: Target) -> dict[str, tuple[str, Queries]]:
+    """Each part's query set in the run: its name and queries. A one-part target's is the target's own; a part's
+    name holds the target's (its queries' digest), the part's, and a digest of which queries the part holds, so
+    items moved to another part get new stores."""
+    parts = target.part_queries()
+    if len(parts) == 1:
+        return {label: (target.name, queries) for label, queries in parts.items()}
+    sets = {}
+    for label, queries in parts.items():
+        digest = hashlib.sha1(json.dumps([label, queries.ids]).encode()).hexdigest()[:6]
+        sets[label] = (f"{target.name}-part-{_safe(label)[:40]}-{digest}", queries)
+    return sets

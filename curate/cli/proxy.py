@@ -1,32 +1,28 @@
-"""The `curate retrain` and `curate eval` commands: train a proxy model on a dataset, compare models with lm-eval.
+"""`curate retrain` and `curate eval`: train a proxy model on a dataset, compare models with lm-eval (curate.proxy).
 
-Plain click commands, attached to the main `curate` group by `curate.cli`. Each saves its arguments into its
-output folder (`retrain.yaml`, `eval.yaml`), next to what it made.
+Each saves its settings into its output folder (`retrain.yaml`, `eval.yaml`), next to what it made; `--config` reads
+them back. A rerun with the same settings into a finished folder reuses it; with other settings it is refused, naming
+what changed, unless `--overwrite` (the folder is replaced once the new one is complete).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import click
 import yaml
 
-from curate.errors import CurateError
-from curate.evaluate import evaluate_models, target_task
-from curate.retrain import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, train_proxy
 from stride_engine.artifacts import atomic_write_text
 
+from ..core.run import RunInputs
+from ..errors import CurateError
+from ..proxy.evaluate import evaluate_models, target_task
+from ..proxy.retrain import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, train_proxy
+from .common import DEVICES, changed_settings, fail, quiet_progress, saved_config_option
+
 __all__ = ["eval_command", "retrain"]
-
-
-def _offline() -> None:
-    # Models, tokenizers, tasks and data are all local; nothing may be downloaded.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _existing(path: Path, anchor: Path) -> Path:
@@ -48,22 +44,40 @@ def base_from_manifest(data: Path) -> Path:
     if not isinstance(run, str) or not run:
         raise CurateError(f"--base is required: {manifest} names no run ('run' or 'request.run')")
     run_dir = _existing(Path(run), manifest.parent)
-    inputs = run_dir / "inputs.json"
-    if not inputs.is_file():
-        raise CurateError(f"--base is required: the selection's run {run_dir} has no inputs.json naming its model")
-    model = json.loads(inputs.read_text()).get("model")
-    if not isinstance(model, str) or not model:
-        raise CurateError(f"--base is required: {inputs} names no model")
-    return _existing(Path(model), run_dir)
+    try:
+        inputs = RunInputs.load(run_dir)
+    except CurateError as err:
+        raise CurateError(f"--base is required: the selection's run cannot be read ({err})") from err
+    return _existing(inputs.model, run_dir)
 
 
 def _save_config(path: Path, config: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
+def _already_made(out: Path, saved_name: str, settings: dict, overwrite: bool) -> bool:
+    """True when `out` holds a finished output of these very settings (then nothing is redone); refuses one of
+    other settings unless `overwrite`."""
+    saved = out / saved_name
+    if overwrite or not saved.is_file():
+        return False  # a folder without saved settings is refused (or replaced) by the job itself
+    changed = changed_settings(yaml.safe_load(saved.read_text()) or {}, settings)
+    if changed:
+        raise CurateError(
+            f"{out} was made with other settings (changed: {', '.join(changed)}; see {saved}); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    return True
+
+
+def _saved_retrain(values: dict) -> dict:
+    return {key: value for key, value in values.items() if key != "device" or value in DEVICES}
+
+
 @click.command()
+@saved_config_option("proxy's retrain.yaml (PROXY/retrain.yaml)", _saved_retrain)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (e.g. a selection; *.jsonl, *.jsonl.gz, *.parquet inside, recursively) or one file.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the trained proxy model (must not exist).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the trained proxy model.")
 @click.option("--base", type=click.Path(path_type=Path), help="Local Hugging Face model whose architecture and tokenizer the proxy copies (default: the model of the run named in DATA/manifest.json).")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=click.IntRange(min=1), help="Optimiser steps (fixed, whatever the dataset size).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial weights and the data order.")
@@ -71,28 +85,33 @@ def _save_config(path: Path, config: dict) -> None:
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Tokens per packed row.")
 @click.option("--learning-rate", default=DEFAULT_LEARNING_RATE, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
 @click.option("--text-field", default="text", show_default=True, help="Field holding the document text.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder (once the new model is complete).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(DEVICES), help="Where the proxy trains (auto: a GPU when there is one).")
+@click.option("--overwrite", is_flag=True, help="Replace an --out folder made with other settings (once the new model is complete).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice; 1 is fastest on small shared machines).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def retrain(data, out, base, steps, seed, batch_size, seq_len, learning_rate, text_field, overwrite, threads, quiet):
+def retrain(data, out, base, steps, seed, batch_size, seq_len, learning_rate, text_field, device, overwrite, threads, quiet, config_path):
     """Train a fresh proxy model (the base model's architecture and tokenizer, new weights) on a dataset."""
-    _offline()
+    quiet_progress(quiet)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     try:
         base = base if base is not None else base_from_manifest(data)
+        settings = {
+            "data": str(data), "out": str(out), "base": str(base), "steps": steps, "seed": seed, "batch_size": batch_size,
+            "seq_len": seq_len, "learning_rate": learning_rate, "text_field": text_field, "device": device,
+        }
+        if _already_made(Path(out), "retrain.yaml", settings, overwrite):
+            click.echo(f"proxy model: {out} (already trained with these settings; pass --overwrite to train it again)")
+            return
         train_proxy(
-            data, out, base, steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len,
-            learning_rate=learning_rate, text_field=text_field, progress=not quiet, overwrite=overwrite,
+            data, out, base, steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, learning_rate=learning_rate,
+            text_field=text_field, progress=not quiet, overwrite=overwrite, device=device,
         )
     except CurateError as err:
-        raise click.ClickException(str(err)) from err
-    _save_config(out / "retrain.yaml", {
-        "data": str(data), "out": str(out), "base": str(base), "steps": steps, "seed": seed, "batch_size": batch_size,
-        "seq_len": seq_len, "learning_rate": learning_rate, "text_field": text_field,
-    })
+        raise fail(err) from err
+    _save_config(out / "retrain.yaml", settings)
     record = json.loads((out / "training.json").read_text())
     click.echo(
         f"proxy model: {out} ({record['documents']} documents, {record['tokens']} tokens, {steps} steps; "
@@ -113,7 +132,18 @@ def _parse_models(specs: tuple[str, ...]) -> dict[str, Path]:
     return models
 
 
+def _saved_eval(values: dict) -> dict:
+    """REPORT/eval.yaml in the command's parameter names."""
+    options = dict(values)
+    if isinstance(options.get("models"), dict):
+        options["model_specs"] = [f"{name}={path}" for name, path in options.pop("models").items()]
+    if isinstance(options.get("tasks"), list):
+        options["tasks"] = ",".join(options["tasks"])
+    return options
+
+
 @click.command("eval")
+@saved_config_option("report's eval.yaml (REPORT/eval.yaml)", _saved_eval)
 @click.option("--model", "model_specs", required=True, multiple=True, metavar="[NAME=]PATH", help="Local Hugging Face model folder (repeatable; the first is the reference).")
 @click.option("--tasks", default="", help="Comma-separated task names (recipes/tasks/README.md lists curate's).")
 @click.option("--target", type=click.Path(path_type=Path), help="JSONL/Parquet file: adds a rolling-perplexity task named 'target' on it.")
@@ -122,27 +152,38 @@ def _parse_models(specs: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for results.parquet, results.json, report.md, report.png.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N documents of each task.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def eval_command(model_specs, tasks, target, target_field, task_dirs, out, limit, batch_size, overwrite):
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(DEVICES), help="Where the models run (auto: a GPU when there is one).")
+@click.option("--overwrite", is_flag=True, help="Replace an --out folder made with other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_command(model_specs, tasks, target, target_field, task_dirs, out, limit, batch_size, device, overwrite, quiet, config_path):
     """Evaluate models with lm-eval on offline tasks and write a comparison report."""
-    _offline()
+    quiet_progress(quiet)
     models = _parse_models(model_specs)
     requested = [t.strip() for t in tasks.split(",") if t.strip()]
     task_names = list(requested)
+    settings = {
+        "models": {name: str(path) for name, path in models.items()}, "tasks": requested, "out": str(out),
+        "target": str(target) if target else None, "target_field": target_field,
+        "task_dirs": [str(p) for p in task_dirs], "limit": limit, "batch_size": batch_size, "device": device,
+    }
     try:
+        if _already_made(Path(out), "eval.yaml", settings, overwrite):
+            _show_report(out, "already evaluated with these settings; pass --overwrite to evaluate again")
+            return
         with tempfile.TemporaryDirectory(prefix="curate-target-") as folder:
             extra = list(task_dirs)
             if target is not None:
                 extra.append(target_task("target", target, target_field, Path(folder)))
                 task_names.append("target")
-            evaluate_models(models, task_names, out, extra, limit=limit, batch_size=batch_size, overwrite=overwrite)
+            evaluate_models(models, task_names, out, extra, limit=limit, batch_size=batch_size, overwrite=overwrite,
+                            device=device)
     except CurateError as err:
-        raise click.ClickException(str(err)) from err
-    _save_config(out / "eval.yaml", {
-        "models": {name: str(path) for name, path in models.items()}, "tasks": requested,
-        "target": str(target) if target else None, "target_field": target_field,
-        "task_dirs": [str(p) for p in task_dirs], "limit": limit, "batch_size": batch_size,
-    })
-    report = (out / "report.md").read_text()
+        raise fail(err) from err
+    _save_config(out / "eval.yaml", settings)
+    _show_report(out)
+
+
+def _show_report(out: Path, note: str = "") -> None:
+    report = (Path(out) / "report.md").read_text()
     click.echo("\n".join(line for line in report.splitlines() if line.startswith("|")))
-    click.echo(f"report: {out / 'report.md'}")
+    click.echo(f"report: {Path(out) / 'report.md'}" + (f" ({note})" if note else ""))

@@ -1,34 +1,24 @@
-"""Results of a selection study: JSON rows, a Markdown table (mean ± std over proxy seeds) and a plot."""
+"""The report of a selection study: a Markdown table (mean ± std over proxy seeds, change against random) and a plot."""
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from stride_engine.artifacts import atomic_write_text
 
+from ..studies.notes import keep_notes
+from ..studies.results import against_reference
 
-def write_results(rows: list[dict], recipe: dict, path: Path, fit_seconds: float | None, total_seconds: float, smoke: bool) -> Path:
-    path = Path(path)
-    context = {
-        "recipe": recipe.get("name"), "smoke": smoke, "commit": _commit(), "machine": _machine(),
-        "command": "curate recipe " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "curate recipe",
-        "stride_fit_seconds": fit_seconds, "invocation_seconds": round(total_seconds, 1),
-    }
-    rows = [{**row, **context} for row in rows]
-    atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
+
+def write_report(rows: list[dict], recipe: dict, path: Path) -> None:
+    """The Markdown table (path.md) and the plot (path.png) of a selection study's rows."""
     table = summary(rows)
-    atomic_write_text(path.with_suffix(".md"), markdown(table, rows, recipe))
-    plot(table, path.with_suffix(".png"))
-    return path
+    out = Path(path).with_suffix(".md")
+    atomic_write_text(out, keep_notes(out, markdown(table, rows, recipe), rows[0].get("commit")))  # the notes stay
+    plot(table, Path(path).with_suffix(".png"))
 
 
 def _seconds(value: float | None) -> str:
@@ -51,6 +41,7 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
         f"Made by `{context['command']}` at commit {context['commit']} on {context['machine']['cpus']} CPUs; "
         f"STRIDE fit {_seconds(context['stride_fit_seconds'])}; this invocation {context['invocation_seconds'] / 60:.0f} min "
         "(stages an earlier invocation finished are reused: runs, selections and proxies are cached by their settings).",
+        "",
         "Target word perplexity (lm-eval `loglikelihood_rolling` on held-out target items) of a proxy trained from scratch",
         "on each selection, mean ± std over proxy seeds; lower is better. Every proxy takes the same number of steps.",
         "vs random: the change of the mean, and Welch's t-test of the seeds' log perplexities against random's.",
@@ -64,7 +55,7 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
         for row in part.iter_rows(named=True):
             mine = [r for r in rows if (r["target"], r["budget"], r["method"]) == (target, row["budget"], row["method"])]
             random = [r["target_ppl"] for r in rows if (r["target"], r["budget"], r["method"]) == (target, row["budget"], "random")]
-            change = against_random([r["target_ppl"] for r in mine], random) if random and row["method"] != "random" else ""
+            change = against_reference([r["target_ppl"] for r in mine], random) if random and row["method"] != "random" else ""
             shares = mine[0].get("selected_per_domain") or {}
             lines.append(
                 f"| {row['budget']} | {row['method']} | {row['ppl']:.1f} ± {row['std'] or 0:.1f} | {change} | "
@@ -73,19 +64,6 @@ def markdown(table: pl.DataFrame, rows: list[dict], recipe: dict) -> str:
             )
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def against_random(values: list[float], random: list[float]) -> str:
-    """'-57.4% (p < 0.001)': the change of the mean perplexity against random's, and Welch's t-test on the seeds'
-    log perplexities (perplexity is a ratio scale; a collapsed selection's seeds spread multiplicatively). Without
-    two seeds on each side, the change alone."""
-    change = f"{100 * (np.mean(values) / np.mean(random) - 1):+.1f}%"
-    if min(len(values), len(random)) < 2:
-        return change
-    from scipy.stats import ttest_ind
-
-    p = ttest_ind(np.log(values), np.log(random), equal_var=False).pvalue
-    return f"{change} (p {'< 0.001' if p < 0.001 else f'= {p:.2g}'})"
 
 
 def plot(table: pl.DataFrame, path: Path) -> None:
@@ -117,16 +95,3 @@ def plot(table: pl.DataFrame, path: Path) -> None:
     figure.tight_layout(rect=(0, 0.05 + 0.03 * (len(labels) // 7), 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}

@@ -1,42 +1,19 @@
-"""The last stage of a selection (one task): the manifest and a plot of the scores with the cut.
-
-Written last and atomically: a selection folder with a manifest is a finished selection.
-"""
+"""What a finished selection says about itself: the manifest (counts, budget, scores, per domain/group/part) and
+the plot of the scores with the cut. The last stage (`steps.SelectionReport`) writes both from selection.parquet."""
 
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
 import polars as pl
-from datatrove.data import DocumentsPipeline
-from datatrove.io import DataFolderLike, get_datafolder
-from datatrove.pipeline.base import PipelineStep
 
-from ..budget import parse_budget
-from .selection import SELECTION_FILE, write_atomically
+from ..core.budget import parse_budget
+
+SELECTION_FILE = "selection.parquet"  # every pool document: doc_id, score, tokens, domain, rank, selected, reason
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-
-
-class SelectionReport(PipelineStep):
-    name = "📝 Selection report"
-    type = "📊 STATS"
-
-    def __init__(self, output_folder: DataFolderLike, request: dict[str, Any]):
-        super().__init__()
-        self.output_folder = get_datafolder(output_folder)
-        self.request = request
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        with self.output_folder.open(SELECTION_FILE, "rb") as handle:
-            selection = pl.read_parquet(io.BytesIO(handle.read()))
-        manifest = selection_manifest(selection, self.request)
-        write_atomically(self.output_folder, "scores.png", score_plot(selection, self.request))
-        write_atomically(self.output_folder, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-        yield from data or []
 
 
 def selection_manifest(selection: pl.DataFrame, request: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Selection baselines that need no model: how similar each pool document is to the target, from their own packages.
+"""Model-free baselines: how similar each pool document is to a target, from their own packages.
+
+Every application compares STRIDE with these (selection ranks the pool by them; an audit can use them as lexical
+evidence). Their scores of a run's pool against one query set are kept in RUN/baselines/ (`pool_scores`).
 
 | method    | package                       | a document's score                                                        |
 | --------- | ----------------------------- | ------------------------------------------------------------------------- |
@@ -18,8 +21,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
-from .errors import CurateError
+from stride_engine import Queries
+from stride_engine.artifacts import atomic_path
+
+from ..errors import CurateError
+from .run import Run
 
 METHODS = ("random", "bm25", "embedding", "dsir")
 
@@ -85,3 +93,22 @@ def _dsir(documents: list[str], target: list[str], seed: int) -> np.ndarray:
     if len(weights) != len(documents):
         raise CurateError(f"DSIR scored {len(weights)} of {len(documents)} documents")
     return weights + np.random.default_rng(seed).gumbel(size=len(weights))
+
+
+def pool_scores(run: Run, name: str, queries: Queries, method: str, seed: int) -> pl.DataFrame:
+    """doc_id, domain, influence: a baseline's scores of the run's pool against one query set (a target or a part),
+    computed once and kept in RUN/baselines/."""
+    if method not in METHODS:
+        raise CurateError(f"selection method {method!r} is not one of {['stride', *METHODS]}")
+    path = run.root / "baselines" / f"{method}-{name}-seed{seed}.parquet"
+    with run.lock():
+        if path.is_file():
+            return pl.read_parquet(path)
+        pool = run.documents
+        items = [f"{p}{c}" for p, c in zip(queries.prompts, queries.completions)]
+        scores = similarity_scores(method, list(pool.texts), items, seed)
+        table = pl.DataFrame({"doc_id": pool.ids, "domain": pool.domains, "influence": scores.astype(float)},
+                             schema={"doc_id": pl.String, "domain": pl.String, "influence": pl.Float64})
+        with atomic_path(path) as tmp:
+            table.write_parquet(tmp)
+    return table

@@ -7,7 +7,7 @@ each requested task's YAML is flattened (its ``include`` chain merged in, as lm-
 relative path made absolute against the folder of the YAML that wrote it, and saved under ``OUT/tasks/``. That
 folder is the TaskManager's include path; it also records exactly what was evaluated.
 
-``evaluate_models`` runs ``lm_eval.simple_evaluate`` (the ``hf`` model, float32, CPU) for every model, then
+``evaluate_models`` runs ``lm_eval.simple_evaluate`` (the ``hf`` model, float32, on the device asked for) for every model, then
 writes ``results.json`` (raw lm-eval results per model), ``results.parquet`` (tidy: model, task, metric, value,
 stderr, higher_is_better, samples), ``report.md`` (tasks x models, the first model is the reference, with the
 change of every other model against it) and ``report.png`` (the main metric of every task per model).
@@ -33,7 +33,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from curate.errors import CurateError
+from ..errors import CurateError
 from stride_engine.artifacts import atomic_path
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "write_report",
 ]
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "tasks"
+TASKS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "tasks"  # the repository's offline task YAMLs
 PPL_TEMPLATE = TASKS_DIR / "_default_ppl_template_yaml"
 
 # What the report shows per lm-eval output type: the first metric is the task's main metric (the plot's).
@@ -381,7 +381,7 @@ def _checked_models(models: dict[str, Path]) -> dict[str, Path]:
     return {name: Path(path) for name, path in models.items()}
 
 
-def _lm_eval(model: Path, tasks: Sequence[str], manager, limit: int | None, batch_size: int) -> dict:
+def _lm_eval(model: Path, tasks: Sequence[str], manager, limit: int | None, batch_size: int, device: str) -> dict:
     import lm_eval
 
     results = lm_eval.simple_evaluate(
@@ -389,7 +389,7 @@ def _lm_eval(model: Path, tasks: Sequence[str], manager, limit: int | None, batc
         model_args={"pretrained": str(model), "tokenizer": str(model), "dtype": "float32"},
         tasks=list(tasks),
         task_manager=manager,
-        device="cpu",
+        device=device,
         batch_size=batch_size,
         limit=limit,
         log_samples=False,
@@ -446,10 +446,14 @@ def evaluate_models(
     limit: int | None = None,
     batch_size: int = 8,
     overwrite: bool = False,
+    device: str = "cpu",
 ) -> pl.DataFrame:
     """Evaluate every model (name -> local Hugging Face folder; the first is the reference) on every task with
     lm-eval, write the results and the comparison report into `out` (built aside, moved in place when done;
     an existing `out` is refused unless `overwrite`), and return the tidy results table."""
+    from .retrain import resolve_device
+
+    device = resolve_device(device)
     models = _checked_models(models)
     if not tasks:
         raise CurateError(f"no task given; available tasks: {', '.join(available_tasks(task_dirs or []))}")
@@ -462,7 +466,7 @@ def evaluate_models(
     with atomic_path(out) as tmp:
         include = prepare_tasks(tasks, tmp / "tasks", task_dirs or [])
         manager = TaskManager(include_path=str(include), include_defaults=False)  # no built-in tasks: offline
-        raw = {name: _lm_eval(path, tasks, manager, limit, batch_size) for name, path in models.items()}
+        raw = {name: _lm_eval(path, tasks, manager, limit, batch_size, device) for name, path in models.items()}
         raw = _jsonable(raw)
         table = results_table(raw)
         (tmp / "results.json").write_text(json.dumps(raw, indent=2) + "\n")

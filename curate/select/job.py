@@ -1,0 +1,102 @@
+"""`curate select`: keep the part of a run's training pool that helps a target most, under a budget.
+
+    OUT/selected/       the kept documents (original fields + `influence`, `influence_rank`), datatrove writer
+    OUT/excluded/       the others, each with `exclusion_reason`
+    OUT/selection.parquet   every document: doc_id, score, tokens, domain, rank, selected, reason
+    OUT/manifest.json   run, target, budget, rule, counts per domain, score distribution, selected ids/scores/ranks
+    OUT/scores.png      the score distribution and the cut
+    OUT/.work/          score shards, the request, datatrove logs and completion markers (what a rerun reuses)
+
+Everything that can be wrong with the input (budget, rule, run, target, executor, output folder) is checked before
+OUT is created. A rerun with the same request resumes (finished datatrove tasks are skipped; a finished selection is
+returned as it is); a rerun with another request into the same OUT is refused, naming what changed, unless told to
+`overwrite` (OUT is then removed first).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from stride_engine.artifacts import atomic_write_text
+
+from ..core.baselines import METHODS
+from ..core.budget import check_allocation, parse_budget
+from ..core.executors import run_chain
+from ..core.readers import pool_readers
+from ..core.run import AGGREGATION_RULES, Run
+from ..core.targets import Target, target_for_run
+from ..errors import CurateError
+from .influence import influence_table
+from .pipeline import selection_executors, selection_pipelines
+from .request import REQUEST_FILE, SelectionRequest
+
+
+def check_request(request: SelectionRequest, overwrite: bool = False) -> tuple[Target, bool]:
+    """Every check that needs no output folder, then the folder's; returns the target (its attribution is computed
+    here) and whether OUT holds this very selection, finished."""
+    budget = parse_budget(request.budget)
+    if request.method not in ("stride", *METHODS):
+        raise CurateError(f"selection method {request.method!r} is not one of {['stride', *METHODS]}")
+    if request.rule not in AGGREGATION_RULES:
+        raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(AGGREGATION_RULES)}")
+    check_allocation(request.allocation)
+    if request.output_format not in ("jsonl", "parquet"):
+        raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
+    request.execution().check()
+    if not 0.0 <= request.domain_floor <= 1.0:
+        raise CurateError(f"domain floor {request.domain_floor} must be between 0 and 1 (a share of the budget per domain)")
+    finished = _check_output_folder(request, overwrite)
+    run = Run(request.run)
+    task_dirs = [Path(d) for d in request.task_dirs]
+    target = target_for_run(run, request.target, task_dirs, request.target_limit, request.part_field)
+    table = influence_table(run, request.target, request.rule, request.k, task_dirs, request.target_limit,
+                            request.method, request.seed, request.allocation == "balanced",
+                            request.part_field)  # computed here, reused by the stages
+    budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
+    check_allocation(request.allocation, table)
+    return target, finished
+
+
+def _check_output_folder(request: SelectionRequest, overwrite: bool) -> bool:
+    """True when OUT holds a finished selection of this request; refuses one of another request (unless
+    `overwrite`) and a folder that is not a selection."""
+    out = Path(request.out)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    saved = out / REQUEST_FILE
+    if not saved.is_file():
+        if overwrite and (out / "manifest.json").is_file():
+            return False
+        raise CurateError(f"{out} holds files that are not a curate selection (no {REQUEST_FILE}); choose another folder")
+    if overwrite:
+        return False
+    made_with = json.loads(saved.read_text())
+    changed = sorted(key for key in {*made_with, *request.fingerprint()} if made_with.get(key) != request.fingerprint().get(key))
+    if changed:
+        raise CurateError(
+            f"{out} holds a selection made with other settings (changed: {', '.join(changed)}; see {saved}); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    return (out / "manifest.json").is_file()
+
+
+def run_selection(request: SelectionRequest, overwrite: bool = False) -> dict[str, Any]:
+    """Check everything, then run the four stages (or finish an interrupted run of the same request); returns the
+    manifest (local and Ray executors wait for it; Slurm returns {} once the jobs are submitted)."""
+    target, finished = check_request(request, overwrite)
+    out = Path(request.out)
+    manifest = out / "manifest.json"
+    if finished:
+        return json.loads(manifest.read_text())
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    run = Run(request.run)
+    (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
+    readers = pool_readers(run.inputs.train, run.config.text_field, run.config.id_field)
+    pipelines = selection_pipelines(request, readers, target)
+    run_chain(selection_executors(request, pipelines), request.execution())
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
