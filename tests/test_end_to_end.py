@@ -1,5 +1,7 @@
 """End to end on the embedded corpus: STRIDE finds the documents that planted each fact."""
 
+import pytest
+
 import hashlib
 
 from click.testing import CliRunner
@@ -9,6 +11,7 @@ from curate.demo.run import planted_recovery
 from stride_engine import Stride, preset, read_documents, read_queries
 
 
+@pytest.mark.slow
 def test_planted_documents_rank_at_the_top(demo_assets, tmp_path):
     documents = read_documents([demo_assets.corpus_path])
     queries = read_queries(demo_assets.queries_path)
@@ -24,6 +27,7 @@ def test_planted_documents_rank_at_the_top(demo_assets, tmp_path):
     assert len(store.top(k=10, direction="negative")) > 0
 
 
+@pytest.mark.slow
 def test_activation_form_finds_planted_documents_above_chance(demo_assets, tmp_path):
     documents = read_documents([demo_assets.corpus_path])
     config = preset("cpu-smoke", form="activation", layer_fraction=1.0, rank=32, num_subsets=64, subsets_per_example=4)

@@ -82,6 +82,7 @@ def test_a_recipe_asking_for_more_than_the_corpus_holds_is_refused(tmp_path):
         load_recipe(tmp_path / "nothing.yaml")
 
 
+@pytest.mark.slow
 def test_a_small_study_runs_end_to_end(tmp_path):
     files = _corpus(tmp_path)
     path = _recipe(tmp_path, files)
