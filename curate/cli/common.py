@@ -72,12 +72,6 @@ def saved_config_option(what: str, to_options: Callable[[dict], dict[str, Any]],
     )
 
 
-def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The keys whose values differ between what an output was made with and what is asked now."""
-    saved, now = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(now, default=str))
-    return sorted(key for key in {*saved, *now} if saved.get(key) != now.get(key))
-
-
 def fail(err: Exception) -> click.ClickException:
     """A curate or engine error as a one-line message (no traceback): bad input, named, with how to fix it."""
     return click.ClickException(str(err))

@@ -20,7 +20,8 @@ from ..core.run import RunInputs
 from ..errors import CurateError
 from ..proxy.evaluate import evaluate_models, target_task
 from ..proxy.retrain import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, train_proxy
-from .common import DEVICES, changed_settings, fail, quiet_progress, saved_config_option
+from ..core.outputs import changed_settings
+from .common import DEVICES, fail, quiet_progress, saved_config_option
 
 __all__ = ["eval_command", "retrain"]
 

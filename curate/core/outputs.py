@@ -1,8 +1,11 @@
-"""Writing into a datatrove data folder (local or remote) so that a reader never sees half a file."""
+"""Writing outputs: into a datatrove data folder so that a reader never sees half a file, and the rerun check of
+saved settings."""
 
 from __future__ import annotations
 
 import io
+import json
+from typing import Any
 
 import polars as pl
 
@@ -24,3 +27,9 @@ def write_parquet(frame: pl.DataFrame, folder, name: str) -> None:
 def read_parquet(folder, name: str) -> pl.DataFrame:
     with folder.open(name, "rb") as handle:
         return pl.read_parquet(io.BytesIO(handle.read()))
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between what an output was made with and what is asked now (as JSON reads them)."""
+    saved, now = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(now, default=str))
+    return sorted(key for key in {*saved, *now} if saved.get(key) != now.get(key))

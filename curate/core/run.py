@@ -139,10 +139,6 @@ class Run:
         return best.select("doc_id", pl.col("group").cast(pl.Int64))
 
 
-def open_run(root: Path | str) -> Run:
-    return Run(root)
-
-
 def document_influence(store: ScoreStore, rule: str = "mean", k: int = 10) -> pl.DataFrame:
     """One aggregate influence per training document on the whole target (doc_id, domain, influence).
 

@@ -25,6 +25,7 @@ from stride_engine.artifacts import atomic_write_text
 from ..core.baselines import METHODS
 from ..core.budget import check_allocation, parse_budget
 from ..core.executors import run_chain
+from ..core.outputs import changed_settings
 from ..core.readers import pool_readers
 from ..core.run import AGGREGATION_RULES, Run
 from ..core.targets import Target, target_for_run
@@ -74,7 +75,7 @@ def _check_output_folder(request: SelectionRequest, overwrite: bool) -> bool:
     if overwrite:
         return False
     made_with = json.loads(saved.read_text())
-    changed = sorted(key for key in {*made_with, *request.fingerprint()} if made_with.get(key) != request.fingerprint().get(key))
+    changed = changed_settings(made_with, request.fingerprint())
     if changed:
         raise CurateError(
             f"{out} holds a selection made with other settings (changed: {', '.join(changed)}; see {saved}); "
