@@ -1,0 +1,69 @@
+"""`curate contamination`: which benchmark items a training corpus holds, and which documents hold them (curate.contamination)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..core.executors import EXECUTORS
+from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_config_option
+
+
+@click.command("contamination")
+@saved_config_option("audit request (AUDIT/.work/request.json)", lambda values: values)
+@click.option("--benchmark", "benchmarks", multiple=True, required=True,
+              help="JSONL/Parquet of benchmark items, or an lm-eval task name or YAML (repeatable: several benchmarks at once).")
+@click.option("--train", multiple=True, required=True, type=click.Path(path_type=Path), help="Training corpus files, JSONL or Parquet (repeatable).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Audit folder (items.parquet, documents.parquet, report.md, report.html).")
+@click.option("--text-field", default="text", show_default=True, help="The corpus's text field.")
+@click.option("--id-field", default="id", show_default=True, help="The corpus's id field (without one: <file stem>:<line>).")
+@click.option("--question-field", default="question", show_default=True, help="The benchmark items' question field.")
+@click.option("--answer-field", default="answer", show_default=True, help="The items' answer field ('' when they have none).")
+@click.option("--item-id-field", default="id", show_default=True, help="The items' id field.")
+@click.option("--context-field", "context_fields", multiple=True, help="A passage/context field the items come with (repeatable).")
+@click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra folder of lm-eval task YAMLs.")
+@click.option("--item-limit", type=click.IntRange(min=1), default=None, help="Audit only the first N items of each benchmark.")
+@click.option("--question-n", default=8, show_default=True, type=click.IntRange(min=2), help="n of the questions' exact n-grams.")
+@click.option("--answer-n", default=6, show_default=True, type=click.IntRange(min=2), help="n of the answers' n-grams (a shorter answer is matched whole).")
+@click.option("--answer-min-words", default=3, show_default=True, type=click.IntRange(min=1), help="An answer with fewer words is not evidence alone.")
+@click.option("--contaminated-coverage", default=0.8, show_default=True, type=float, help="Coverage of a question or answer that makes an item contaminated.")
+@click.option("--suspicious-coverage", default=0.5, show_default=True, type=float, help="Coverage that makes it suspicious.")
+@click.option("--decontaminate", type=click.Path(path_type=Path), default=None, help="Also write a clean copy of the corpus here (kept/, excluded/).")
+@click.option("--remove", default="documents", show_default=True, type=click.Choice(["documents", "spans"]),
+              help="Drop whole flagged documents, or cut only the matched spans out of them.")
+@click.option("--format", "output_format", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet"]), help="Of the clean copy.")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(EXECUTORS))
+@click.option("--executor-tasks", "tasks", default=1, show_default=True, type=click.IntRange(min=1), help="datatrove tasks of the per-document stages.")
+@click.option("--executor-workers", "workers", default=1, show_default=True, type=click.IntRange(min=1), help="datatrove tasks run at once.")
+@click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE", help="Passed to the executor (e.g. partition=cpu for Slurm).")
+@click.option("--overwrite", is_flag=True, help="Replace an audit in AUDIT (and its clean copy) made with other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def contamination_command(benchmarks, train, out, text_field, id_field, question_field, answer_field, item_id_field, context_fields,
+                          task_dirs, item_limit, question_n, answer_n, answer_min_words, contaminated_coverage, suspicious_coverage,
+                          decontaminate, remove, output_format, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
+    """Which benchmark items a training corpus holds (exact n-gram evidence, with spans), a verdict per item, and a clean copy."""
+    from ..contamination import AuditRequest, run_audit
+
+    quiet_progress(quiet)
+    request = AuditRequest(
+        benchmarks=tuple(map(str, benchmarks)), train=tuple(map(str, train)), out=str(out), text_field=text_field, id_field=id_field,
+        question_field=question_field, answer_field=answer_field, item_id_field=item_id_field, context_fields=tuple(context_fields),
+        task_dirs=tuple(map(str, task_dirs)), item_limit=item_limit, question_n=question_n, answer_n=answer_n,
+        answer_min_words=answer_min_words, contaminated_coverage=contaminated_coverage, suspicious_coverage=suspicious_coverage,
+        decontaminate=str(decontaminate) if decontaminate else None, remove=remove, output_format=output_format,
+        executor=executor, tasks=tasks, workers=workers, executor_options=parse_overrides(executor_options, "--executor-option"),
+    )
+    try:
+        manifest = run_audit(request, overwrite=overwrite)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    if not manifest:
+        click.echo(f"submitted; the manifest appears in {out} when the last stage finishes")
+        return
+    for row in manifest["counts"]:
+        click.echo(f"{row['benchmark']}: {row['items']} items, {row['contaminated']} contaminated, {row['suspicious']} suspicious, {row['clean']} clean")
+    click.echo(f"{manifest['flagged_pairs']} (item, document) pairs flagged over {manifest['flagged_documents']} documents")
+    click.echo(f"report: {Path(out) / 'report.md'}   review page: {Path(out) / 'report.html'}")
+    if decontaminate:
+        click.echo(f"clean copy: {Path(decontaminate) / 'kept'}")

@@ -1,0 +1,108 @@
+"""`curate contamination`: which benchmark items a training corpus holds, and which documents hold them.
+
+Everything that can be wrong with the input (benchmarks and their fields, the corpus, settings, the output and
+clean-copy folders) is checked before AUDIT is created. A rerun with the same request resumes (finished datatrove
+tasks are skipped; a finished audit is returned as it is); a rerun with another request into the same AUDIT is
+refused, naming what changed, unless told to `overwrite` (AUDIT, and the clean copy, are then removed first).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from stride_engine.artifacts import atomic_write_text
+from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES
+
+from ..core.executors import run_chain
+from ..core.outputs import changed_settings
+from ..errors import CurateError
+from .items import BenchmarkItem, items_digest, load_benchmarks
+from .pipeline import audit_executors, audit_pipelines
+from .request import REQUEST_FILE, AuditRequest
+
+
+def check_request(request: AuditRequest, overwrite: bool = False) -> tuple[list[BenchmarkItem], bool]:
+    """Every check; returns the items and whether AUDIT holds this very audit, finished."""
+    request.lexical().check()
+    request.rule().check()
+    request.execution().check()
+    if request.remove not in ("documents", "spans"):
+        raise CurateError(f"--remove must be 'documents' or 'spans', got {request.remove!r}")
+    if request.output_format not in ("jsonl", "parquet"):
+        raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
+    _check_corpus(request)
+    items = load_benchmarks(request.benchmarks, request.fields(), [Path(d) for d in request.task_dirs], request.item_limit)
+    finished = _check_output_folder(request, overwrite)
+    if request.decontaminate:
+        clean = Path(request.decontaminate)
+        if clean.resolve() == Path(request.out).resolve():
+            raise CurateError("the clean copy (--decontaminate) needs its own folder, not the audit's")
+        if clean.exists() and any(clean.iterdir()) and not finished and not overwrite and not (Path(request.out) / REQUEST_FILE).is_file():
+            raise CurateError(f"{clean} is not empty: choose another folder for the clean copy")
+    return items, finished
+
+
+def _check_corpus(request: AuditRequest) -> None:
+    if not request.train:
+        raise CurateError("no training corpus given: pass --train with JSONL/Parquet files")
+    for path in map(Path, request.train):
+        if not path.is_file():
+            raise CurateError(f"training file {path} does not exist")
+        if not path.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+            raise CurateError(f"training file {path}: use JSONL or Parquet")
+        _check_first_record(path, request.text_field)
+
+
+def _check_first_record(path: Path, text_field: str) -> None:
+    """The text field is there (on the first record: a whole pass would cost what the scan costs)."""
+    from stride_engine.corpus import iter_records
+    from stride_engine import StrideError
+
+    try:
+        for line, record in iter_records(path):
+            if text_field not in record:
+                raise CurateError(f"training file {path}, record {line}: no text field {text_field!r} (it has {sorted(record)}); pass --text-field")
+            return
+    except StrideError as err:
+        raise CurateError(f"training file {path}: {err}") from err
+    raise CurateError(f"training file {path} has no records")
+
+
+def _check_output_folder(request: AuditRequest, overwrite: bool) -> bool:
+    out = Path(request.out)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    saved = out / REQUEST_FILE
+    if not saved.is_file():
+        raise CurateError(f"{out} holds files that are not a curate audit (no {REQUEST_FILE}); choose another folder")
+    if overwrite:
+        return False
+    changed = changed_settings(json.loads(saved.read_text()), request.fingerprint())
+    if changed:
+        raise CurateError(
+            f"{out} holds an audit made with other settings (changed: {', '.join(changed)}; see {saved}); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    return (out / "manifest.json").is_file()
+
+
+def run_audit(request: AuditRequest, overwrite: bool = False) -> dict[str, Any]:
+    """Check everything, then run the stages (or finish an interrupted run of the same request); returns the manifest
+    (local and Ray executors wait for it; Slurm returns {} once the jobs are submitted)."""
+    items, finished = check_request(request, overwrite)
+    out = Path(request.out)
+    manifest = out / "manifest.json"
+    if finished and not request.decontaminate:  # with a clean copy, datatrove's completion markers decide what is left
+        return json.loads(manifest.read_text())
+    if overwrite:
+        for folder in (out, Path(request.decontaminate) if request.decontaminate else None):
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder)
+    (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
+    described = {**request.fingerprint(), "items": len(items), "items_digest": items_digest(items)}
+    run_chain(audit_executors(request, audit_pipelines(request, items, described)), request.execution())
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}

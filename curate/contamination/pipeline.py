@@ -1,0 +1,44 @@
+"""An audit as datatrove pipelines (index, scan, report, and the clean copy when asked) and their executors.
+
+The scan and the clean copy work document by document and run as many tasks; the index and the report as one. The
+same pipelines run under the local, Slurm and Ray executors (curate.core.executors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
+
+from ..core.executors import chain_executors
+from ..core.readers import pool_readers
+from .items import BenchmarkItem
+from .report import AuditReport
+from .request import AuditRequest
+from .steps import ContaminationFilter, ContaminationIndex, ContaminationScorer
+
+GLOBAL_STAGES = ("index", "report")
+
+
+def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest: dict) -> dict[str, list]:
+    out = Path(request.out)
+    work = out / ".work"
+    readers = lambda: pool_readers([Path(p) for p in request.train], request.text_field, request.id_field)  # noqa: E731
+    pipelines = {
+        "index": [ContaminationIndex(items, str(work), request.lexical())],
+        "scan": [*readers(), ContaminationScorer(str(work))],
+        "report": [AuditReport(str(work), str(out), manifest, request.rule())],
+    }
+    if request.decontaminate:
+        writer = ParquetWriter if request.output_format == "parquet" else JsonlWriter
+        clean = Path(request.decontaminate)
+        pipelines["decontaminate"] = [
+            *readers(),
+            ContaminationFilter(str(out), request.remove, exclusion_writer=writer(str(clean / "excluded"), expand_metadata=True)),
+            writer(str(clean / "kept"), expand_metadata=True),
+        ]
+    return pipelines
+
+
+def audit_executors(request: AuditRequest, pipelines: dict[str, list]) -> list:
+    return chain_executors(pipelines, request.execution(), Path(request.out) / ".work" / "logs", "curate-contamination", GLOBAL_STAGES)

@@ -1,0 +1,62 @@
+"""What an audit is asked to do: `AuditRequest`, saved as AUDIT/.work/request.json and in the manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.executors import Execution
+from .items import ItemFields
+from .lexical import LexicalSettings
+from .verdict import VerdictRule
+
+REQUEST_FILE = Path(".work") / "request.json"  # inside AUDIT: what the audit was made with
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    benchmarks: tuple[str, ...]  # JSONL/Parquet files of items, or lm-eval task names / YAMLs
+    train: tuple[str, ...]  # the training corpus: JSONL/Parquet files
+    out: str
+    text_field: str = "text"
+    id_field: str = "id"
+    question_field: str = "question"
+    answer_field: str = "answer"  # "" when the benchmark has none
+    item_id_field: str = "id"
+    context_fields: tuple[str, ...] = ()
+    task_dirs: tuple[str, ...] = ()
+    item_limit: int | None = None  # the first N items of each benchmark
+    question_n: int = 8
+    answer_n: int = 6
+    answer_min_words: int = 3
+    max_items_per_ngram: int = 20
+    contaminated_coverage: float = 0.8
+    suspicious_coverage: float = 0.5
+    decontaminate: str | None = None  # a folder for the clean copy of the corpus
+    remove: str = "documents"  # or "spans"
+    output_format: str = "jsonl"
+    executor: str = "local"
+    tasks: int = 1
+    workers: int = 1
+    executor_options: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> ItemFields:
+        return ItemFields(self.question_field, self.answer_field, self.item_id_field, tuple(self.context_fields))
+
+    def lexical(self) -> LexicalSettings:
+        return LexicalSettings(self.question_n, self.answer_n, self.answer_min_words, self.max_items_per_ngram)
+
+    def rule(self) -> VerdictRule:
+        return VerdictRule(self.contaminated_coverage, self.suspicious_coverage)
+
+    def execution(self) -> Execution:
+        return Execution(self.executor, self.tasks, self.workers, dict(self.executor_options))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the audit (a rerun into the same AUDIT must match it; how it is executed may change)."""
+        values = asdict(self)
+        for key in ("executor", "tasks", "workers", "executor_options", "out"):
+            values.pop(key)
+        return json.loads(json.dumps(values))
