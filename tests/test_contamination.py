@@ -131,7 +131,7 @@ def test_the_audit_finds_every_planted_copy_and_nothing_else(leaked):
     question_span = next(s for s in embedded["spans"] if s["field"] == "question")
     assert leaked["host_text"][question_span["start"]: question_span["end"]] == leaked["items"][1]["question"].rstrip("?")
     assert manifest["counts"] == [{"benchmark": "bench", "items": 12, "contaminated": 3, "suspicious": 1, "clean": 8}]
-    for name in ("report.md", "report.html", "coverage.png", "verdicts.png", "manifest.json"):
+    for name in ("report.md", "report.html", "signals.png", "verdicts.png", "manifest.json"):
         assert (audit_dir / name).stat().st_size > 0, name
     assert "| bench | 12 | 3 | 1 | 8 |" in (audit_dir / "report.md").read_text()
 
@@ -252,3 +252,21 @@ def _lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as handle:
         return [line for line in handle if line.strip()]
+
+
+def test_overwrite_keeps_the_old_audit_until_the_new_one_is_complete(leaked, monkeypatch):
+    audit(leaked)
+    report = (leaked["tmp"] / "audit" / "report.md").read_text()
+
+    def crash(executors, execution):
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr("curate.contamination.job.run_chain", crash)
+    request = AuditRequest(benchmarks=(str(leaked["bench"]),), train=(str(leaked["train"]),), out=str(leaked["tmp"] / "audit"), question_n=10)
+    with pytest.raises(RuntimeError):
+        run_audit(request, overwrite=True)
+    assert (leaked["tmp"] / "audit" / "report.md").read_text() == report  # the old audit is back, whole
+    assert not (leaked["tmp"] / "audit.replaced").exists()
+    monkeypatch.undo()
+    assert run_audit(request, overwrite=True)["question_n"] == 10
+    assert not (leaked["tmp"] / "audit.replaced").exists()

@@ -360,8 +360,18 @@ def test_rerun_resumes_the_same_request_refuses_another_and_overwrites_when_told
     assert resumed["selected_documents"] == first["selected_documents"]
     assert (out / "selected" / "00000.jsonl.gz").stat().st_mtime_ns == filtered_at  # finished stages were skipped
 
+    def crash(executors, execution):
+        raise RuntimeError("the machine went away")
+
+    with pytest.MonkeyPatch.context() as patch:  # an overwrite that fails halfway keeps the old selection whole
+        patch.setattr("curate.select.job.run_chain", crash)
+        with pytest.raises(RuntimeError):
+            run_selection(_request(fitted_run, target, out, budget="20"), overwrite=True)
+    assert json.loads((out / "manifest.json").read_text()) == resumed
+
     replaced = run_selection(_request(fitted_run, target, out, budget="20"), overwrite=True)
     assert replaced["selected"]["documents"] == 20 and len(_records(out / "selected")) == 20
+    assert not out.with_name("out.replaced").exists()
 
 
 def test_a_folder_that_is_not_a_selection_is_never_overwritten(fitted_run, fact_target, tmp_path):

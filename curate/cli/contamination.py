@@ -11,7 +11,7 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 
 
 @click.command("contamination")
-@saved_config_option("audit request (AUDIT/.work/request.json)", lambda values: values)
+@saved_config_option("audit request (AUDIT/.work/request.json)", lambda values: {"run_dir" if k == "run" else k: v for k, v in values.items()})
 @click.option("--benchmark", "benchmarks", multiple=True, required=True,
               help="JSONL/Parquet of benchmark items, or an lm-eval task name or YAML (repeatable: several benchmarks at once).")
 @click.option("--train", multiple=True, required=True, type=click.Path(path_type=Path), help="Training corpus files, JSONL or Parquet (repeatable).")
@@ -29,6 +29,16 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--answer-min-words", default=3, show_default=True, type=click.IntRange(min=1), help="An answer with fewer words is not evidence alone.")
 @click.option("--contaminated-coverage", default=0.8, show_default=True, type=float, help="Coverage of a question or answer that makes an item contaminated.")
 @click.option("--suspicious-coverage", default=0.5, show_default=True, type=float, help="Coverage that makes it suspicious.")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="A fitted run over this corpus (curate fit): adds attribution, and memorisation under the run's model.")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="The audited model alone (memorisation only), without a run.")
+@click.option("--reference-model", type=click.Path(path_type=Path), default=None, help="A model that did not see the corpus: the loss gap.")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Documents per item from the attribution.")
+@click.option("--min-k", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Min-K%++'s share of tokens.")
+@click.option("--attribution-z", type=float, default=None, help="Flag a top-k document whose z reaches this (default: report only).")
+@click.option("--min-k-pp", type=float, default=None, help="Call an item suspicious when its Min-K%++ reaches this (default: report only).")
+@click.option("--reference-gap", type=float, default=None, help="... when the loss gap to the reference reaches this (default: report only).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto: where the model runs.")
 @click.option("--decontaminate", type=click.Path(path_type=Path), default=None, help="Also write a clean copy of the corpus here (kept/, excluded/).")
 @click.option("--remove", default="documents", show_default=True, type=click.Choice(["documents", "spans"]),
               help="Drop whole flagged documents, or cut only the matched spans out of them.")
@@ -41,8 +51,10 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def contamination_command(benchmarks, train, out, text_field, id_field, question_field, answer_field, item_id_field, context_fields,
                           task_dirs, item_limit, question_n, answer_n, answer_min_words, contaminated_coverage, suspicious_coverage,
+                          run_dir, model, reference_model, top_k, min_k, attribution_z, min_k_pp, reference_gap, device,
                           decontaminate, remove, output_format, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
-    """Which benchmark items a training corpus holds (exact n-gram evidence, with spans), a verdict per item, and a clean copy."""
+    """Which benchmark items a training corpus holds, which documents hold them (exact n-gram evidence with spans; with
+    --run, the documents each item's attribution points to and how well the model knows it), a verdict per item, and a clean copy."""
     from ..contamination import AuditRequest, run_audit
 
     quiet_progress(quiet)
@@ -51,6 +63,9 @@ def contamination_command(benchmarks, train, out, text_field, id_field, question
         question_field=question_field, answer_field=answer_field, item_id_field=item_id_field, context_fields=tuple(context_fields),
         task_dirs=tuple(map(str, task_dirs)), item_limit=item_limit, question_n=question_n, answer_n=answer_n,
         answer_min_words=answer_min_words, contaminated_coverage=contaminated_coverage, suspicious_coverage=suspicious_coverage,
+        run=str(run_dir) if run_dir else None, model=str(model) if model else None,
+        reference_model=str(reference_model) if reference_model else None, top_k=top_k, min_k=min_k,
+        attribution_z=attribution_z, min_k_pp=min_k_pp, reference_gap=reference_gap, device=device,
         decontaminate=str(decontaminate) if decontaminate else None, remove=remove, output_format=output_format,
         executor=executor, tasks=tasks, workers=workers, executor_options=parse_overrides(executor_options, "--executor-option"),
     )

@@ -9,7 +9,6 @@ refused, naming what changed, unless told to `overwrite` (AUDIT, and the clean c
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from stride_engine.artifacts import atomic_write_text
 from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES
 
 from ..core.executors import run_chain
-from ..core.outputs import changed_settings
+from ..core.outputs import changed_settings, replacing
 from ..errors import CurateError
 from .items import BenchmarkItem, items_digest, load_benchmarks
 from .pipeline import audit_executors, audit_pipelines
@@ -34,6 +33,7 @@ def check_request(request: AuditRequest, overwrite: bool = False) -> tuple[list[
     if request.output_format not in ("jsonl", "parquet"):
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
     _check_corpus(request)
+    _check_model_inputs(request)
     items = load_benchmarks(request.benchmarks, request.fields(), [Path(d) for d in request.task_dirs], request.item_limit)
     finished = _check_output_folder(request, overwrite)
     if request.decontaminate:
@@ -71,6 +71,27 @@ def _check_first_record(path: Path, text_field: str) -> None:
     raise CurateError(f"training file {path} has no records")
 
 
+def _check_model_inputs(request: AuditRequest) -> None:
+    """The run (fit on this very corpus) and the models exist, before the first stage."""
+    from ..proxy.retrain import resolve_device
+
+    resolve_device(request.device)
+    if request.run and request.model:
+        raise CurateError("give --run (whose model is the audited one) or --model, not both")
+    if request.run:
+        from ..core.run import Run
+        from .attribution import check_run_corpus
+
+        check_run_corpus(Run(request.run), request.train, request.text_field, request.id_field)
+    for name, folder in (("--model", request.model), ("--reference-model", request.reference_model)):
+        if folder and not (Path(folder) / "config.json").is_file():
+            raise CurateError(f"{name} {folder} is not a Hugging Face model folder (no config.json)")
+    if request.reference_model and not (request.run or request.model):
+        raise CurateError("--reference-model compares with the audited model: give --run or --model too")
+    if not 1 <= request.top_k:
+        raise CurateError(f"top_k must be at least 1, got {request.top_k}")
+
+
 def _check_output_folder(request: AuditRequest, overwrite: bool) -> bool:
     out = Path(request.out)
     if not out.exists() or not any(out.iterdir()):
@@ -97,12 +118,10 @@ def run_audit(request: AuditRequest, overwrite: bool = False) -> dict[str, Any]:
     manifest = out / "manifest.json"
     if finished and not request.decontaminate:  # with a clean copy, datatrove's completion markers decide what is left
         return json.loads(manifest.read_text())
-    if overwrite:
-        for folder in (out, Path(request.decontaminate) if request.decontaminate else None):
-            if folder is not None and folder.exists():
-                shutil.rmtree(folder)
-    (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
-    described = {**request.fingerprint(), "items": len(items), "items_digest": items_digest(items)}
-    run_chain(audit_executors(request, audit_pipelines(request, items, described)), request.execution())
+    replaced = (out, request.decontaminate) if overwrite else ()
+    with replacing(*replaced):  # the old audit (and clean copy) stay until the new one is complete
+        (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
+        described = {**request.fingerprint(), "items": len(items), "items_digest": items_digest(items)}
+        run_chain(audit_executors(request, audit_pipelines(request, items, described)), request.execution())
     return json.loads(manifest.read_text()) if manifest.is_file() else {}

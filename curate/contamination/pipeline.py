@@ -13,11 +13,12 @@ from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from ..core.executors import chain_executors
 from ..core.readers import pool_readers
 from .items import BenchmarkItem
+from .model_signals import ModelSignals
 from .report import AuditReport
 from .request import AuditRequest
 from .steps import ContaminationFilter, ContaminationIndex, ContaminationScorer
 
-GLOBAL_STAGES = ("index", "report")
+GLOBAL_STAGES = ("index", "signals", "report")
 
 
 def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest: dict) -> dict[str, list]:
@@ -27,8 +28,11 @@ def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest:
     pipelines = {
         "index": [ContaminationIndex(items, str(work), request.lexical())],
         "scan": [*readers(), ContaminationScorer(str(work))],
-        "report": [AuditReport(str(work), str(out), manifest, request.rule())],
     }
+    if request.run or request.model:
+        pipelines["signals"] = [ModelSignals(str(work), request.run, request.model, request.reference_model, request.top_k,
+                                             request.min_k, request.device)]
+    pipelines["report"] = [AuditReport(str(work), str(out), manifest, request.rule())]
     if request.decontaminate:
         writer = ParquetWriter if request.output_format == "parquet" else JsonlWriter
         clean = Path(request.decontaminate)

@@ -3,7 +3,7 @@
     AUDIT/items.parquet      one row per benchmark item: verdict, signals that fired, best coverage, flagged documents
     AUDIT/documents.parquet  one row per flagged (item, document) pair: level, signals, coverage, spans, the text
     AUDIT/report.md          counts per verdict and benchmark, the rule and its thresholds, the flagged items
-    AUDIT/coverage.png       per-signal score distributions; AUDIT/verdicts.png: verdicts per benchmark
+    AUDIT/signals.png        per-signal score distributions; AUDIT/verdicts.png: verdicts per benchmark
     AUDIT/report.html        one self-contained page a reviewer opens in a browser
     AUDIT/manifest.json      inputs, settings, digests, counts (written last: an audit with a manifest is finished)
 """
@@ -20,8 +20,9 @@ from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from ..core.outputs import read_parquet, write_atomically, write_parquet
+from .model_signals import read_model_signals
 from .steps import DOCUMENTS_FILE, ITEMS_FILE, read_matches
-from .verdict import VERDICTS, VerdictRule, flagged_documents, item_verdicts
+from .verdict import VERDICTS, Evidence, VerdictRule, flagged_documents, item_verdicts
 
 
 class AuditReport(PipelineStep):
@@ -37,14 +38,13 @@ class AuditReport(PipelineStep):
         self.request, self.rule = request, rule
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        items = read_parquet(self.work_folder, ITEMS_FILE)
-        matches = read_matches(self.work_folder)
-        flagged = flagged_documents(matches, items, self.rule)
-        verdicts = item_verdicts(items, matches, flagged)
+        evidence = Evidence(read_parquet(self.work_folder, ITEMS_FILE), read_matches(self.work_folder), **read_model_signals(self.work_folder))
+        flagged = flagged_documents(evidence, self.rule)
+        verdicts = item_verdicts(evidence, flagged, self.rule)
         write_parquet(verdicts, self.output_folder, "items.parquet")
         write_parquet(flagged, self.output_folder, DOCUMENTS_FILE)
         summary = verdict_counts(verdicts)
-        write_atomically(self.output_folder, "coverage.png", coverage_plot(verdicts, self.rule))
+        write_atomically(self.output_folder, "signals.png", signal_plot(verdicts, self.rule))
         write_atomically(self.output_folder, "verdicts.png", verdict_plot(summary))
         write_atomically(self.output_folder, "report.md", markdown_report(verdicts, flagged, summary, self.request, self.rule).encode())
         write_atomically(self.output_folder, "report.html", review_page(verdicts, flagged, self.request).encode())
@@ -77,10 +77,11 @@ def markdown_report(verdicts: pl.DataFrame, flagged: pl.DataFrame, summary: pl.D
         f"answer with exact {request['question_n']}-grams (answers: {request['answer_n']}-grams, or the whole answer when it is "
         f"shorter but has at least {request['answer_min_words']} words), on normalised words;",
         f"- `suspicious`: at least {rule.suspicious_coverage:.0%} (an edited or partial copy, or a template sibling: review it);",
-        "- `clean`: neither.", "",
+        *_model_rule_lines(verdicts, rule),
+        "- `clean`: none of these.", "",
         f"{len(flagged)} (item, document) pairs flagged over {flagged['doc_id'].n_unique()} documents. "
         "Open `report.html` to review each flagged item beside its documents, the matched spans highlighted.", "",
-        "![coverage](coverage.png)", "", "![verdicts](verdicts.png)", "",
+        "![signals](signals.png)", "", "![verdicts](verdicts.png)", "",
     ]
     shown = verdicts.filter(pl.col("verdict") != "clean").sort("question_coverage", "answer_coverage", descending=True).head(50)
     if len(shown):
@@ -96,21 +97,33 @@ def markdown_report(verdicts: pl.DataFrame, flagged: pl.DataFrame, summary: pl.D
     return "\n".join(lines) + "\n"
 
 
-def coverage_plot(verdicts: pl.DataFrame, rule: VerdictRule) -> bytes:
+SIGNAL_COLUMNS = {
+    "question_coverage": "lexical: best question coverage", "answer_coverage": "lexical: best answer coverage",
+    "attribution_z": "attribution: top document's z", "min_k_pp": "memorisation: Min-K%++", "reference_gap": "memorisation: loss gap to reference",
+}
+
+
+def signal_plot(verdicts: pl.DataFrame, rule: VerdictRule) -> bytes:
+    """One histogram per signal the audit measured, with its thresholds (dotted: suspicious, dashed: contaminated)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, column in zip(axes, ("question_coverage", "answer_coverage")):
-        ax.hist(verdicts[column].to_numpy(), bins=40, range=(0, 1), color="#4c72b0")
-        for threshold, style in ((rule.suspicious_coverage, ":"), (rule.contaminated_coverage, "--")):
-            ax.axvline(threshold, color="#c44e52", linestyle=style)
+    columns = [c for c in SIGNAL_COLUMNS if c in verdicts.columns and verdicts[c].drop_nulls().len()]
+    thresholds = {"question_coverage": (rule.suspicious_coverage, rule.contaminated_coverage),
+                  "answer_coverage": (rule.suspicious_coverage, rule.contaminated_coverage),
+                  "attribution_z": (rule.attribution_z, None), "min_k_pp": (rule.min_k_pp, None), "reference_gap": (rule.reference_gap, None)}
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        values = verdicts[column].drop_nulls().to_numpy()
+        ax.hist(values, bins=40, range=(0, 1) if "coverage" in column else None, color="#4c72b0")
+        for threshold, style in zip(thresholds[column], (":", "--")):
+            if threshold is not None:
+                ax.axvline(threshold, color="#c44e52", linestyle=style)
         ax.set_yscale("log")
-        ax.set_xlabel(f"best {column.replace('_', ' ')} over the corpus")
+        ax.set_xlabel(SIGNAL_COLUMNS[column], fontsize=8)
         ax.set_ylabel("items")
-    axes[0].set_title("lexical signal (dotted: suspicious, dashed: contaminated)", fontsize=9)
     return _png(fig)
 
 
@@ -136,11 +149,9 @@ def review_page(verdicts: pl.DataFrame, flagged: pl.DataFrame, request: dict[str
     from .html import render_audit_html
 
     # signals this audit did not compute are shown as not measured (null), not as zeros
-    items = verdicts.with_columns(*(pl.lit(None, dtype=pl.Float64).alias(c) for c in ("fuzzy_similarity", "attribution_z", "loss", "min_k_pp")))
-    documents = flagged.with_columns(
-        pl.lit(None, dtype=pl.Float64).alias("fuzzy_similarity"), pl.lit(None, dtype=pl.Float64).alias("attribution_score"),
-        pl.lit(None, dtype=pl.Int64).alias("attribution_rank"), pl.lit(None, dtype=pl.Float64).alias("attribution_z"),
-    )
+    missing = [c for c in ("fuzzy_similarity", "attribution_z", "loss", "min_k_pp") if c not in verdicts.columns]
+    items = verdicts.with_columns(*(pl.lit(None, dtype=pl.Float64).alias(c) for c in missing))
+    documents = flagged.with_columns(pl.lit(None, dtype=pl.Float64).alias("fuzzy_similarity"))
     return render_audit_html(items, documents, request)
 
 
@@ -152,3 +163,20 @@ def _png(fig) -> bytes:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _model_rule_lines(verdicts: pl.DataFrame, rule: VerdictRule) -> list[str]:
+    """How the model's signals entered the verdict: with their thresholds, or measured and reported only."""
+    lines = []
+    for column, threshold, what in (("attribution_z", rule.attribution_z, "a document in the item's top 10 attributions stands out with z"),
+                                    ("min_k_pp", rule.min_k_pp, "the model's Min-K%++ on the item is"),
+                                    ("reference_gap", rule.reference_gap, "the model finds the item easier than the reference by (nats/token)")):
+        if column not in verdicts.columns:
+            continue
+        values = verdicts[column].drop_nulls()
+        spread = f"median {values.median():.3g}, max {values.max():.3g} over {values.len()} items" if values.len() else "no value"
+        if threshold is None:
+            lines.append(f"- {column} ({spread}): measured and reported, not in the verdict (no threshold given);")
+        else:
+            lines.append(f"- `suspicious` also when {what} at least {threshold:g} ({spread});")
+    return lines

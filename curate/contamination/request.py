@@ -34,6 +34,15 @@ class AuditRequest:
     max_items_per_ngram: int = 20
     contaminated_coverage: float = 0.8
     suspicious_coverage: float = 0.5
+    run: str | None = None  # a fitted run over this corpus: attribution, and memorisation under its model
+    model: str | None = None  # the audited model alone (memorisation only), when there is no run
+    reference_model: str | None = None  # a model that did not see the corpus: the loss gap
+    top_k: int = 10  # documents per item from the attribution
+    min_k: float = 0.2  # Min-K%++'s share of tokens
+    attribution_z: float | None = None  # thresholds of the model signals; None: measured and reported only
+    min_k_pp: float | None = None
+    reference_gap: float | None = None
+    device: str = "cpu"
     decontaminate: str | None = None  # a folder for the clean copy of the corpus
     remove: str = "documents"  # or "spans"
     output_format: str = "jsonl"
@@ -49,7 +58,7 @@ class AuditRequest:
         return LexicalSettings(self.question_n, self.answer_n, self.answer_min_words, self.max_items_per_ngram)
 
     def rule(self) -> VerdictRule:
-        return VerdictRule(self.contaminated_coverage, self.suspicious_coverage)
+        return VerdictRule(self.contaminated_coverage, self.suspicious_coverage, self.attribution_z, self.min_k_pp, self.reference_gap)
 
     def execution(self) -> Execution:
         return Execution(self.executor, self.tasks, self.workers, dict(self.executor_options))
@@ -57,6 +66,6 @@ class AuditRequest:
     def fingerprint(self) -> dict[str, Any]:
         """What decides the audit (a rerun into the same AUDIT must match it; how it is executed may change)."""
         values = asdict(self)
-        for key in ("executor", "tasks", "workers", "executor_options", "out"):
+        for key in ("executor", "tasks", "workers", "executor_options", "out", "device"):
             values.pop(key)
         return json.loads(json.dumps(values))

@@ -16,7 +16,6 @@ returned as it is); a rerun with another request into the same OUT is refused, n
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from stride_engine.artifacts import atomic_write_text
 from ..core.baselines import METHODS
 from ..core.budget import check_allocation, parse_budget
 from ..core.executors import run_chain
-from ..core.outputs import changed_settings
+from ..core.outputs import changed_settings, replacing
 from ..core.readers import pool_readers
 from ..core.run import AGGREGATION_RULES, Run
 from ..core.targets import Target, target_for_run
@@ -92,12 +91,11 @@ def run_selection(request: SelectionRequest, overwrite: bool = False) -> dict[st
     manifest = out / "manifest.json"
     if finished:
         return json.loads(manifest.read_text())
-    if overwrite and out.exists():
-        shutil.rmtree(out)
     run = Run(request.run)
-    (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
-    readers = pool_readers(run.inputs.train, run.config.text_field, run.config.id_field)
-    pipelines = selection_pipelines(request, readers, target)
-    run_chain(selection_executors(request, pipelines), request.execution())
+    with replacing(out if overwrite else None):  # the old selection stays until the new one is complete
+        (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
+        readers = pool_readers(run.inputs.train, run.config.text_field, run.config.id_field)
+        pipelines = selection_pipelines(request, readers, target)
+        run_chain(selection_executors(request, pipelines), request.execution())
     return json.loads(manifest.read_text()) if manifest.is_file() else {}
