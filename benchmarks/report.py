@@ -4,6 +4,7 @@ top-k removal curves). Everything here reads only the results JSON, so a report 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def write_report(results: Path) -> Path:
     plots = [_plot_lds(rows, folder / "lds.png"), _plot_lds_time(rows, folder / "lds_vs_time.png"), _plot_removal(rows, folder / "removal.png")]
     text = markdown(rows, [p for p in plots if p is not None], results.parent)
     out = results.with_suffix(".md")
-    atomic_write_text(out, keep_notes(out, text, rows[0].get("commit") if rows else None))  # the notes of the file stay
+    dirty = next((r["commit"] for r in rows if str(r.get("commit", "")).endswith("-dirty")), None)
+    atomic_write_text(out, keep_notes(out, text, dirty))  # the notes of the file stay
     return out
 
 
@@ -40,7 +42,10 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path], base: Path) -> str:
              "Made by " + ", then ".join(f"`{c}`" for c in commands), ""]
     if rows:
         machine = rows[0]["machine"]
-        lines += [f"Machine: {machine['cpus']} CPUs, {machine['platform']}, torch {machine['torch']}; commit {rows[0]['commit']}.", ""]
+        commits = Counter(str(r.get("commit")) for r in rows)
+        stamps = ", ".join(f"{c} ({n} rows)" for c, n in sorted(commits.items(), key=lambda kv: -kv[1]))
+        lines += [f"Machine: {machine['cpus']} CPUs, {machine['platform']}, torch {machine['torch']}; "
+                  f"commit{'s' if len(commits) > 1 else ''} {stamps} (each row's own is in the JSON).", ""]
     lines += ["## Results", ""]  # the hand-written notes (curate.studies.notes) go before it
     for setting in sorted({r["setting"] for r in rows}):
         group = [r for r in _sorted(rows) if r["setting"] == setting]

@@ -270,3 +270,43 @@ def test_overwrite_keeps_the_old_audit_until_the_new_one_is_complete(leaked, mon
     monkeypatch.undo()
     assert run_audit(request, overwrite=True)["question_n"] == 10
     assert not (leaked["tmp"] / "audit.replaced").exists()
+
+
+# ------------------------------------------------------------------------------------------------ fuzzy signal
+
+PLANE = BenchmarkItem("b", "plane", "A plane travels 1200 miles in 3 hours. At the same rate, how many additional hours "
+                                   "would it take to travel an additional 2000 miles?")
+
+
+def test_numbers_read_as_values_whatever_their_spelling():
+    from curate.contamination.fuzzy import canonical_words
+
+    assert canonical_words("One thousand two hundred miles, 1,200 miles, twenty-five and 3.50 or three").words == [
+        "1200", "miles", "1200", "miles", "25", "and", "3.5", "or", "3"]
+    assert canonical_words("one hundred and five, a hundred and more").words == ["105", "a", "hundred", "and", "more"]
+
+
+def test_a_reworded_copy_is_found_and_a_sibling_with_other_numbers_is_not():
+    from curate.contamination.fuzzy import FuzzyIndex
+
+    index = FuzzyIndex.build([PLANE])
+    reworded = ("Some text first. A jet travels one thousand two hundred miles in three hours. At the same speed, how many "
+                "additional hours would it take to travel an additional two thousand miles? More text after.")
+    (match,) = index.match(reworded)
+    assert index.fires(match) and match.number_recall == 1.0
+    assert reworded[match.span[0]: match.span[1]].startswith("travels one thousand")
+    sibling = "A train travels 270 miles in 3 hours. At the same rate, how many additional hours would it take to travel an additional 180 miles?"
+    assert not any(index.fires(m) for m in index.match(sibling))  # the template, not the problem: 1 of 3 numbers
+
+
+def test_the_audit_calls_a_reworded_copy_contaminated_through_the_fuzzy_signal(tmp_path):
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "plane", "question": PLANE.question, "answer": "It takes 5 more hours."}])
+    reworded = ("A jet travels one thousand two hundred miles in three hours. At the same speed, how many additional hours "
+                "would it take to travel an additional two thousand miles?")
+    train = write_jsonl(tmp_path / "t.jsonl", [{"id": "copy", "text": reworded}, {"id": "other", "text": "Nothing to see here at all."}])
+    run_audit(AuditRequest(benchmarks=(str(bench),), train=(str(train),), out=str(tmp_path / "a")))
+    documents = pl.read_parquet(tmp_path / "a" / "documents.parquet")
+    assert documents["doc_id"].to_list() == ["copy"] and documents["signals"].to_list() == [["fuzzy"]]
+    assert documents["level"].to_list() == ["contaminated"]
+    run_audit(AuditRequest(benchmarks=(str(bench),), train=(str(train),), out=str(tmp_path / "off"), fuzzy=False))
+    assert len(pl.read_parquet(tmp_path / "off" / "documents.parquet")) == 0  # exact n-grams alone miss it

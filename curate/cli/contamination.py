@@ -29,6 +29,9 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--answer-min-words", default=3, show_default=True, type=click.IntRange(min=1), help="An answer with fewer words is not evidence alone.")
 @click.option("--contaminated-coverage", default=0.8, show_default=True, type=float, help="Coverage of a question or answer that makes an item contaminated.")
 @click.option("--suspicious-coverage", default=0.5, show_default=True, type=float, help="Coverage that makes it suspicious.")
+@click.option("--fuzzy/--no-fuzzy", default=True, show_default=True, help="The MinHash signal for edited copies of the questions.")
+@click.option("--fuzzy-similarity", default=0.6, show_default=True, type=float, help="Share of a question's word bigrams in one window of a document.")
+@click.option("--number-recall", default=0.8, show_default=True, type=float, help="Share of the question's numbers in that window (a copy keeps them).")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
               help="A fitted run over this corpus (curate fit): adds attribution, and memorisation under the run's model.")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="The audited model alone (memorisation only), without a run.")
@@ -51,7 +54,7 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def contamination_command(benchmarks, train, out, text_field, id_field, question_field, answer_field, item_id_field, context_fields,
                           task_dirs, item_limit, question_n, answer_n, answer_min_words, contaminated_coverage, suspicious_coverage,
-                          run_dir, model, reference_model, top_k, min_k, attribution_z, min_k_pp, reference_gap, device,
+                          fuzzy, fuzzy_similarity, number_recall, run_dir, model, reference_model, top_k, min_k, attribution_z, min_k_pp, reference_gap, device,
                           decontaminate, remove, output_format, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
     """Which benchmark items a training corpus holds, which documents hold them (exact n-gram evidence with spans; with
     --run, the documents each item's attribution points to and how well the model knows it), a verdict per item, and a clean copy."""
@@ -63,7 +66,7 @@ def contamination_command(benchmarks, train, out, text_field, id_field, question
         question_field=question_field, answer_field=answer_field, item_id_field=item_id_field, context_fields=tuple(context_fields),
         task_dirs=tuple(map(str, task_dirs)), item_limit=item_limit, question_n=question_n, answer_n=answer_n,
         answer_min_words=answer_min_words, contaminated_coverage=contaminated_coverage, suspicious_coverage=suspicious_coverage,
-        run=str(run_dir) if run_dir else None, model=str(model) if model else None,
+        fuzzy=fuzzy, fuzzy_similarity=fuzzy_similarity, number_recall=number_recall, run=str(run_dir) if run_dir else None, model=str(model) if model else None,
         reference_model=str(reference_model) if reference_model else None, top_k=top_k, min_k=min_k,
         attribution_z=attribution_z, min_k_pp=min_k_pp, reference_gap=reference_gap, device=device,
         decontaminate=str(decontaminate) if decontaminate else None, remove=remove, output_format=output_format,

@@ -26,6 +26,8 @@ from .request import REQUEST_FILE, AuditRequest
 def check_request(request: AuditRequest, overwrite: bool = False) -> tuple[list[BenchmarkItem], bool]:
     """Every check; returns the items and whether AUDIT holds this very audit, finished."""
     request.lexical().check()
+    if request.fuzzy_settings() is not None:
+        request.fuzzy_settings().check()
     request.rule().check()
     request.execution().check()
     if request.remove not in ("documents", "spans"):

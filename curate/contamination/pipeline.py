@@ -26,7 +26,7 @@ def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest:
     work = out / ".work"
     readers = lambda: pool_readers([Path(p) for p in request.train], request.text_field, request.id_field)  # noqa: E731
     pipelines = {
-        "index": [ContaminationIndex(items, str(work), request.lexical())],
+        "index": [ContaminationIndex(items, str(work), request.lexical(), request.fuzzy_settings())],
         "scan": [*readers(), ContaminationScorer(str(work))],
     }
     if request.run or request.model:

@@ -76,6 +76,8 @@ def markdown_report(verdicts: pl.DataFrame, flagged: pl.DataFrame, summary: pl.D
         f"- `contaminated`: a training document covers at least {rule.contaminated_coverage:.0%} of the item's question or "
         f"answer with exact {request['question_n']}-grams (answers: {request['answer_n']}-grams, or the whole answer when it is "
         f"shorter but has at least {request['answer_min_words']} words), on normalised words;",
+        f"  or holds an edited copy of its question: {rule.fuzzy_similarity:.0%} of its word bigrams and {rule.number_recall:.0%} "
+        "of its numbers (as values: `16` and `sixteen` alike) in one window (the fuzzy signal, MinHash-LSH candidates);",
         f"- `suspicious`: at least {rule.suspicious_coverage:.0%} (an edited or partial copy, or a template sibling: review it);",
         *_model_rule_lines(verdicts, rule),
         "- `clean`: none of these.", "",
@@ -99,6 +101,7 @@ def markdown_report(verdicts: pl.DataFrame, flagged: pl.DataFrame, summary: pl.D
 
 SIGNAL_COLUMNS = {
     "question_coverage": "lexical: best question coverage", "answer_coverage": "lexical: best answer coverage",
+    "fuzzy_similarity": "fuzzy: best bigram containment",
     "attribution_z": "attribution: top document's z", "min_k_pp": "memorisation: Min-K%++", "reference_gap": "memorisation: loss gap to reference",
 }
 
@@ -113,11 +116,12 @@ def signal_plot(verdicts: pl.DataFrame, rule: VerdictRule) -> bytes:
     columns = [c for c in SIGNAL_COLUMNS if c in verdicts.columns and verdicts[c].drop_nulls().len()]
     thresholds = {"question_coverage": (rule.suspicious_coverage, rule.contaminated_coverage),
                   "answer_coverage": (rule.suspicious_coverage, rule.contaminated_coverage),
+                  "fuzzy_similarity": (None, rule.fuzzy_similarity),
                   "attribution_z": (rule.attribution_z, None), "min_k_pp": (rule.min_k_pp, None), "reference_gap": (rule.reference_gap, None)}
     fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4), squeeze=False)
     for ax, column in zip(axes[0], columns):
         values = verdicts[column].drop_nulls().to_numpy()
-        ax.hist(values, bins=40, range=(0, 1) if "coverage" in column else None, color="#4c72b0")
+        ax.hist(values, bins=40, range=(0, 1) if "coverage" in column or "fuzzy" in column else None, color="#4c72b0")
         for threshold, style in zip(thresholds[column], (":", "--")):
             if threshold is not None:
                 ax.axvline(threshold, color="#c44e52", linestyle=style)
@@ -151,8 +155,7 @@ def review_page(verdicts: pl.DataFrame, flagged: pl.DataFrame, request: dict[str
     # signals this audit did not compute are shown as not measured (null), not as zeros
     missing = [c for c in ("fuzzy_similarity", "attribution_z", "loss", "min_k_pp") if c not in verdicts.columns]
     items = verdicts.with_columns(*(pl.lit(None, dtype=pl.Float64).alias(c) for c in missing))
-    documents = flagged.with_columns(pl.lit(None, dtype=pl.Float64).alias("fuzzy_similarity"))
-    return render_audit_html(items, documents, request)
+    return render_audit_html(items, flagged, request)
 
 
 def _png(fig) -> bytes:

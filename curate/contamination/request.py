@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.executors import Execution
+from .fuzzy import FuzzySettings
 from .items import ItemFields
 from .lexical import LexicalSettings
 from .verdict import VerdictRule
@@ -34,6 +35,9 @@ class AuditRequest:
     max_items_per_ngram: int = 20
     contaminated_coverage: float = 0.8
     suspicious_coverage: float = 0.5
+    fuzzy: bool = True  # the MinHash signal for edited copies of the questions
+    fuzzy_similarity: float = 0.6
+    number_recall: float = 0.8
     run: str | None = None  # a fitted run over this corpus: attribution, and memorisation under its model
     model: str | None = None  # the audited model alone (memorisation only), when there is no run
     reference_model: str | None = None  # a model that did not see the corpus: the loss gap
@@ -58,7 +62,11 @@ class AuditRequest:
         return LexicalSettings(self.question_n, self.answer_n, self.answer_min_words, self.max_items_per_ngram)
 
     def rule(self) -> VerdictRule:
-        return VerdictRule(self.contaminated_coverage, self.suspicious_coverage, self.attribution_z, self.min_k_pp, self.reference_gap)
+        return VerdictRule(self.contaminated_coverage, self.suspicious_coverage, self.fuzzy_similarity, self.number_recall,
+                           self.attribution_z, self.min_k_pp, self.reference_gap)
+
+    def fuzzy_settings(self) -> FuzzySettings | None:
+        return FuzzySettings(self.fuzzy_similarity, self.number_recall) if self.fuzzy else None
 
     def execution(self) -> Execution:
         return Execution(self.executor, self.tasks, self.workers, dict(self.executor_options))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from ..core.outputs import read_parquet, write_atomically, write_parquet
 from ..errors import CurateError
+from .fuzzy import FuzzyIndex, FuzzySettings
 from .items import BenchmarkItem
 from .lexical import LexicalIndex, LexicalSettings
 
 ITEMS_FILE = "items.parquet"  # in WORK: the benchmark items, in the order the index numbers them
 INDEX_FILE = "lexical.npz"
+FUZZY_FILE = "fuzzy.pkl"  # the MinHash-LSH index of the questions (absent when the fuzzy signal is off)
 MATCHES = "matches"  # WORK/matches/<rank>.parquet
 DOCUMENTS_FILE = "documents.parquet"  # in AUDIT: flagged (item, document) pairs
 
@@ -42,7 +45,8 @@ _WORDS = re.compile(r"\w+")
 SPAN = pl.Struct({"start": pl.Int64, "end": pl.Int64, "field": pl.String})
 MATCH_SCHEMA = {
     "doc_id": pl.String, "item": pl.Int64, "question_coverage": pl.Float64, "answer_coverage": pl.Float64,
-    "context_coverage": pl.Float64, "spans": pl.List(SPAN), "text": pl.String,
+    "context_coverage": pl.Float64, "fuzzy_similarity": pl.Float64, "number_recall": pl.Float64, "spans": pl.List(SPAN),
+    "text": pl.String,
 }
 
 
@@ -64,10 +68,13 @@ class ContaminationIndex(PipelineStep):
     name = "🧪 Contamination index"
     type = "📊 STATS"
 
-    def __init__(self, items: list[BenchmarkItem], work_folder: DataFolderLike, settings: LexicalSettings = LexicalSettings()):
+    def __init__(self, items: list[BenchmarkItem], work_folder: DataFolderLike, settings: LexicalSettings = LexicalSettings(),
+                 fuzzy: FuzzySettings | None = FuzzySettings()):
         super().__init__()
         settings.check()  # bad settings fail when the pipeline is built, before any stage runs
-        self.items, self.settings = list(items), settings
+        if fuzzy is not None:
+            fuzzy.check()
+        self.items, self.settings, self.fuzzy = list(items), settings, fuzzy
         self.work_folder = get_datafolder(work_folder)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -76,6 +83,8 @@ class ContaminationIndex(PipelineStep):
         index = LexicalIndex.build(self.items, self.settings)
         write_parquet(items_frame(self.items), self.work_folder, ITEMS_FILE)
         write_atomically(self.work_folder, INDEX_FILE, _index_bytes(index))
+        if self.fuzzy is not None:
+            write_atomically(self.work_folder, FUZZY_FILE, pickle.dumps(FuzzyIndex.build(self.items, self.fuzzy)))
         self.stat_update("items", value=len(self.items))
         self.stat_update("ngrams", value=sum(len(t["keys"]) for t in index.tables.values()))
         yield from data or []
@@ -83,7 +92,8 @@ class ContaminationIndex(PipelineStep):
 
 class ContaminationScorer(PipelineStep):
     """Annotates each document with the benchmark items it overlaps (`metadata["contamination"]`: item keys whose
-    coverage reaches `evidence_floor`) and writes that evidence, spans and document text included, as one shard per task."""
+    exact coverage or fuzzy similarity reaches `evidence_floor`) and writes that evidence, spans and document text
+    included, as one shard per task."""
 
     name = "🧪 Contamination scorer"
     type = "✨ ANNOTATOR"
@@ -94,30 +104,47 @@ class ContaminationScorer(PipelineStep):
         self.evidence_floor = evidence_floor  # below it, a shared phrase: not kept (it would only grow the shards)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        index, keys = self._load()
+        index, fuzzy, keys = self._load()
         rows: list[dict[str, Any]] = []
         for doc in data or []:
             with self.track_time():
-                found = [m for m in index.match(doc.text) if max(m.question_coverage, m.answer_coverage) >= self.evidence_floor]
-                doc.metadata["contamination"] = [keys[m.item] for m in found]
-                rows.extend(
-                    {"doc_id": doc.id, "item": m.item, "question_coverage": m.question_coverage,
-                     "answer_coverage": m.answer_coverage, "context_coverage": m.context_coverage,
-                     "spans": [{"start": s, "end": e, "field": f} for s, e, f in m.spans], "text": doc.text}
-                    for m in found
-                )
+                found = self._evidence(doc.text, index, fuzzy)
+                doc.metadata["contamination"] = [keys[item] for item in found]
+                rows.extend({"doc_id": doc.id, "item": item, **row, "text": doc.text} for item, row in found.items())
             self.stat_update("with_evidence" if found else "without_evidence")
             yield doc
         write_parquet(pl.DataFrame(rows, schema=MATCH_SCHEMA), self.work_folder, f"{MATCHES}/{rank:05d}.parquet")
 
-    def _load(self) -> tuple[LexicalIndex, list[str]]:
+    def _evidence(self, text: str, index: LexicalIndex, fuzzy: FuzzyIndex | None) -> dict[int, dict[str, Any]]:
+        """Per item with evidence in the text: coverage per field, fuzzy similarity and number recall, spans."""
+        found: dict[int, dict[str, Any]] = {}
+        for m in index.match(text):
+            if max(m.question_coverage, m.answer_coverage) >= self.evidence_floor:
+                found[m.item] = {"question_coverage": m.question_coverage, "answer_coverage": m.answer_coverage,
+                                 "context_coverage": m.context_coverage, "fuzzy_similarity": None, "number_recall": None,
+                                 "spans": [{"start": s, "end": e, "field": f} for s, e, f in m.spans]}
+        for m in fuzzy.match(text) if fuzzy is not None else []:
+            if m.similarity < max(self.evidence_floor, 0.5 * fuzzy.settings.similarity):
+                continue
+            row = found.setdefault(m.item, {"question_coverage": 0.0, "answer_coverage": 0.0, "context_coverage": 0.0, "spans": []})
+            row.update(fuzzy_similarity=m.similarity, number_recall=m.number_recall)
+            if fuzzy.fires(m):
+                row["spans"] = [*row["spans"], {"start": m.span[0], "end": m.span[1], "field": "fuzzy"}]
+        return found
+
+    def _load(self) -> tuple[LexicalIndex, FuzzyIndex | None, list[str]]:
         for name in (ITEMS_FILE, INDEX_FILE):
             if not self.work_folder.isfile(name):
                 raise CurateError(f"no {name} in {self.work_folder.path}: run the ContaminationIndex stage first")
         items = read_parquet(self.work_folder, ITEMS_FILE)
         keys = [f"{b}/{i}" for b, i in items.select("benchmark", "item_id").iter_rows()]
         with self.work_folder.open(INDEX_FILE, "rb") as handle:
-            return _index_from_bytes(handle.read()), keys
+            index = _index_from_bytes(handle.read())
+        fuzzy = None
+        if self.work_folder.isfile(FUZZY_FILE):
+            with self.work_folder.open(FUZZY_FILE, "rb") as handle:
+                fuzzy = pickle.loads(handle.read())  # written by this audit's own index stage
+        return index, fuzzy, keys
 
 
 class ContaminationFilter(BaseFilter):

@@ -4,7 +4,8 @@ A document is flagged for an item when a signal fires on the pair; an item's ver
 and its own signals reach:
 
 - `contaminated`: some document covers at least `contaminated_coverage` of the item's question or of its answer
-  with exact n-grams (a copy, whole or in part, that a reader would call the item);
+  with exact n-grams (a copy, whole or in part, that a reader would call the item), or holds an edited copy of
+  its question: `fuzzy_similarity` of its bigrams and `number_recall` of its numbers in one window (curate.contamination.fuzzy);
 - `suspicious`: some document covers at least `suspicious_coverage` of it (a partial or edited copy, or a template
   sibling: a reviewer decides); or, when their thresholds are given, a document stands out of the item's
   attribution (`attribution_z`), or the model knows the item too well (`min_k_pp`, `reference_gap`);
@@ -13,7 +14,10 @@ and its own signals reach:
 The coverage defaults were read off the shared corpus: GSM8K *train* problems, which are not copies of test items,
 reach a question coverage of 0.76 on a test item at most (template siblings such as "A train travels 270 miles in
 3 hours..." vs "A plane travels 1200 miles in 3 hours..."), so 0.8 calls none of them contaminated, and every such
-sibling above 0.5 is shown as suspicious. The model signals have no default threshold yet: they are measured and
+sibling above 0.5 is shown as suspicious. The fuzzy thresholds were read off an injected corpus
+(benchmarks/contamination/inject.py, rate 1%, seed 0): at similarity 0.6 and number recall 0.8, 67 of the 68
+question copies of any kind (verbatim, question only, three rewordings) fire and none of the 7,473 GSM8K train
+problems does; the best-scoring sibling (0.75) keeps a third of the numbers. The model signals have no default threshold yet: they are measured and
 reported for every item, and enter the verdict only when a threshold is given.
 """
 
@@ -26,13 +30,15 @@ import polars as pl
 from ..errors import CurateError
 
 VERDICTS = ("contaminated", "suspicious", "clean")
-SIGNALS = ("lexical", "attribution", "memorisation")
+SIGNALS = ("lexical", "fuzzy", "attribution", "memorisation")
 
 
 @dataclass(frozen=True)
 class VerdictRule:
     contaminated_coverage: float = 0.8
     suspicious_coverage: float = 0.5
+    fuzzy_similarity: float = 0.6  # an edited copy: this share of the question's bigrams in one window...
+    number_recall: float = 0.8  # ...and this share of its numbers
     attribution_z: float | None = None  # a top-k document with z at least this is flagged
     min_k_pp: float | None = None  # an item with Min-K%++ at least this is suspicious
     reference_gap: float | None = None  # an item the model finds this much easier (nats/token) than the reference
@@ -57,7 +63,7 @@ class Evidence:
 
 
 PAIR_COLUMNS = ("doc_id", "benchmark", "item_id", "level", "signals", "question_coverage", "answer_coverage",
-                "context_coverage", "attribution_score", "attribution_rank", "attribution_z", "spans", "text")
+                "context_coverage", "fuzzy_similarity", "number_recall", "attribution_score", "attribution_rank", "attribution_z", "spans", "text")
 
 
 def flagged_documents(evidence: Evidence, rule: VerdictRule) -> pl.DataFrame:
@@ -67,16 +73,19 @@ def flagged_documents(evidence: Evidence, rule: VerdictRule) -> pl.DataFrame:
     pairs = _with_attribution(lexical, evidence.attribution_pairs)
     best = pl.max_horizontal(pl.col("question_coverage").fill_null(0.0), pl.col("answer_coverage").fill_null(0.0))
     fires_lexical = best >= rule.suspicious_coverage
+    fires_fuzzy = ((pl.col("fuzzy_similarity") >= rule.fuzzy_similarity) & (pl.col("number_recall") >= rule.number_recall)).fill_null(False)
     fires_attribution = (pl.col("attribution_z") >= rule.attribution_z).fill_null(False) if rule.attribution_z is not None else pl.lit(False)
     signals = pl.concat_list(
         pl.when(fires_lexical).then(pl.lit(["lexical"])).otherwise(pl.lit([], dtype=pl.List(pl.String))),
+        pl.when(fires_fuzzy).then(pl.lit(["fuzzy"])).otherwise(pl.lit([], dtype=pl.List(pl.String))),
         pl.when(fires_attribution).then(pl.lit(["attribution"])).otherwise(pl.lit([], dtype=pl.List(pl.String))),
     )
+    copy = (best >= rule.contaminated_coverage) | fires_fuzzy
     return (
-        pairs.filter(fires_lexical | fires_attribution)
+        pairs.filter(fires_lexical | fires_fuzzy | fires_attribution)
         .with_columns(
             signals.alias("signals"),
-            pl.when(best >= rule.contaminated_coverage).then(pl.lit("contaminated")).otherwise(pl.lit("suspicious")).alias("level"),
+            pl.when(copy).then(pl.lit("contaminated")).otherwise(pl.lit("suspicious")).alias("level"),
             pl.col("question_coverage", "answer_coverage", "context_coverage").fill_null(0.0),
             pl.col("spans").fill_null(pl.lit([], dtype=evidence.matches.schema["spans"])),
         )
@@ -99,7 +108,9 @@ def _with_attribution(lexical: pl.DataFrame, attribution: pl.DataFrame | None) -
 def item_verdicts(evidence: Evidence, flagged: pl.DataFrame, rule: VerdictRule) -> pl.DataFrame:
     """One row per item: its verdict, the signals that fired, its best evidence and how many documents are flagged."""
     keyed = evidence.items.with_columns(pl.int_range(pl.len()).alias("item"))
-    best = evidence.matches.group_by("item").agg(pl.col("question_coverage", "answer_coverage", "context_coverage").max())
+    best = evidence.matches.group_by("item").agg(
+        pl.col("question_coverage", "answer_coverage", "context_coverage", "fuzzy_similarity").max()
+    )
     per_item = flagged.group_by("benchmark", "item_id").agg(
         pl.len().alias("documents"),
         (pl.col("level") == "contaminated").any().alias("_contaminated"),
@@ -123,7 +134,7 @@ def item_verdicts(evidence: Evidence, flagged: pl.DataFrame, rule: VerdictRule) 
         .otherwise(pl.lit("clean")).alias("verdict")
     )
     shown = ["benchmark", "item_id", "question", "answer", "verdict", "signals", "question_coverage", "answer_coverage",
-             "context_coverage", "documents"]
+             "context_coverage", "fuzzy_similarity", "documents"]
     model_columns = [c for c in ("attribution_top_score", "attribution_z", "concentration", "loss", "min_k_pp",
                                  "reference_loss", "reference_gap") if c in table.columns]
     return table.select(*shown, *model_columns)
