@@ -169,10 +169,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+# What a study writes itself (its results, its runs) does not make the tree it ran from dirty: only code and
+# configuration do. Without this, every row after a study's first was stamped -dirty by the study's own output.
+OUTPUTS_EXCLUDED = (":(top,exclude)benchmarks/results", ":(top,exclude)runs")
+
+
 def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *OUTPUTS_EXCLUDED], capture_output=True, text=True, check=False).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -130,6 +130,7 @@ def test_removing_a_querys_nearest_same_class_examples_hurts_it_more_than_random
     assert informed > blind + 0.02
 
 
+@pytest.mark.slow
 def test_the_runner_writes_rows_a_report_and_plots_and_records_a_failing_method(tmp_path):
     methods = (
         MethodSpec("random", "benchmarks.methods.baselines:random_scores", {}, "baseline"),

@@ -83,6 +83,7 @@ def test_example_losses_are_differentiable(pretrain):
     assert torch.allclose(adapter.example_losses(logits, batch), losses.detach(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_retrain_subsets_and_determinism(pretrain):
     n = len(pretrain.train)
     rng = np.random.default_rng(0)

@@ -310,3 +310,26 @@ def test_the_audit_calls_a_reworded_copy_contaminated_through_the_fuzzy_signal(t
     assert documents["level"].to_list() == ["contaminated"]
     run_audit(AuditRequest(benchmarks=(str(bench),), train=(str(train),), out=str(tmp_path / "off"), fuzzy=False))
     assert len(pl.read_parquet(tmp_path / "off" / "documents.parquet")) == 0  # exact n-grams alone miss it
+
+
+@pytest.mark.slow
+def test_the_ray_executor_gives_the_same_audit(leaked, monkeypatch):
+    """datatrove's Ray executor, on a local Ray instance, with two tasks per per-document stage."""
+    ray = pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    monkeypatch.setenv("TMPDIR", ray_tmp)  # datatrove's Ray executor writes its task logs under $TMPDIR
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        audit(leaked, out="ray", executor="ray", tasks=2, workers=2, decontaminate=str(leaked["tmp"] / "ray-clean"))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    audit(leaked, out="local")
+    ray_pairs, local_pairs = (pl.read_parquet(leaked["tmp"] / name / "documents.parquet").sort("doc_id", "item_id") for name in ("ray", "local"))
+    assert ray_pairs.equals(local_pairs)
+    excluded = [json.loads(line)["id"] for f in (leaked["tmp"] / "ray-clean" / "excluded").glob("*.jsonl*") for line in _lines(f)]
+    assert sorted(excluded) == sorted(local_pairs["doc_id"].unique().to_list())

@@ -66,6 +66,7 @@ def _outside_kl(stride, owner, rows):
     return float(np.mean(kls))
 
 
+@pytest.mark.slow
 def test_stability_term_keeps_kl_small_outside_the_subset(stable, demo_assets, tmp_path):
     owner, rows = _probe(stable)
     unconstrained = _fit(demo_assets, tmp_path, stability_weight=0.0)

@@ -89,3 +89,27 @@ def test_the_selection_study_report_keeps_the_notes_of_the_file_it_rewrites(tmp_
     assert text.count(DIRTY) == 1 and text.index("Made by `curate recipe tiny.yaml`") < text.index(DIRTY) < text.index(notes)
     write_report(rows, {}, path)  # a second regeneration: the same file
     assert (tmp_path / "selection.md").read_text() == text
+
+
+def test_a_study_writing_its_own_results_does_not_stamp_its_rows_dirty(tmp_path, monkeypatch):
+    """A benchmark rewrites benchmarks/results/*.json after every row: that must not make the next row `-dirty`;
+    a changed source file must."""
+    import subprocess
+
+    from benchmarks.runner import commit as bench_commit
+    from curate.studies.results import commit as study_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "full.json").write_text("[]")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path / "benchmarks")  # from a subfolder too
+    (tmp_path / "benchmarks" / "results" / "full.json").write_text('[{"row": 1}]')
+    assert not bench_commit().endswith("-dirty") and not study_commit().endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert bench_commit().endswith("-dirty") and study_commit().endswith("-dirty")

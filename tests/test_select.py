@@ -450,6 +450,7 @@ def test_select_and_fit_commands(demo_assets, fact_target, tmp_path):
     assert bad.exit_code != 0 and "not understood" in bad.output and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_selection(fitted_run, fact_target, tmp_path, monkeypatch):
     """datatrove's Ray executor, on a local Ray instance, with two tasks per per-document stage."""
     ray = pytest.importorskip("ray")
