@@ -430,6 +430,7 @@ def test_slurm_stages_chain_and_pickle(fitted_run, fact_target, tmp_path):
         selection_executors(_request(fitted_run, target, tmp_path / "o", executor="slurm"), selection_pipelines(request, []))
 
 
+@pytest.mark.slow
 def test_select_and_fit_commands(demo_assets, fact_target, tmp_path):
     target, _ = fact_target
     run = tmp_path / "run"
