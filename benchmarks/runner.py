@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import subprocess
 import tempfile
 import time
 import traceback
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from curate.studies.results import commit  # noqa: F401 (the benchmark's modules import it from here)
 from stride_engine.artifacts import atomic_write_text
 
 from .ground_truth import GroundTruth, load_or_compute
@@ -167,17 +167,3 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
     }
-
-
-# What a study writes itself (its results, its runs) does not make the tree it ran from dirty: only code and
-# configuration do. Without this, every row after a study's first was stamped -dirty by the study's own output.
-OUTPUTS_EXCLUDED = (":(top,exclude)benchmarks/results", ":(top,exclude)runs")
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *OUTPUTS_EXCLUDED], capture_output=True, text=True, check=False).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

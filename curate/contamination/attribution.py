@@ -11,7 +11,6 @@ The run must have been fit on the audited corpus: its documents are the ones the
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import polars as pl
 
 from ..core.run import Run
 from ..errors import CurateError
-from .items import BenchmarkItem
+from .items import BenchmarkItem, items_digest
 from .memorisation import item_queries
 
 
@@ -68,5 +67,4 @@ def attribution_scores(run: Run, items: Sequence[BenchmarkItem], top_k: int = 10
 
 def _store_name(items: Sequence[BenchmarkItem]) -> str:
     """One score store per set of items, so two audits of different benchmarks on one run do not clash."""
-    digest = hashlib.sha256("\n".join(f"{i.key}\t{i.question}\t{i.answer}" for i in items).encode()).hexdigest()[:12]
-    return f"contamination-{digest}"
+    return f"contamination-{items_digest(items)[:12]}"

@@ -16,7 +16,7 @@ from stride_engine.artifacts import atomic_write_text
 from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES
 
 from ..core.executors import run_chain
-from ..core.outputs import changed_settings, replacing
+from ..core.outputs import finished_rerun, replacing
 from ..errors import CurateError
 from .items import BenchmarkItem, items_digest, load_benchmarks
 from .pipeline import audit_executors, audit_pipelines
@@ -37,7 +37,7 @@ def check_request(request: AuditRequest, overwrite: bool = False) -> tuple[list[
     _check_corpus(request)
     _check_model_inputs(request)
     items = load_benchmarks(request.benchmarks, request.fields(), [Path(d) for d in request.task_dirs], request.item_limit)
-    finished = _check_output_folder(request, overwrite)
+    finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "audit")
     if request.decontaminate:
         clean = Path(request.decontaminate)
         if clean.resolve() == Path(request.out).resolve():
@@ -92,24 +92,6 @@ def _check_model_inputs(request: AuditRequest) -> None:
         raise CurateError("--reference-model compares with the audited model: give --run or --model too")
     if not 1 <= request.top_k:
         raise CurateError(f"top_k must be at least 1, got {request.top_k}")
-
-
-def _check_output_folder(request: AuditRequest, overwrite: bool) -> bool:
-    out = Path(request.out)
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    saved = out / REQUEST_FILE
-    if not saved.is_file():
-        raise CurateError(f"{out} holds files that are not a curate audit (no {REQUEST_FILE}); choose another folder")
-    if overwrite:
-        return False
-    changed = changed_settings(json.loads(saved.read_text()), request.fingerprint())
-    if changed:
-        raise CurateError(
-            f"{out} holds an audit made with other settings (changed: {', '.join(changed)}; see {saved}); "
-            "pass --overwrite to replace it, or choose another folder"
-        )
-    return (out / "manifest.json").is_file()
 
 
 def run_audit(request: AuditRequest, overwrite: bool = False) -> dict[str, Any]:

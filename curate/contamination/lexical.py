@@ -72,6 +72,10 @@ def words(text: str) -> Words:
     )
 
 
+def word_count(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
 @lru_cache(maxsize=1 << 20)
 def _word_hash(word: str) -> np.uint64:
     normal = unicodedata.normalize("NFKC", word).casefold()
@@ -168,7 +172,7 @@ class ItemMatch:
 
 def _field_n(settings: LexicalSettings, name: str, text: str) -> int | None:
     """The n-gram size a field is indexed with, or None when it is not indexed (empty, or an answer too short)."""
-    count = len(_WORD.findall(text))
+    count = word_count(text)
     if name == "answer":
         if count < settings.answer_min_words:
             return None

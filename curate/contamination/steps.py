@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..core.outputs import read_parquet, write_atomically, write_parquet
 from ..errors import CurateError
 from .fuzzy import FuzzyIndex, FuzzySettings
 from .items import BenchmarkItem
-from .lexical import LexicalIndex, LexicalSettings
+from .lexical import LexicalIndex, LexicalSettings, word_count
 
 ITEMS_FILE = "items.parquet"  # in WORK: the benchmark items, in the order the index numbers them
 INDEX_FILE = "lexical.npz"
@@ -40,7 +39,6 @@ MATCHES = "matches"  # WORK/matches/<rank>.parquet
 DOCUMENTS_FILE = "documents.parquet"  # in AUDIT: flagged (item, document) pairs
 
 MOSTLY_ITEM = 0.1
-_WORDS = re.compile(r"\w+")
 
 SPAN = pl.Struct({"start": pl.Int64, "end": pl.Int64, "field": pl.String})
 MATCH_SCHEMA = {
@@ -173,7 +171,7 @@ class ContaminationFilter(BaseFilter):
             doc.metadata["exclusion_reason"] = reason
             return False, "contaminated"
         remaining = cut_spans(doc.text, spans)
-        if len(_WORDS.findall(remaining)) < MOSTLY_ITEM * len(_WORDS.findall(doc.text)):
+        if word_count(remaining) < MOSTLY_ITEM * word_count(doc.text):
             doc.metadata["exclusion_reason"] = reason  # what is left is the item's labels and punctuation: drop it whole
             return False, "contaminated"
         doc.metadata["contamination_removed"] = reason

@@ -12,6 +12,8 @@ from typing import Any
 
 import polars as pl
 
+from ..errors import CurateError
+
 
 def write_atomically(folder, name: str, data: bytes) -> None:
     """Through a temporary name and a rename where the filesystem allows."""
@@ -63,3 +65,28 @@ def replacing(*folders: Path | str | None):
     if first is not None and (first / "manifest.json").is_file():
         for _, aside in moved:
             shutil.rmtree(aside)
+
+
+def finished_rerun(out: Path | str, saved: Path | str, fingerprint: dict[str, Any], overwrite: bool, noun: str,
+                   replaceable_without_saved: bool = False) -> bool:
+    """The house's rerun rule for a job's output folder: True when `out` holds a finished output (a manifest.json) made
+    with these very settings (`saved` holds what it was made with). An output of other settings is refused, naming
+    the changed keys, unless `overwrite`; a folder that is not such an output is never touched (except, with
+    `replaceable_without_saved`, a finished one from before settings were saved, which `overwrite` may replace)."""
+    out, saved = Path(out), Path(saved)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    article = "an" if noun[0] in "aeiou" else "a"
+    if not saved.is_file():
+        if overwrite and replaceable_without_saved and (out / "manifest.json").is_file():
+            return False
+        raise CurateError(f"{out} holds files that are not a curate {noun} (no {saved.relative_to(out)}); choose another folder")
+    if overwrite:
+        return False
+    changed = changed_settings(json.loads(saved.read_text()), fingerprint)
+    if changed:
+        raise CurateError(
+            f"{out} holds {article} {noun} made with other settings (changed: {', '.join(changed)}; see {saved}); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    return (out / "manifest.json").is_file()

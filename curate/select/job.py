@@ -24,7 +24,7 @@ from stride_engine.artifacts import atomic_write_text
 from ..core.baselines import METHODS
 from ..core.budget import check_allocation, parse_budget
 from ..core.executors import run_chain
-from ..core.outputs import changed_settings, replacing
+from ..core.outputs import finished_rerun, replacing
 from ..core.readers import pool_readers
 from ..core.run import AGGREGATION_RULES, Run
 from ..core.targets import Target, target_for_run
@@ -48,7 +48,8 @@ def check_request(request: SelectionRequest, overwrite: bool = False) -> tuple[T
     request.execution().check()
     if not 0.0 <= request.domain_floor <= 1.0:
         raise CurateError(f"domain floor {request.domain_floor} must be between 0 and 1 (a share of the budget per domain)")
-    finished = _check_output_folder(request, overwrite)
+    finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "selection",
+                              replaceable_without_saved=True)
     run = Run(request.run)
     task_dirs = [Path(d) for d in request.task_dirs]
     target = target_for_run(run, request.target, task_dirs, request.target_limit, request.part_field)
@@ -58,29 +59,6 @@ def check_request(request: SelectionRequest, overwrite: bool = False) -> tuple[T
     budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
     check_allocation(request.allocation, table)
     return target, finished
-
-
-def _check_output_folder(request: SelectionRequest, overwrite: bool) -> bool:
-    """True when OUT holds a finished selection of this request; refuses one of another request (unless
-    `overwrite`) and a folder that is not a selection."""
-    out = Path(request.out)
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    saved = out / REQUEST_FILE
-    if not saved.is_file():
-        if overwrite and (out / "manifest.json").is_file():
-            return False
-        raise CurateError(f"{out} holds files that are not a curate selection (no {REQUEST_FILE}); choose another folder")
-    if overwrite:
-        return False
-    made_with = json.loads(saved.read_text())
-    changed = changed_settings(made_with, request.fingerprint())
-    if changed:
-        raise CurateError(
-            f"{out} holds a selection made with other settings (changed: {', '.join(changed)}; see {saved}); "
-            "pass --overwrite to replace it, or choose another folder"
-        )
-    return (out / "manifest.json").is_file()
 
 
 def run_selection(request: SelectionRequest, overwrite: bool = False) -> dict[str, Any]:
