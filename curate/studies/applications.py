@@ -16,6 +16,7 @@ from .study import Study
 # name -> "module:class"; each class implements StudyApplication
 APPLICATIONS: dict[str, str] = {
     "selection": "curate.select.study:SelectionStudy",
+    "contamination": "curate.contamination.study:ContaminationStudy",
 }
 
 

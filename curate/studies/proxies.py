@@ -27,7 +27,8 @@ def proxy_job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, 
     only while the tasks and their items are the same."""
     proxy = recipe["proxy"]
     return {
-        "key": key, "name": key.replace("/", "_"), "data": str(data), "model": str(out / "proxies" / key),
+        "key": key, "name": key.replace("/", "_"),
+        "data": [str(p) for p in data] if isinstance(data, (list, tuple)) else str(data), "model": str(out / "proxies" / key),
         "eval": str(out / "eval" / key), "base": str(base), "steps": proxy["steps"], "batch_size": proxy.get("batch_size", 8),
         "seq_len": recipe["model"]["max_length"], "seed": seed, "tasks": tasks, "task_dir": str(task_dir),
         "tasks_digest": tasks_digest(task_dir, tasks), "device": recipe.get("device", "cpu"),

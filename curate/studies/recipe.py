@@ -178,7 +178,7 @@ def fit_run(recipe: dict, reference: Path, pool: str, folder: Path) -> tuple[Pat
 # ------------------------------------------------------------------------------------------------ the study
 
 
-def prepare_study(recipe: dict, smoke: bool = False) -> Study:
+def prepare_study(recipe: dict, smoke: bool = False, fit_pool_run: bool = True) -> Study:
     from ..proxy.evaluate import target_task
     from ..proxy.retrain import train_proxy
 
@@ -196,7 +196,9 @@ def prepare_study(recipe: dict, smoke: bool = False) -> Study:
                     device=recipe.get("device", "cpu"))
     # The run is named by the settings its training depends on, STRIDE's results by all of them: changed recovery
     # settings rescore the same run, a changed fit refits.
-    run, fit_seconds = fit_run(recipe, reference, files["pool"], out / f"run-{_key(_fit_settings(recipe['stride']))}")
+    run, fit_seconds = None, None
+    if fit_pool_run:  # an application that fits its own runs (contamination: one per injected corpus) skips it
+        run, fit_seconds = fit_run(recipe, reference, files["pool"], out / f"run-{_key(_fit_settings(recipe['stride']))}")
     task_dir = out / "tasks"
     tasks = []
     for kind, entries in (("target", files["eval"]), ("domain", files["heldout"])):
@@ -220,10 +222,12 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
     if progress is not None:
         recipe["progress"] = progress
     application = application_for(recipe["application"], path)
-    study = prepare_study(recipe, smoke)
+    study = prepare_study(recipe, smoke, getattr(application, "fits_pool_run", True))
     jobs, rows = application.plan(study)
     measured = run_proxy_jobs(jobs, workers or recipe.get("workers", 2))
-    rows = [{"task": application.task, **row, **application.metrics(study, row, measured[row["job"]])} for row in rows]
+    # a row without a proxy job is measured already (the contamination study's scores against its ground truth)
+    rows = [{"task": application.task, **row, **(application.metrics(study, row, measured[row["job"]]) if "job" in row else {})}
+            for row in rows]
     default = recipe.get("results") if not smoke else None
     destination = Path(results) if results else Path(default) if default else study.out / f"{application.task}.json"
     rows = write_rows(rows, recipe, destination, study.run_fit_seconds, time.perf_counter() - started, smoke)

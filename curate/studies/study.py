@@ -16,7 +16,7 @@ class Study:
     files: dict[str, Any]  # prepare_data's: pool, targets, eval, heldout
     base: Path
     reference: Path
-    run: Path
+    run: Path | None  # None when the application fits its own runs
     run_fit_seconds: float | None
     stride_key: str  # names what STRIDE's whole configuration (fit and recovery) made
     tasks: list[str]
