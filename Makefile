@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow test-all bench-smoke bench bench-selection clean
+.PHONY: install demo test test-slow test-all bench-smoke bench bench-selection bench-contamination clean
 
 # torch is pinned to the CPU wheel this machine keeps on disk; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -31,12 +31,13 @@ test-all: install
 	$(BIN)/python -m pytest -q -rs -m ""
 
 # The attribution benchmark: smoke (minutes, in CI) and full (committed results; an hour or more on 2 cores).
-# The selection study's smoke version needs ../shared/data (present in CI); a plain clone skips it.
+# The selection and contamination studies' smoke versions need ../shared/data (present in CI); a plain clone skips them.
 bench-smoke: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks run --suite smoke --out benchmarks/cache/smoke-results
 	@if [ -d ../shared/data/corpus ]; then \
 		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml --smoke && \
-		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix-smoke --smoke --documents 30; \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix-smoke --smoke --documents 30 && \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/contamination_audit.yaml --smoke; \
 	else echo "skipping the selection smoke study: ../shared/data is absent"; fi
 
 bench: install
@@ -50,6 +51,13 @@ bench-selection: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.target_size runs/select_pretraining_mix
 	for n in 200 400; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix --documents $$n || exit 1; done
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.source_mix runs/select_pretraining_mix
+
+# The contamination audit on injected corpora: the study with models (about an hour and a half on 2 cores), then the
+# model-free signals against the n-gram rules and decon (minutes; decon in its own Python 3.12 environment, see
+# benchmarks/contamination/decon_peer.py).
+bench-contamination: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/curate recipe recipes/contamination_audit.yaml
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.contamination.lexical_bench
 
 clean:
 	rm -rf runs .pytest_cache

@@ -46,6 +46,12 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--remove", default="documents", show_default=True, type=click.Choice(["documents", "spans"]),
               help="Drop whole flagged documents, or cut only the matched spans out of them.")
 @click.option("--format", "output_format", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet"]), help="Of the clean copy.")
+@click.option("--check", is_flag=True, help="Retrain a proxy on the corpus and on its clean copy (--decontaminate) and score both on "
+              "the flagged and the clean items: how much the contamination inflates the score (AUDIT/check).")
+@click.option("--check-steps", default=400, show_default=True, type=click.IntRange(min=1), help="Training steps of each proxy of the check.")
+@click.option("--check-seeds", default="0,1,2", show_default=True, help="The check's proxy seeds (comma-separated).")
+@click.option("--check-seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="The check's proxy training length.")
+@click.option("--check-text", default="{question}\n{answer}", show_default=True, help="How an item is written for its score.")
 @click.option("--executor", default="local", show_default=True, type=click.Choice(EXECUTORS))
 @click.option("--executor-tasks", "tasks", default=1, show_default=True, type=click.IntRange(min=1), help="datatrove tasks of the per-document stages.")
 @click.option("--executor-workers", "workers", default=1, show_default=True, type=click.IntRange(min=1), help="datatrove tasks run at once.")
@@ -55,7 +61,7 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 def contamination_command(benchmarks, train, out, text_field, id_field, question_field, answer_field, item_id_field, context_fields,
                           task_dirs, item_limit, question_n, answer_n, answer_min_words, contaminated_coverage, suspicious_coverage,
                           fuzzy, fuzzy_similarity, number_recall, run_dir, model, reference_model, top_k, min_k, attribution_z, min_k_pp, reference_gap, device,
-                          decontaminate, remove, output_format, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
+                          decontaminate, remove, output_format, check, check_steps, check_seeds, check_seq_len, check_text, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
     """Which benchmark items a training corpus holds, which documents hold them (exact n-gram evidence with spans; with
     --run, the documents each item's attribution points to and how well the model knows it), a verdict per item, and a clean copy."""
     from ..contamination import AuditRequest, run_audit
@@ -70,6 +76,8 @@ def contamination_command(benchmarks, train, out, text_field, id_field, question
         reference_model=str(reference_model) if reference_model else None, top_k=top_k, min_k=min_k,
         attribution_z=attribution_z, min_k_pp=min_k_pp, reference_gap=reference_gap, device=device,
         decontaminate=str(decontaminate) if decontaminate else None, remove=remove, output_format=output_format,
+        check=check, check_steps=check_steps, check_seeds=_seeds(check_seeds), check_seq_len=check_seq_len,
+        check_text=check_text.replace("\\n", "\n"),
         executor=executor, tasks=tasks, workers=workers, executor_options=parse_overrides(executor_options, "--executor-option"),
     )
     try:
@@ -85,3 +93,20 @@ def contamination_command(benchmarks, train, out, text_field, id_field, question
     click.echo(f"report: {Path(out) / 'report.md'}   review page: {Path(out) / 'report.html'}")
     if decontaminate:
         click.echo(f"clean copy: {Path(decontaminate) / 'kept'}")
+    if "check" in manifest:
+        summary = manifest["check"]["summary"]
+        for group, values in summary["groups"].items():
+            click.echo(f"{group} items: {values['original']:.4f} bits/byte on the corpus, {values['decontaminated']:.4f} on the clean copy "
+                       f"({values['change']:+.4f})")
+        if "inflation_bits_per_byte" in summary:
+            click.echo(f"inflation: {summary['inflation_bits_per_byte']:+.4f} bits/byte; table: {Path(out) / 'check' / 'inflation.md'}")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 0,1,2, got {text!r}", param_hint="--check-seeds") from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed", param_hint="--check-seeds")
+    return seeds

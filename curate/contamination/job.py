@@ -36,6 +36,12 @@ def check_request(request: AuditRequest, overwrite: bool = False) -> tuple[list[
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
     _check_corpus(request)
     _check_model_inputs(request)
+    if request.check:
+        request.check_settings().check()
+        if not request.decontaminate:
+            raise CurateError("--check compares the corpus with its clean copy: give --decontaminate FOLDER too")
+        if not (request.run or request.model):
+            raise CurateError("--check trains proxies shaped like the audited model: give --run or --model")
     items = load_benchmarks(request.benchmarks, request.fields(), [Path(d) for d in request.task_dirs], request.item_limit)
     finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "audit")
     if request.decontaminate:
@@ -96,16 +102,34 @@ def _check_model_inputs(request: AuditRequest) -> None:
 
 def run_audit(request: AuditRequest, overwrite: bool = False) -> dict[str, Any]:
     """Check everything, then run the stages (or finish an interrupted run of the same request); returns the manifest
-    (local and Ray executors wait for it; Slurm returns {} once the jobs are submitted)."""
+    (local and Ray executors wait for it; Slurm returns {} once the jobs are submitted), with the inflation check's
+    record under "check" when asked (a finished check with the same settings is reused)."""
     items, finished = check_request(request, overwrite)
     out = Path(request.out)
     manifest = out / "manifest.json"
-    if finished and not request.decontaminate:  # with a clean copy, datatrove's completion markers decide what is left
-        return json.loads(manifest.read_text())
-    replaced = (out, request.decontaminate) if overwrite else ()
-    with replacing(*replaced):  # the old audit (and clean copy) stay until the new one is complete
-        (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
-        described = {**request.fingerprint(), "items": len(items), "items_digest": items_digest(items)}
-        run_chain(audit_executors(request, audit_pipelines(request, items, described)), request.execution())
-    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+    # with a clean copy, datatrove's completion markers decide what is left of a finished audit
+    if not (finished and not request.decontaminate):
+        replaced = (out, request.decontaminate) if overwrite else ()
+        with replacing(*replaced):  # the old audit (and clean copy) stay until the new one is complete
+            (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
+            described = {**request.fingerprint(), "items": len(items), "items_digest": items_digest(items)}
+            run_chain(audit_executors(request, audit_pipelines(request, items, described)), request.execution())
+    if not manifest.is_file():
+        return {}
+    if request.check:
+        return {**json.loads(manifest.read_text()), "check": check_inflation(request)}
+    return json.loads(manifest.read_text())
+
+
+def check_inflation(request: AuditRequest) -> dict[str, Any]:
+    """The inflation check into AUDIT/check (curate.contamination.inflation), proxies shaped like the audited model."""
+    from .inflation import run_check
+
+    model = request.model
+    if request.run:
+        from ..core.run import Run
+
+        model = str(Run(request.run).inputs.model)
+    return run_check(Path(request.out), [Path(p) for p in request.train], Path(request.decontaminate) / "kept", Path(model),
+                     request.check_settings(), workers=request.workers, device=request.device)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.executors import Execution
 from .fuzzy import FuzzySettings
+from .inflation import CheckSettings
 from .items import ItemFields
 from .lexical import LexicalSettings
 from .verdict import VerdictRule
@@ -50,6 +51,11 @@ class AuditRequest:
     decontaminate: str | None = None  # a folder for the clean copy of the corpus
     remove: str = "documents"  # or "spans"
     output_format: str = "jsonl"
+    check: bool = False  # the inflation check: proxies on the corpus and its clean copy, scored on flagged vs clean items
+    check_steps: int = 400
+    check_seeds: tuple[int, ...] = (0, 1, 2)
+    check_seq_len: int = 128
+    check_text: str = "{question}\n{answer}"  # how an item is written for its score
     executor: str = "local"
     tasks: int = 1
     workers: int = 1
@@ -68,6 +74,9 @@ class AuditRequest:
     def fuzzy_settings(self) -> FuzzySettings | None:
         return FuzzySettings(self.fuzzy_similarity, self.number_recall) if self.fuzzy else None
 
+    def check_settings(self) -> CheckSettings:
+        return CheckSettings(self.check_steps, tuple(self.check_seeds), seq_len=self.check_seq_len, text=self.check_text)
+
     def execution(self) -> Execution:
         return Execution(self.executor, self.tasks, self.workers, dict(self.executor_options))
 
@@ -75,5 +84,7 @@ class AuditRequest:
         """What decides the audit (a rerun into the same AUDIT must match it; how it is executed may change)."""
         values = asdict(self)
         for key in ("executor", "tasks", "workers", "executor_options", "out", "device"):
+            values.pop(key)
+        for key in [k for k in values if k.startswith("check")]:  # the check keeps its own settings (AUDIT/check/check.json)
             values.pop(key)
         return json.loads(json.dumps(values))

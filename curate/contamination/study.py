@@ -32,15 +32,13 @@ from .inflation import CheckSettings, check_jobs, item_groups, task_for
 from .inject import KINDS, inject, read_jsonl, write_injection
 from .job import run_audit
 from .model_signals import read_model_signals
+from .ngram_rules import RULES, ngram_pairs
 from .request import REQUEST_FILE, AuditRequest
 from .steps import ITEMS_FILE, read_matches
 from .verdict import Evidence, VerdictRule, flagged_documents, item_verdicts
 
 log = logging.getLogger(__name__)
 
-# Each signal alone, then the model-free audit and the whole audit. Documents: the (item, document) pairs the
-# signal flags; items: the score it gives each item (for the ROC-AUC).
-SIGNALS = ("lexical", "fuzzy", "attribution", "memorisation", "reference_gap", "model-free", "combined")
 VERDICT_SCORE = {"contaminated": 2.0, "suspicious": 1.0, "clean": 0.0}
 
 
@@ -121,9 +119,14 @@ class ContaminationStudy:
         seconds.update(json.loads(timing.read_text()) if timing.is_file() else {})
         evidence = Evidence(pl.read_parquet(audit / ".work" / ITEMS_FILE), read_matches(str(audit / ".work")),
                             **read_model_signals(str(audit / ".work")))
+        audited = read_jsonl(subset)
+        documents = read_jsonl(corpus)
+        started = time.perf_counter()
+        baselines = {name: ngram_pairs(audited, documents, n, with_answer) for name, (n, with_answer) in RULES.items()}
+        seconds["n-gram rules"] = round(time.perf_counter() - started, 1)
         return {
             "folder": folder, "corpus": corpus, "clean": clean / "kept", "audit": audit, "evidence": evidence,
-            "truth": pl.read_parquet(injected / "truth.parquet"), "kinds": kinds, "request": request,
+            "truth": pl.read_parquet(injected / "truth.parquet"), "kinds": kinds, "request": request, "baselines": baselines,
             "documents": sum(1 for _ in corpus.open()), "seconds": seconds,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
@@ -155,22 +158,51 @@ class ContaminationStudy:
 # ---- thresholds ------------------------------------------------------------------------------------------------
 
 
-def choose_thresholds(case: dict[str, Any], audit: dict[str, Any]) -> dict[str, float | None]:
-    """The recipe's thresholds where it gives them; else the least value at which no never-injected item of this
-    case fires (its highest value among them, nudged up), rounded up to 2 decimals."""
+def choose_thresholds(case: dict[str, Any], audit: dict[str, Any], precision: float = 0.9) -> dict[str, float | None]:
+    """The recipe's thresholds where it gives them; else, on this case:
+
+    - `min_k_pp`, `reference_gap` (item signals): the least value no never-injected item reaches (the highest among
+      them, rounded up to 2 decimals);
+    - `attribution_z` (a document signal): the least z at which no never-injected item has a document and at least
+      `precision` of the flagged (item, document) pairs are injected copies; None when no z does (attribution then
+      stays out of the verdict, and the report says so).
+    """
     evidence, kinds = case["evidence"], case["kinds"]
     negatives = set(kinds.filter(pl.col("kind") == "none")["item_id"])
     chosen: dict[str, float | None] = {}
-    tables = {"attribution_z": evidence.attribution_items, "min_k_pp": evidence.memorisation, "reference_gap": evidence.memorisation}
-    for name, table in tables.items():
+    for name in ("min_k_pp", "reference_gap"):
+        table = evidence.memorisation
         if audit.get(name) is not None:
             chosen[name] = float(audit[name])
         elif table is None or name not in table.columns:
             chosen[name] = None
         else:
             values = table.filter(pl.col("item_id").is_in(negatives))[name].drop_nulls()
-            chosen[name] = float(np.ceil((values.max() + 1e-9) * 100) / 100) if len(values) else None
+            chosen[name] = _round_up(values.max()) if len(values) else None
+    if audit.get("attribution_z") is not None:
+        chosen["attribution_z"] = float(audit["attribution_z"])
+    else:
+        chosen["attribution_z"] = _attribution_threshold(evidence.attribution_pairs, case.get("truth"), negatives, precision)
     return chosen
+
+
+def _round_up(value: float) -> float:
+    return float(np.ceil((value + 1e-9) * 100) / 100)
+
+
+def _attribution_threshold(pairs: pl.DataFrame | None, truth: pl.DataFrame | None, negatives: set[str],
+                           precision: float) -> float | None:
+    if pairs is None or truth is None:
+        return None
+    scored = pairs.select("item_id", "doc_id", "attribution_z").drop_nulls().join(
+        truth.select("item_id", "doc_id").unique().with_columns(pl.lit(True).alias("copy")), on=["item_id", "doc_id"], how="left",
+    ).with_columns(pl.col("copy").fill_null(False), pl.col("item_id").is_in(negatives).alias("negative"))
+    floor = scored.filter(pl.col("negative"))["attribution_z"].max()
+    for z in sorted(set(scored["attribution_z"])):
+        fired = scored.filter(pl.col("attribution_z") >= z)
+        if (floor is None or z > floor) and fired["copy"].sum() > 0 and fired["copy"].mean() >= precision:
+            return float(np.floor(z * 1e4) / 1e4)  # 4 decimals, down: the pair at z itself still fires
+    return None
 
 
 # ---- scores against the truth ----------------------------------------------------------------------------------
@@ -239,6 +271,8 @@ def score_case(case: dict[str, Any], thresholds: dict[str, float | None]) -> lis
                             thresholds.get("reference_gap"))
     outputs = signal_outputs(case["evidence"], rule_free, rule_full, thresholds)
     verdicts = outputs.pop("_verdicts")[1]
+    for name, pairs in case.get("baselines", {}).items():  # flagged or not: a rule gives an item no finer score
+        outputs[name] = (pairs, {i: 1.0 for i in pairs["item_id"]})
     truth, kinds = case["truth"], case["kinds"]
     truth_pairs = truth.select("item_id", "doc_id").unique()
     negatives = set(kinds.filter(pl.col("kind") == "none")["item_id"])
@@ -255,12 +289,14 @@ def score_case(case: dict[str, Any], thresholds: dict[str, float | None]) -> lis
                 part = hit if kind == "all" else hit.filter(pl.col("kind") == kind)
                 row["copies"] = part.height
                 row["doc_recall"] = part["flagged"].fill_null(False).mean() if part.height else None
-            if kind == "all" and pairs is not None:
-                unique = pairs.unique()
+                # precision over every flagged pair (kind "all", never-injected items included), or over the pairs
+                # flagged for this kind's items (does the signal point them at their copies or elsewhere?)
+                unique = pairs.unique() if kind == "all" else pairs.unique().filter(pl.col("item_id").is_in(positives))
                 true = unique.join(truth_pairs, on=["item_id", "doc_id"], how="semi").height
                 row["flagged_pairs"] = unique.height
                 row["doc_precision"] = true / unique.height if unique.height else None
-                row["negative_items_flagged"] = unique.filter(pl.col("item_id").is_in(negatives))["item_id"].n_unique()
+            if kind == "all" and pairs is not None:
+                row["negative_items_flagged"] = pairs.filter(pl.col("item_id").is_in(negatives))["item_id"].n_unique()
             if kind == "all" and signal == "combined":
                 row["confusion"] = {
                     truth_kind: {v: sum(1 for i in ids if verdicts.get(i) == v) for v in VERDICT_SCORE}

@@ -14,8 +14,14 @@ from stride_engine.artifacts import atomic_write_text
 from ..studies.notes import keep_notes
 from .inflation import summarise
 
-SHOWN = ("lexical", "fuzzy", "attribution", "attribution, top-k", "memorisation", "loss", "reference_gap", "model-free", "combined")
-STAGES = ("inject", "train_model", "fit", "audit")
+from .ngram_rules import RULES
+
+# Each signal alone, then the model-free audit, the whole audit and the n-gram rules. "attribution": the top-k
+# documents whose z reaches the chosen threshold; "attribution, top-k": every top-k document (its recall is the
+# share of copies in their item's top k); "loss": the audited model's loss alone (lower = seen).
+SHOWN = ("lexical", "fuzzy", "attribution", "attribution, top-k", "memorisation", "loss", "reference_gap", "model-free",
+         "combined", *RULES)
+STAGES = ("inject", "train_model", "fit", "audit", "n-gram rules")
 
 
 def write_report(rows: list[dict[str, Any]], recipe: dict[str, Any], path: Path) -> None:

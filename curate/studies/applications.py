@@ -23,10 +23,13 @@ APPLICATIONS: dict[str, str] = {
 class StudyApplication(Protocol):
     task: str  # every result row carries it (`task: selection`)
     sections: tuple[str, ...]  # the recipe sections it reads beyond the shared ones
+    # Optional `fits_pool_run: bool` (default True): whether the runner fits STRIDE on the pool's reference model.
+    # The contamination study sets it False: it trains and fits a model of its own on each injected corpus.
 
     def plan(self, study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Make the application's outputs (selections, mixtures, ...) and return the proxy jobs that check them
-        (curate.studies.proxies.proxy_job) and one row per result, each naming its job's key in `job`."""
+        (curate.studies.proxies.proxy_job) and one row per result, each naming its job's key in `job` (a row without
+        one is complete as it is: the runner adds no proxy metrics to it)."""
 
     def metrics(self, study: Study, row: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
         """A row's metrics from its proxy's measured values (`values`: "task|metric" -> value; `proxy_seconds`)."""

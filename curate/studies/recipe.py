@@ -5,7 +5,7 @@ The stages every application shares, then the application's own:
     data      pool, held-out documents per domain, target items and disjoint target evaluation items (seeded)
     base      a tokenizer trained on the pool + the model configuration (untrained): what every proxy starts from
     reference the model trained on the whole pool: the model STRIDE attributes
-    run       STRIDE's operators fit on the pool (`curate fit`)
+    run       STRIDE's operators fit on the pool (`curate fit`; skipped by an application that fits its own, as contamination)
     tasks     lm-eval rolling-perplexity tasks on each target's evaluation items and each held-out domain
     jobs      the application's: the datasets its proxies train on (selection: one per target x budget x method)
     proxies   a fresh model trained on each dataset for each proxy seed (`curate retrain`), equal steps for all
