@@ -55,9 +55,15 @@ bench-selection: install
 # The contamination audit on injected corpora: the study with models (about an hour and a half on 2 cores), then the
 # model-free signals against the n-gram rules and decon (minutes; decon in its own Python 3.12 environment, see
 # benchmarks/contamination/decon_peer.py).
-bench-contamination: install
+DECON_VENV ?= .venv-decon
+$(DECON_VENV)/.installed:
+	PYENV_VERSION=3.12.1 $(PYTHON) -m venv $(DECON_VENV)
+	$(DECON_VENV)/bin/pip install --quiet decontaminate==0.3.0.post4
+	touch $@
+
+bench-contamination: install $(DECON_VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/curate recipe recipes/contamination_audit.yaml
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.contamination.lexical_bench
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 CURATE_DECON_PYTHON=$(DECON_VENV)/bin/python $(BIN)/python -m benchmarks.contamination.lexical_bench
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.contamination import inject as injection_module
-from benchmarks.contamination.inject import (
+from curate.contamination import inject as injection_module
+from curate.contamination.inject import (
     EMBED_SEPARATOR,
     HOST_DOMAINS,
     KINDS,
@@ -454,7 +454,7 @@ def test_cli_reports_bad_input(data_dir):
 
 def test_runs_as_a_module():
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.contamination.inject", "--help"], cwd=PROJECT_ROOT, capture_output=True,
+        [sys.executable, "-m", "curate.contamination.inject", "--help"], cwd=PROJECT_ROOT, capture_output=True,
         text=True, timeout=120,
     )
     assert result.returncode == 0 and "--max-documents" in result.stdout

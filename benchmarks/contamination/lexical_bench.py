@@ -1,12 +1,19 @@
 """The model-free part of the audit benchmark: the audit's lexical and fuzzy signals against the n-gram rules people
 use, on injected corpora, document by document and item by item.
 
-For each rate and seed: an injected corpus (benchmarks.contamination.inject), `curate contamination` on it without a
+For each rate and seed: an injected corpus (curate.contamination.inject), `curate contamination` on it without a
 model, and two n-gram rules on the same text:
 
 - `13-gram`: GPT-3's rule (also lm-eval's old decontamination): an item and a document overlap when they share any
   13-gram of lower-cased words, the item's text being its question and answer together;
-- `8-gram`: the open-r1 convention, the same with 8-grams of the question.
+- `8-gram`: the open-r1 convention, the same with 8-grams of the question;
+
+and two peer tools from their own packages, each skipped with a message where its environment is missing:
+
+- `decon`: allenai's decon (benchmarks.contamination.decon_peer, in its own Python >= 3.12 interpreter named by
+  CURATE_DECON_PYTHON), at its defaults and at the setting tuned on rate 0.01, seed 0 only;
+- `datatrove NGramsDecont`: datatrove's n-gram decontamination filter on an index of the items built with its
+  indexer's hashing (benchmarks.contamination.datatrove_peer says why not with the indexer step itself).
 
 Rows: per method and kind of copy, the documents' recall (copies flagged / copies injected) and per method the
 precision over every flagged (item, document) pair, and the items' recall and false positives (never-injected items
@@ -29,28 +36,19 @@ from pathlib import Path
 import click
 import polars as pl
 
+from benchmarks.contamination.datatrove_peer import datatrove_pairs
+from benchmarks.contamination.decon_peer import TUNED, PeerUnavailable, decon_pairs
 from benchmarks.runner import commit, machine
+from curate.contamination.ngram_rules import ngram_pairs
 from curate.studies.notes import keep_notes
 from stride_engine.artifacts import atomic_write_text
 
 SHARED = Path("../shared/data")
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 def ngram_rule(items: pl.DataFrame, corpus: list[dict], n: int, with_answer: bool) -> pl.DataFrame:
-    """(item_id, doc_id) pairs sharing any n-gram of lower-cased words: the GPT-3 / open-r1 rule."""
-    owners: dict[tuple[str, ...], set[str]] = {}
-    for row in items.iter_rows(named=True):
-        words = _WORD.findall((row["question"] + (" " + row["answer"] if with_answer else "")).lower())
-        for i in range(len(words) - n + 1):
-            owners.setdefault(tuple(words[i: i + n]), set()).add(row["item_id"])
-    pairs = set()
-    for doc in corpus:
-        words = _WORD.findall(doc["text"].lower())
-        for i in range(len(words) - n + 1):
-            for item in owners.get(tuple(words[i: i + n]), ()):
-                pairs.add((item, doc["id"]))
-    return pl.DataFrame(sorted(pairs), schema={"item_id": pl.String, "doc_id": pl.String}, orient="row")
+    """(item_id, doc_id) pairs sharing any n-gram of lower-cased words: the GPT-3 / open-r1 rule (curate.contamination.ngram_rules)."""
+    return ngram_pairs(items.rename({"item_id": "id"}).iter_rows(named=True), corpus, n, with_answer)
 
 
 def score(method: str, pairs: pl.DataFrame, truth: pl.DataFrame, kinds: pl.DataFrame, context: dict) -> list[dict]:
@@ -77,7 +75,7 @@ def score(method: str, pairs: pl.DataFrame, truth: pl.DataFrame, kinds: pl.DataF
 
 def run_case(rate: float, seed: int, folder: Path) -> list[dict]:
     python = sys.executable
-    subprocess.run([python, "-m", "benchmarks.contamination.inject", "--rate", str(rate), "--seed", str(seed), "--out", str(folder)],
+    subprocess.run([python, "-m", "curate.contamination.inject", "--rate", str(rate), "--seed", str(seed), "--out", str(folder)],
                    check=True, capture_output=True)
     truth, kinds = pl.read_parquet(folder / "truth.parquet"), pl.read_parquet(folder / "items.parquet")
     benchmark = SHARED / "benchmarks" / "gsm8k_test.jsonl"
@@ -99,6 +97,18 @@ def run_case(rate: float, seed: int, folder: Path) -> list[dict]:
         started = time.perf_counter()
         pairs = ngram_rule(items, corpus, n, with_answer)
         rows += score(method, pairs, truth, kinds, {**context, "seconds": round(time.perf_counter() - started, 1)})
+    for method, run, settings, workdir in (
+        ("decon (defaults)", decon_pairs, None, "decon-defaults"),
+        ("decon (tuned)", decon_pairs, TUNED, "decon-tuned"),
+        ("datatrove NGramsDecont", datatrove_pairs, None, "datatrove"),
+    ):
+        started = time.perf_counter()
+        try:
+            pairs = run(items, folder / "corpus.jsonl", folder / workdir, settings)
+        except PeerUnavailable as missing:
+            click.echo(f"  skipping {method}: {missing}", err=True)
+            continue
+        rows += score(method, pairs, truth, kinds, {**context, "seconds": round(time.perf_counter() - started, 1)})
     return rows
 
 
@@ -106,7 +116,7 @@ def markdown(rows: list[dict], command: str, stamp: str) -> str:
     frame = pl.DataFrame(rows)
     lines = ["# Contamination audit, model-free signals: the audit against the n-gram rules", "",
              f"Made by `{command}` at commit {stamp}, on {machine()['cpus']} CPUs. Corpora from "
-             "`python -m benchmarks.contamination.inject` (GSM8K test items into the shared four-domain corpus).", "",
+             "`python -m curate.contamination.inject` (GSM8K test items into the shared four-domain corpus).", "",
              "## Recall of injected copies, per kind (documents; mean over rates and seeds)", ""]
     per_kind = frame.filter(pl.col("kind") != "all").group_by("method", "kind").agg(pl.col("doc_recall").mean())
     kinds = sorted(per_kind["kind"].unique())

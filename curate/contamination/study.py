@@ -54,7 +54,9 @@ class ContaminationStudy:
             raise CurateError(f"contamination.benchmark {benchmark} does not exist")
         items = read_jsonl(benchmark)
         pool = read_jsonl(Path(study.files["pool"]))
-        cases = [(float(rate), int(seed)) for rate in spec["rates"] for seed in spec.get("seeds", [0])]
+        # every rate x seed, or the cases listed one by one ([rate, seed] pairs)
+        cases = ([(float(rate), int(seed)) for rate, seed in spec["cases"]] if spec.get("cases")
+                 else [(float(rate), int(seed)) for rate in spec["rates"] for seed in spec.get("seeds", [0])])
         tune_on = tuple(spec.get("tune_on") or cases[0])
         if (float(tune_on[0]), int(tune_on[1])) not in cases:
             raise CurateError(f"contamination.tune_on {list(tune_on)} is not one of the cases {cases}")

@@ -15,7 +15,7 @@ The coverage defaults were read off the shared corpus: GSM8K *train* problems, w
 reach a question coverage of 0.76 on a test item at most (template siblings such as "A train travels 270 miles in
 3 hours..." vs "A plane travels 1200 miles in 3 hours..."), so 0.8 calls none of them contaminated, and every such
 sibling above 0.5 is shown as suspicious. The fuzzy thresholds were read off an injected corpus
-(benchmarks/contamination/inject.py, rate 1%, seed 0): at similarity 0.6 and number recall 0.8, 67 of the 68
+(curate/contamination/inject.py, rate 1%, seed 0): at similarity 0.6 and number recall 0.8, 67 of the 68
 question copies of any kind (verbatim, question only, three rewordings) fire and none of the 7,473 GSM8K train
 problems does; the best-scoring sibling (0.75) keeps a third of the numbers. The model signals have no default threshold yet: they are measured and
 reported for every item, and enter the verdict only when a threshold is given.
