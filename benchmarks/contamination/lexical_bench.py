@@ -25,7 +25,6 @@ flagged). The audit is scored at its `contaminated` level and at any flag (`cont
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -114,7 +113,7 @@ def run_case(rate: float, seed: int, folder: Path) -> list[dict]:
 
 def markdown(rows: list[dict], command: str, stamp: str) -> str:
     frame = pl.DataFrame(rows)
-    lines = ["# Contamination audit, model-free signals: the audit against the n-gram rules", "",
+    lines = ["# Contamination audit, model-free signals: the audit against the n-gram rules, decon and datatrove", "",
              f"Made by `{command}` at commit {stamp}, on {machine()['cpus']} CPUs. Corpora from "
              "`python -m curate.contamination.inject` (GSM8K test items into the shared four-domain corpus).", "",
              "## Recall of injected copies, per kind (documents; mean over rates and seeds)", ""]
