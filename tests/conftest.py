@@ -26,3 +26,16 @@ def demo_assets(tmp_path_factory):
     from curate.demo.model import build_demo_assets
 
     return build_demo_assets(tmp_path_factory.mktemp("demo") / "assets", quick=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_assets, tmp_path_factory):
+    """The quick demo corpus with operators fit once (the cpu-smoke preset), as `curate fit` leaves it; shared by
+    every module that only reads it (a test that changes a run copies it first)."""
+    from curate.core.run import RunInputs
+    from stride_engine import Stride, preset, read_documents
+
+    run = tmp_path_factory.mktemp("demo-run") / "run"
+    Stride.from_pretrained(demo_assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(read_documents([demo_assets.corpus_path]))
+    RunInputs(demo_assets.model_dir, [demo_assets.corpus_path]).save(run)
+    return run

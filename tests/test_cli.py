@@ -37,11 +37,11 @@ def test_version_and_commands_in_workflow_order():
     assert CliRunner().invoke(main, ["--version"]).output.strip() == f"curate, version {__version__}"
     listed = CliRunner().invoke(main, ["--help"]).output.split("Commands:")[1].split()
     commands = [word for word in listed if word in main.commands]
-    assert commands[:7] == ["fit", "attribute", "top", "select", "contamination", "retrain", "eval"]
+    assert commands[:8] == ["fit", "attribute", "top", "select", "contamination", "reweight", "retrain", "eval"]
 
 
 def test_every_long_command_has_quiet_and_every_model_command_a_device():
-    for name in ("fit", "attribute", "select", "contamination", "retrain", "eval", "recipe", "demo"):
+    for name in ("fit", "attribute", "select", "contamination", "reweight", "retrain", "eval", "recipe", "demo"):
         assert "--quiet" in {o for p in main.commands[name].params for o in p.opts}, name
     for name in ("fit", "attribute", "retrain", "eval"):
         assert "--device" in {o for p in main.commands[name].params for o in p.opts}, name

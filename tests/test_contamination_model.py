@@ -15,7 +15,7 @@ from curate.contamination.items import BenchmarkItem
 from curate.contamination.memorisation import memorisation_scores
 from curate.core.run import RunInputs
 from curate.errors import CurateError
-from stride_engine import Stride, preset, read_documents
+from stride_engine import preset
 
 FACTS = 24
 
@@ -52,11 +52,9 @@ def test_the_reference_gap_is_zero_against_the_model_itself(demo_assets, facts):
 
 
 @pytest.fixture(scope="module")
-def fitted_run(demo_assets, tmp_path_factory):
-    run = tmp_path_factory.mktemp("audit-run") / "run"
-    Stride.from_pretrained(demo_assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(read_documents([demo_assets.corpus_path]))
-    RunInputs(demo_assets.model_dir, [demo_assets.corpus_path]).save(run)
-    return run
+def fitted_run(demo_run):
+    """The session's fitted demo run (conftest.demo_run)."""
+    return demo_run
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ from curate.core.budget import parse_budget, select_under_budget
 from curate.cli import main
 from curate.errors import CurateError
 from curate.select import BudgetThreshold, InfluenceFilter, InfluenceScorer
-from curate.core.run import RunInputs, document_influence
+from curate.core.run import document_influence
 from curate.select import SelectionRequest, run_selection, selection_executors, selection_pipelines
 from curate.core.targets import fit_to_window
-from stride_engine import Queries, ScoreStore, Stride, preset, read_documents
+from stride_engine import Queries, ScoreStore
 from stride_engine.scores import write_scores
 
 from tiny import write_jsonl
@@ -31,13 +31,9 @@ FACTS = 12  # planted-fact queries in the target
 
 
 @pytest.fixture(scope="module")
-def fitted_run(demo_assets, tmp_path_factory):
-    """The quick demo corpus with operators fit once (the cpu-smoke preset), as `curate fit` leaves it."""
-    run = tmp_path_factory.mktemp("select") / "run"
-    documents = read_documents([demo_assets.corpus_path])
-    Stride.from_pretrained(demo_assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(documents)
-    RunInputs(demo_assets.model_dir, [demo_assets.corpus_path]).save(run)
-    return run
+def fitted_run(demo_run):
+    """The session's fitted demo run (conftest.demo_run)."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")

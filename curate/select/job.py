@@ -29,7 +29,7 @@ from ..core.readers import pool_readers
 from ..core.run import AGGREGATION_RULES, Run
 from ..core.targets import Target, target_for_run
 from ..errors import CurateError
-from .influence import influence_table
+from ..core.influence import influence_table
 from .pipeline import selection_executors, selection_pipelines
 from .request import REQUEST_FILE, SelectionRequest
 

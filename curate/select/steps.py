@@ -28,7 +28,7 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from ..core.budget import check_allocation, parse_budget, part_columns, select_under_budget
 from ..core.outputs import read_parquet, write_atomically, write_parquet
 from ..errors import CurateError
-from .influence import influence_table
+from ..core.influence import influence_table
 from .manifest import SELECTION_FILE, score_plot, selection_manifest
 
 

@@ -1,7 +1,7 @@
-"""Each pool document's influence on a selection's target: STRIDE's (from the run's score stores) or a baseline's.
+"""Each pool document's influence on a target: STRIDE's (from the run's score stores) or a baseline's.
 
-`influence_table` is what the selection's datatrove steps read: doc_id, domain, influence, tokens, group (the run's
-recovery group; null without) for every pool document, and with `by_part` each part of the target's own scores
+`influence_table` is what the applications read (selection's scorer, reweighting's per-domain influence): doc_id,
+domain, influence, tokens, group (the run's recovery group; null without) for every pool document, and with `by_part` each part of the target's own scores
 (`part_score:<part>`, for balanced allocation). It is computed once per run and target (score stores and baseline
 tables are kept in the run) and read again by every task.
 """
@@ -14,10 +14,10 @@ import polars as pl
 
 from stride_engine import ScoreStore
 
-from ..core.baselines import pool_scores
-from ..core.budget import PART_SCORE
-from ..core.run import Run, document_influence
-from ..core.targets import Target, part_sets, target_for_run
+from .baselines import pool_scores
+from .budget import PART_SCORE
+from .run import Run, document_influence
+from .targets import Target, part_sets, target_for_run
 
 
 def prepare_target(run: Run | str | Path, spec: str, task_dirs: list[Path], limit: int | None = None) -> tuple[ScoreStore, Target]:

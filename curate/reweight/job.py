@@ -1,0 +1,72 @@
+"""`curate reweight`: new mixture weights for a corpus's domains from their influence on a target, and optionally the
+corpus resampled to them.
+
+    OUT/weights.json     the new mixture beside the natural and uniform ones; per domain tokens, weight, epochs at the
+                         budget, influence per token with its standard error; the rule, the run, the target, the model
+    OUT/domains.parquet  per domain and part of the target: tokens, influence per token, standard error
+    OUT/weights.png      the three mixtures side by side
+    OUT/report.md        the table; with --out-data, what the sampler wrote per domain
+    OUT/manifest.json    the request, the weights and the sampled counts (written last: OUT is then finished)
+    OUT_DATA/            with --out-data, the resampled dataset (datatrove writer)
+
+Everything is checked, and the weights computed once, before OUT is created: a domain missing on some documents, a
+domain without tokens, a budget the epoch cap cannot hold, a bad setting or output folder stop here. Reruns follow
+the house's rule (curate.core.outputs.finished_rerun).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from stride_engine.artifacts import atomic_write_text
+
+from ..core.executors import run_chain
+from ..core.outputs import finished_rerun, replacing
+from ..core.run import AGGREGATION_RULES, Run
+from ..errors import CurateError
+from .mixture import compute_mixture, domain_documents
+from .pipeline import reweight_executors, reweight_pipelines
+from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, ReweightRequest
+
+
+def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bool, dict[str, str] | None]:
+    """Every check; returns whether OUT holds this very reweighting, finished, and (with --domain-field groups) each
+    document's group for the sampler."""
+    request.mixture_rule().check()
+    request.execution().check()
+    if request.rule not in AGGREGATION_RULES:
+        raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(AGGREGATION_RULES)}")
+    if request.output_format not in ("jsonl", "parquet"):
+        raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
+    if not (Path(request.run) / "config.yaml").is_file():
+        raise CurateError(f"run {request.run} is not a fitted run (no config.yaml): fit one with `curate fit`")
+    finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "reweighting")
+    if request.out_data:
+        data = Path(request.out_data)
+        if data.resolve() == Path(request.out).resolve():
+            raise CurateError("the resampled dataset (--out-data) needs its own folder, not OUT's")
+        if data.exists() and any(data.iterdir()) and not finished and not overwrite and not (Path(request.out) / REQUEST_FILE).is_file():
+            raise CurateError(f"{data} is not empty: choose another folder for the resampled dataset")
+    compute_mixture(request)  # every problem of the data, the target and the budget shows here, before OUT exists
+    domains_of = None
+    if request.out_data and request.domain_field == GROUPS_AS_DOMAINS:
+        table, _ = domain_documents(Run(request.run), request)
+        domains_of = dict(zip(table["doc_id"], table["domain"]))
+    return finished, domains_of
+
+
+def run_reweight(request: ReweightRequest, overwrite: bool = False) -> dict[str, Any]:
+    """Check everything, then run the stages; returns the manifest ({} when Slurm only submitted the jobs)."""
+    finished, domains_of = check_request(request, overwrite)
+    out = Path(request.out)
+    manifest = out / "manifest.json"
+    if finished and not request.out_data:
+        return json.loads(manifest.read_text())
+    replaced = (out, request.out_data) if overwrite else ()
+    with replacing(*replaced):
+        (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
+        run_chain(reweight_executors(request, reweight_pipelines(request, domains_of)), request.execution())
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}

@@ -1,0 +1,116 @@
+"""A run's documents grouped into domains, their influence on the target, and the mixture the rule makes of it.
+
+    domain_documents   one row per training document: doc_id, domain, tokens, influence (and per part of the target)
+    compute_mixture    the weights record that OUT/weights.json holds (curate.reweight.weights has the rule)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ..core.budget import PART_SCORE
+from ..core.influence import influence_table
+from ..core.run import Run
+from ..core.targets import target_for_run
+from ..errors import CurateError
+from .request import GROUPS_AS_DOMAINS, ReweightRequest
+from .weights import WHOLE_TARGET, domain_influence, mixture_weights
+
+_TOKENS = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*(-?\s*tokens?)?\s*$", re.I)
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def parse_tokens(text: str | None, corpus_tokens: int) -> int:
+    """'50M', '2.5B-tokens', '120000'; None: the corpus's own size (a mixture at equal tokens)."""
+    if text is None:
+        return corpus_tokens
+    match = _TOKENS.match(str(text))
+    if not match:
+        raise CurateError(f"token budget {text!r} is not understood; write e.g. '50M', '2.5B' or '120000'")
+    value = float(match["number"]) * _SCALE[match["scale"].lower()]
+    if value < 1:
+        raise CurateError(f"token budget {text!r} is smaller than one token")
+    return int(value)
+
+
+def target_parts(run: Run, request: ReweightRequest) -> tuple[str, ...]:
+    target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
+    return tuple(dict.fromkeys(target.parts))
+
+
+def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Every training document with its domain, tokens and influence; and {part: influence column} (WHOLE_TARGET
+    first, then each part of the target when it has several, for the `average` and `worst` modes)."""
+    parts = target_parts(run, request)
+    by_part = len(parts) > 1
+    if request.mode != "target" and not by_part:
+        raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
+                          f"give its items a {request.part_field!r} field, or use --mode target")
+    table = influence_table(run, request.target, request.rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
+                            by_part=by_part, part_field=request.part_field)
+    table = table.with_columns(_domains(run, request, table).alias("domain"))
+    columns = {WHOLE_TARGET: "influence"}
+    if by_part:
+        columns |= {p: PART_SCORE + p for p in parts}
+    return table, columns
+
+
+def _domains(run: Run, request: ReweightRequest, table: pl.DataFrame) -> pl.Series:
+    if request.domain_field == GROUPS_AS_DOMAINS:
+        if table["group"].null_count() == len(table):
+            raise CurateError("--domain-field groups uses the run's recovery groups, and this run has none: rescore it "
+                              "with groups (curate fit ... --set groups=16 --overwrite keeps its operators)")
+        return table["group"].cast(pl.String).map_elements(lambda g: f"group-{g}", return_dtype=pl.String)
+    if request.domain_field == run.config.domain_field:
+        domains = table["domain"]
+    else:  # another field of the corpus's records than the run read as its domain
+        from stride_engine import read_documents
+
+        documents = read_documents(run.inputs.train, run.config.text_field, run.config.id_field, request.domain_field)
+        by_id = dict(zip(documents.ids, documents.domains))
+        domains = pl.Series([by_id.get(d) for d in table["doc_id"]], dtype=pl.String)
+    missing = int(domains.is_null().sum())
+    if missing:
+        example = table["doc_id"][int(np.flatnonzero(domains.is_null().to_numpy())[0])]
+        raise CurateError(f"{missing} of {len(table)} documents have no {request.domain_field!r} field (e.g. {example!r}): "
+                          "every document needs a domain (or use --domain-field groups)")
+    return domains.cast(pl.String)
+
+
+def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFrame]:
+    """The weights record (OUT/weights.json) and the per-domain, per-part influence table (OUT/domains.parquet)."""
+    run = Run(request.run)
+    documents, columns = domain_documents(run, request)
+    influence = domain_influence(documents, columns)
+    budget = parse_tokens(request.tokens, int(influence.tokens.sum()))
+    rule = request.mixture_rule()
+    made = mixture_weights(influence, rule, budget)
+    whole = list(influence.parts).index(WHOLE_TARGET)
+    domains = []
+    for i, domain in enumerate(influence.domains):
+        weight = float(made["weights"][i])
+        domains.append({
+            "domain": domain, "documents": int(influence.documents[i]), "tokens": int(influence.tokens[i]),
+            "natural": float(made["natural"][i]), "uniform": float(made["uniform"][i]), "weight": weight,
+            "tokens_at_budget": weight * budget, "epochs": weight * budget / float(influence.tokens[i]),
+            "influence_per_token": float(influence.per_token[i, whole]), "standard_error": float(influence.standard_error[i, whole]),
+            "score": float(made["score"][i]),
+        })
+    record = {
+        "method": "stride-influence", "rule": {**rule.__dict__}, "aggregation": request.rule, "budget_tokens": budget,
+        "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
+        "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])},
+        "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": _target_name(run, request),
+        "model": str(run.inputs.model), "domain_field": request.domain_field,
+    }
+    return record, influence.table()
+
+
+def _target_name(run: Run, request: ReweightRequest) -> str:
+    """The target's score store in the run: its name carries the digest of the target's items."""
+    return target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field).name

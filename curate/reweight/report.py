@@ -1,0 +1,55 @@
+"""A reweighting's report: the new mixture beside the natural and uniform ones, per domain (Markdown and a plot)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def weights_plot(record: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = [d["domain"] for d in record["domains"]]
+    figure, axis = plt.subplots(figsize=(max(4.5, 1.1 * len(domains) + 2), 3.2))
+    width = 0.27
+    for offset, key, label in ((-width, "natural", "natural (tokens)"), (0.0, "uniform", "uniform"), (width, "weight", "reweighted")):
+        axis.bar([i + offset for i in range(len(domains))], [d[key] for d in record["domains"]], width, label=label)
+    axis.set_xticks(range(len(domains)), domains, fontsize=8)
+    axis.set_ylabel("share of the mixture's tokens")
+    axis.set_title(f"mode {record['rule']['mode']}, eta {record['rule']['eta']}, cap {record['rule']['max_epochs']} epochs", fontsize=9)
+    axis.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> str:
+    rule = record["rule"]
+    lines = [
+        "# Mixture weights", "",
+        f"Target: {record['target']}. Run: {record['run']}. Budget: {record['budget_tokens']:,} tokens "
+        f"(the corpus has {record['corpus_tokens']:,}).", "",
+        f"Rule: w ∝ {rule['prior']} · exp({rule['eta']} · z), z = each domain's influence per token against the others', in units of their spread beyond noise and shrunk by its standard error "
+        f"across domains (mode `{rule['mode']}`), smoothed with {rule['smoothing']:.0%} of the {rule['prior']} mixture, "
+        f"at most {rule['max_epochs']:g} epochs of any domain.", "",
+        "| domain | documents | tokens | natural | uniform | weight | epochs at budget | influence / token | ± s.e. |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in record["domains"]:
+        lines.append(f"| {d['domain']} | {d['documents']:,} | {d['tokens']:,} | {d['natural']:.3f} | {d['uniform']:.3f} | "
+                     f"**{d['weight']:.3f}** | {d['epochs']:.2f} | {d['influence_per_token']:.3g} | {d['standard_error']:.2g} |")
+    if len(record.get("parts", {})) > 1:
+        lines += ["", "Parts of the target and their say in the weights: "
+                  + ", ".join(f"{p} {w:.2f}" for p, w in record["parts"].items()) + "."]
+    if sampled is not None:
+        lines += ["", f"Resampled dataset: {request['out_data']} (uniform inside each domain; seed {request['seed']}).", "",
+                  "| domain | documents drawn | copies written | passes over the domain |", "| --- | ---: | ---: | ---: |"]
+        for d in record["domains"]:
+            counts = sampled.get(d["domain"], {"documents": 0, "copies": 0})
+            lines.append(f"| {d['domain']} | {counts['documents']:,} | {counts['copies']:,} | {counts['copies'] / d['documents']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,196 @@
+"""Mixture reweighting: the rule on planted per-domain influence, the sampler, and `curate reweight` on a fitted run.
+
+Planted truth at two levels: documents whose influence is set by hand (one domain helps, one is noise, one hurts),
+and the demo corpus, whose planted facts are stated only in its `stories` and `encyclopedia` documents, so a target
+of those facts must take weight from the `recipes` and `arithmetic` domains, and a target of arithmetic problems
+must give weight to `arithmetic`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+
+from curate.cli import main
+from curate.demo.corpus import _arithmetic
+from curate.errors import CurateError
+from curate.reweight import MixtureRule, MixtureSampler, ReweightRequest, run_reweight
+from curate.reweight.steps import WEIGHTS_FILE, copies_of
+from curate.reweight.weights import WHOLE_TARGET, cap_epochs, check_user_weights, domain_influence, mixture_weights
+
+from tiny import write_jsonl
+
+
+def _documents(effects: dict[str, float], counts: dict[str, int], noise: float, seed: int = 0) -> pl.DataFrame:
+    """Documents of 100 tokens each whose influence is the domain's effect per token x 100, plus noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for domain, count in counts.items():
+        for i in range(count):
+            rows.append({"doc_id": f"{domain}-{i}", "domain": domain, "tokens": 100,
+                         "influence": 100 * effects[domain] + noise * rng.standard_normal()})
+    return pl.DataFrame(rows)
+
+
+COUNTS = {"helps": 200, "noise": 400, "hurts": 200, "other": 200}
+
+
+def test_the_domain_that_helps_gains_weight_and_the_one_that_hurts_loses_it():
+    table = _documents({"helps": 1.0, "noise": 0.0, "hurts": -1.0, "other": 0.0}, COUNTS, noise=5.0)
+    influence = domain_influence(table, {WHOLE_TARGET: "influence"})
+    made = mixture_weights(influence, MixtureRule(), budget_tokens=int(influence.tokens.sum()))
+    weights = dict(zip(influence.domains, made["weights"]))
+    natural = dict(zip(influence.domains, made["natural"]))
+    assert weights["helps"] > 1.5 * natural["helps"] and weights["hurts"] < 0.7 * natural["hurts"]
+    assert abs(weights["noise"] / natural["noise"] - weights["other"] / natural["other"]) < 0.1  # the same evidence
+    assert made["weights"].sum() == pytest.approx(1.0)
+
+
+def test_domains_that_differ_only_by_noise_keep_the_prior():
+    table = _documents({d: 0.0 for d in COUNTS}, COUNTS, noise=5.0, seed=3)
+    influence = domain_influence(table, {WHOLE_TARGET: "influence"})
+    for prior in ("natural", "uniform"):
+        made = mixture_weights(influence, MixtureRule(prior=prior), budget_tokens=int(influence.tokens.sum()))
+        assert np.abs(made["weights"] - made[prior]).max() < 0.02
+
+
+def test_no_domain_is_repeated_beyond_the_epoch_cap():
+    table = _documents({"helps": 5.0, "noise": 0.0, "hurts": -1.0, "other": 0.0}, COUNTS, noise=1.0)
+    influence = domain_influence(table, {WHOLE_TARGET: "influence"})
+    budget = int(influence.tokens.sum())
+    made = mixture_weights(influence, MixtureRule(eta=5.0, smoothing=0.0, max_epochs=1.5), budget)
+    epochs = made["weights"] * budget / influence.tokens
+    assert epochs.max() <= 1.5 + 1e-9 and made["weights"].sum() == pytest.approx(1.0)
+    assert epochs[list(influence.domains).index("helps")] == pytest.approx(1.5)  # the helpful domain fills its cap
+    with pytest.raises(CurateError, match="epochs"):
+        cap_epochs(made["weights"], influence.tokens, 10 * budget, 4.0)
+
+
+def test_worst_mode_serves_the_part_the_average_neglects():
+    """Part a is helped a lot by domain A; part b a little by domain B. `average` follows a; `worst` lifts B."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for domain, (effect_a, effect_b) in {"A": (3.0, 0.0), "B": (0.0, 1.0), "C": (0.0, 0.0)}.items():
+        for i in range(300):
+            rows.append({"doc_id": f"{domain}{i}", "domain": domain, "tokens": 100, "a": 100 * effect_a + rng.standard_normal(),
+                         "b": 100 * effect_b + rng.standard_normal()})
+    table = pl.DataFrame(rows).with_columns(((pl.col("a") + pl.col("b")) / 2).alias("whole"))
+    influence = domain_influence(table, {WHOLE_TARGET: "whole", "a": "a", "b": "b"})
+    budget = int(influence.tokens.sum())
+    average = mixture_weights(influence, MixtureRule(mode="average"), budget)
+    worst = mixture_weights(influence, MixtureRule(mode="worst"), budget)
+    b = influence.domains.index("B")
+    assert worst["weights"][b] > average["weights"][b]
+    assert worst["part_weights"][influence.parts.index("b")] > 0.5
+
+
+def test_bad_mixtures_and_settings_are_refused_with_the_problem_named():
+    with pytest.raises(CurateError, match="sum to 1"):
+        check_user_weights({"a": 0.5, "b": 0.4}, ("a", "b"))
+    with pytest.raises(CurateError, match="no weight for domains"):
+        check_user_weights({"a": 1.0}, ("a", "b"))
+    for rule, message in ((MixtureRule(eta=0), "eta"), (MixtureRule(eta=-1), "eta"), (MixtureRule(mode="best"), "mode"),
+                          (MixtureRule(smoothing=2), "smoothing")):
+        with pytest.raises(CurateError, match=message):
+            rule.check()
+    table = _documents({d: 0.0 for d in COUNTS}, COUNTS, noise=1.0)
+    with pytest.raises(CurateError, match="no domain"):
+        domain_influence(table.with_columns(pl.when(pl.col("doc_id") == "helps-3").then(None).otherwise(pl.col("domain")).alias("domain")),
+                         {WHOLE_TARGET: "influence"})
+    with pytest.raises(CurateError, match="has no tokens"):
+        domain_influence(table.with_columns(pl.when(pl.col("domain") == "hurts").then(0).otherwise(pl.col("tokens")).alias("tokens")),
+                         {WHOLE_TARGET: "influence"})
+
+
+def test_the_sampler_repeats_each_domain_at_its_rate_the_same_way_in_any_number_of_tasks(tmp_path):
+    rates = {"a": 2.5, "b": 0.3}
+    assert sum(copies_of(f"d{i}", 0.3, seed=0) for i in range(4000)) == pytest.approx(0.3 * 4000, rel=0.1)
+    assert [copies_of("d1", 2.5, 7) for _ in range(3)] == [copies_of("d1", 2.5, 7)] * 3
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "docs.jsonl", [{"id": f"{d}-{i}", "text": f"text {d} {i}", "domain": d} for d in rates for i in range(300)])
+    out = tmp_path / "weights"
+    out.mkdir()
+    tokens = {"a": 300 * 10, "b": 300 * 10}
+    budget = sum(rates[d] * tokens[d] for d in rates)
+    (out / WEIGHTS_FILE).write_text(json.dumps({"budget_tokens": budget, "domains": [
+        {"domain": d, "tokens": tokens[d], "weight": rates[d] * tokens[d] / budget} for d in rates]}))
+
+    def sample(tasks: int, folder: Path) -> list[str]:
+        LocalPipelineExecutor([JsonlReader(str(corpus)), MixtureSampler(str(out), seed=1), JsonlWriter(str(folder))],
+                              tasks=tasks, logging_dir=str(tmp_path / f"logs-{tasks}")).run()
+        ids = []
+        for path in sorted(folder.glob("*.jsonl.gz")):
+            ids += [orjson.loads(line)["id"] for line in gzip.open(path)]
+        return sorted(ids)
+
+    one, two = sample(1, tmp_path / "one"), sample(2, tmp_path / "two")
+    assert one == two
+    per_domain = {d: sum(1 for i in one if i.startswith(d)) for d in rates}
+    assert per_domain["a"] == pytest.approx(2.5 * 300, rel=0.05) and per_domain["b"] == pytest.approx(0.3 * 300, rel=0.2)
+    assert any(i.endswith("#3") for i in one)  # the third copy of a domain-a document
+
+
+# ---- on a fitted run --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_run(demo_run):
+    """The session's fitted demo run (conftest.demo_run)."""
+    return demo_run
+
+
+def _weights(manifest: dict) -> dict[str, dict]:
+    return {d["domain"]: d for d in manifest["weights"]["domains"]}
+
+
+def test_a_target_of_the_planted_facts_takes_weight_from_the_domains_that_never_state_them(fitted_run, demo_assets, tmp_path):
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:24]])
+    manifest = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "out"),
+                                            out_data=str(tmp_path / "mix")))
+    weights = _weights(manifest)
+    fact_domains = ("stories", "encyclopedia")
+    assert sum(weights[d]["weight"] for d in fact_domains) > sum(weights[d]["natural"] for d in fact_domains)
+    assert sum(w["weight"] for w in weights.values()) == pytest.approx(1.0)
+    assert all(w["epochs"] <= 4.0 + 1e-9 for w in weights.values())
+    sampled = manifest["sampled"]
+    drawn = {d: sampled[d]["copies"] / weights[d]["documents"] for d in weights}
+    for d, w in weights.items():  # the sampler realises each domain's passes (documents are similar in length)
+        assert drawn[d] == pytest.approx(w["epochs"], abs=0.25)
+    for name in ("weights.json", "weights.png", "domains.parquet", "report.md", "manifest.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_a_target_of_arithmetic_problems_gives_weight_to_the_arithmetic_domain(fitted_run, tmp_path):
+    rng = random.Random(5)
+    target = write_jsonl(tmp_path / "sums.jsonl", [{"id": f"sum-{i}", "text": _arithmetic(rng)} for i in range(30)])
+    result = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--target", str(target), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    weights = _weights(json.loads((tmp_path / "out" / "manifest.json").read_text()))
+    assert weights["arithmetic"]["weight"] > weights["arithmetic"]["natural"]
+    assert max(weights, key=lambda d: weights[d]["weight"] / weights[d]["natural"]) == "arithmetic"
+    assert "arithmetic" in result.output
+
+
+def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, tmp_path):
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:4]])
+    out = tmp_path / "out"
+    for options, message in (({"tokens": "100B"}, "epochs"), ({"tokens": "lots"}, "not understood"), ({"eta": 0.0}, "eta"),
+                             ({"mode": "worst"}, "one part"), ({"domain_field": "colour"}, "no 'colour' field"),
+                             ({"domain_field": "groups"}, "recovery groups")):
+        with pytest.raises(CurateError, match=message):
+            run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), **options))
+        assert not out.exists()
+    run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out)))
+    with pytest.raises(CurateError, match="eta"):  # another request into a finished OUT is refused, naming what changed
+        run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), eta=2.0))
