@@ -7,7 +7,27 @@ from pathlib import Path
 import click
 
 from ..core.executors import EXECUTORS
+from ..contamination.verdict import MIN_K_PP, REFERENCE_GAP
 from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_config_option
+
+
+class _OptionalFloat(click.ParamType):
+    """A number, or 'none' for a threshold that is off."""
+
+    name = "NUMBER|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() in ("none", "off"):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'none'", param, ctx)
+
+
+OPTIONAL_FLOAT = _OptionalFloat()
 
 
 @click.command("contamination")
@@ -38,9 +58,11 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--reference-model", type=click.Path(path_type=Path), default=None, help="A model that did not see the corpus: the loss gap.")
 @click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Documents per item from the attribution.")
 @click.option("--min-k", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Min-K%++'s share of tokens.")
-@click.option("--attribution-z", type=float, default=None, help="Flag a top-k document whose z reaches this (default: report only).")
-@click.option("--min-k-pp", type=float, default=None, help="Call an item suspicious when its Min-K%++ reaches this (default: report only).")
-@click.option("--reference-gap", type=float, default=None, help="... when the loss gap to the reference reaches this (default: report only).")
+@click.option("--attribution-z", type=OPTIONAL_FLOAT, default=None, help="Flag a top-k document whose z reaches this (default: report only).")
+@click.option("--min-k-pp", type=OPTIONAL_FLOAT, default=MIN_K_PP, show_default=True,
+              help="Call an item suspicious when its Min-K%++ reaches this ('none': report only; chosen by the audit study).")
+@click.option("--reference-gap", type=OPTIONAL_FLOAT, default=REFERENCE_GAP, show_default=True,
+              help="... when the loss gap to the reference (nats/token) reaches this ('none': report only).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto: where the model runs.")
 @click.option("--decontaminate", type=click.Path(path_type=Path), default=None, help="Also write a clean copy of the corpus here (kept/, excluded/).")
 @click.option("--remove", default="documents", show_default=True, type=click.Choice(["documents", "spans"]),

@@ -12,7 +12,7 @@ from .fuzzy import FuzzySettings
 from .inflation import CheckSettings
 from .items import ItemFields
 from .lexical import LexicalSettings
-from .verdict import VerdictRule
+from .verdict import MIN_K_PP, REFERENCE_GAP, VerdictRule
 
 REQUEST_FILE = Path(".work") / "request.json"  # inside AUDIT: what the audit was made with
 
@@ -45,8 +45,8 @@ class AuditRequest:
     top_k: int = 10  # documents per item from the attribution
     min_k: float = 0.2  # Min-K%++'s share of tokens
     attribution_z: float | None = None  # thresholds of the model signals; None: measured and reported only
-    min_k_pp: float | None = None
-    reference_gap: float | None = None
+    min_k_pp: float | None = MIN_K_PP  # the audit study's; None: measured and reported only
+    reference_gap: float | None = REFERENCE_GAP
     device: str = "cpu"
     decontaminate: str | None = None  # a folder for the clean copy of the corpus
     remove: str = "documents"  # or "spans"

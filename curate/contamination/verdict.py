@@ -17,8 +17,13 @@ reach a question coverage of 0.76 on a test item at most (template siblings such
 sibling above 0.5 is shown as suspicious. The fuzzy thresholds were read off an injected corpus
 (curate/contamination/inject.py, rate 1%, seed 0): at similarity 0.6 and number recall 0.8, 67 of the 68
 question copies of any kind (verbatim, question only, three rewordings) fire and none of the 7,473 GSM8K train
-problems does; the best-scoring sibling (0.75) keeps a third of the numbers. The model signals have no default threshold yet: they are measured and
-reported for every item, and enter the verdict only when a threshold is given.
+problems does; the best-scoring sibling (0.75) keeps a third of the numbers. The model signals' defaults were chosen by the audit study (benchmarks/results/contamination_audit.md,
+`curate recipe recipes/contamination_audit.yaml`) on one case (rate 1%, seed 0: a small Llama trained on a
+3,200-document corpus with injected GSM8K test items), as the least values no never-injected item of it reaches:
+Min-K%++ -0.83 and a reference gap of 0.41 nats/token (used only with a reference model). On the cases that did not
+choose them, they call 0-3 of 150 never-injected items suspicious. Both depend on the model; for another model,
+measure them the same way. Attribution has no default: its z grows with the corpus, and on the study's corpora the
+threshold that kept precision at 1.0 flagged 2-6% of the copies, all of them found by exact n-grams already.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import polars as pl
 from ..errors import CurateError
 
 VERDICTS = ("contaminated", "suspicious", "clean")
+MIN_K_PP = -0.83  # chosen by the audit study (see above)
+REFERENCE_GAP = 0.41
 SIGNALS = ("lexical", "fuzzy", "attribution", "memorisation")
 
 
@@ -39,9 +46,9 @@ class VerdictRule:
     suspicious_coverage: float = 0.5
     fuzzy_similarity: float = 0.6  # an edited copy: this share of the question's bigrams in one window...
     number_recall: float = 0.8  # ...and this share of its numbers
-    attribution_z: float | None = None  # a top-k document with z at least this is flagged
-    min_k_pp: float | None = None  # an item with Min-K%++ at least this is suspicious
-    reference_gap: float | None = None  # an item the model finds this much easier (nats/token) than the reference
+    attribution_z: float | None = None  # a top-k document with z at least this is flagged (no default: see above)
+    min_k_pp: float | None = MIN_K_PP  # an item with Min-K%++ at least this is suspicious
+    reference_gap: float | None = REFERENCE_GAP  # an item the model finds this much easier (nats/token) than the reference
 
     def check(self) -> None:
         if not 0 < self.suspicious_coverage <= self.contaminated_coverage <= 1:
