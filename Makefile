@@ -52,7 +52,7 @@ bench-selection: install
 	for n in 200 400; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix --documents $$n || exit 1; done
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.source_mix runs/select_pretraining_mix
 
-# The contamination audit on injected corpora: the study with models (about an hour and a half on 2 cores), then the
+# The contamination audit on injected corpora: the study with models (about 2.5 hours on 2 cores), then the
 # model-free signals against the n-gram rules and decon (minutes; decon in its own Python 3.12 environment, see
 # benchmarks/contamination/decon_peer.py).
 DECON_VENV ?= .venv-decon
