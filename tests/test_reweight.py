@@ -187,7 +187,7 @@ def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, t
     out = tmp_path / "out"
     for options, message in (({"tokens": "100B"}, "epochs"), ({"tokens": "lots"}, "not understood"), ({"eta": 0.0}, "eta"),
                              ({"mode": "worst"}, "one part"), ({"domain_field": "colour"}, "no 'colour' field"),
-                             ({"domain_field": "groups"}, "recovery groups")):
+                             ({"domain_field": "groups"}, "recovery groups"), ({"out_data": str(out)}, "own folder")):
         with pytest.raises(CurateError, match=message):
             run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), **options))
         assert not out.exists()

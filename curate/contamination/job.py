@@ -16,7 +16,7 @@ from stride_engine.artifacts import atomic_write_text
 from stride_engine.corpus import JSONL_SUFFIXES, PARQUET_SUFFIXES
 
 from ..core.executors import run_chain
-from ..core.outputs import finished_rerun, replacing
+from ..core.outputs import check_data_folder, finished_rerun, replacing
 from ..errors import CurateError
 from .items import BenchmarkItem, items_digest, load_benchmarks
 from .pipeline import audit_executors, audit_pipelines
@@ -45,11 +45,8 @@ def check_request(request: AuditRequest, overwrite: bool = False) -> tuple[list[
     items = load_benchmarks(request.benchmarks, request.fields(), [Path(d) for d in request.task_dirs], request.item_limit)
     finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "audit")
     if request.decontaminate:
-        clean = Path(request.decontaminate)
-        if clean.resolve() == Path(request.out).resolve():
-            raise CurateError("the clean copy (--decontaminate) needs its own folder, not the audit's")
-        if clean.exists() and any(clean.iterdir()) and not finished and not overwrite and not (Path(request.out) / REQUEST_FILE).is_file():
-            raise CurateError(f"{clean} is not empty: choose another folder for the clean copy")
+        check_data_folder(request.decontaminate, request.out, Path(request.out) / REQUEST_FILE, finished, overwrite,
+                          "clean copy", "--decontaminate")
     return items, finished
 
 

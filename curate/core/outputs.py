@@ -90,3 +90,14 @@ def finished_rerun(out: Path | str, saved: Path | str, fingerprint: dict[str, An
             "pass --overwrite to replace it, or choose another folder"
         )
     return (out / "manifest.json").is_file()
+
+
+def check_data_folder(data: Path | str, out: Path | str, saved: Path | str, finished: bool, overwrite: bool, what: str,
+                      option: str) -> None:
+    """A dataset a job writes beside its output folder (a clean copy, a resampled mixture): its own folder, and not a
+    non-empty one this job did not start (a rerun of the same job, or `overwrite`, may find it filled)."""
+    data, out = Path(data), Path(out)
+    if data.resolve() == out.resolve():
+        raise CurateError(f"the {what} ({option}) needs its own folder, not the output folder's")
+    if data.exists() and any(data.iterdir()) and not finished and not overwrite and not Path(saved).is_file():
+        raise CurateError(f"{data} is not empty: choose another folder for the {what}")

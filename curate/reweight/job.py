@@ -23,7 +23,7 @@ from typing import Any
 from stride_engine.artifacts import atomic_write_text
 
 from ..core.executors import run_chain
-from ..core.outputs import finished_rerun, replacing
+from ..core.outputs import check_data_folder, finished_rerun, replacing
 from ..core.run import AGGREGATION_RULES, Run
 from ..errors import CurateError
 from .mixture import compute_mixture, domain_documents
@@ -44,11 +44,8 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
         raise CurateError(f"run {request.run} is not a fitted run (no config.yaml): fit one with `curate fit`")
     finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "reweighting")
     if request.out_data:
-        data = Path(request.out_data)
-        if data.resolve() == Path(request.out).resolve():
-            raise CurateError("the resampled dataset (--out-data) needs its own folder, not OUT's")
-        if data.exists() and any(data.iterdir()) and not finished and not overwrite and not (Path(request.out) / REQUEST_FILE).is_file():
-            raise CurateError(f"{data} is not empty: choose another folder for the resampled dataset")
+        check_data_folder(request.out_data, request.out, Path(request.out) / REQUEST_FILE, finished, overwrite,
+                          "resampled dataset", "--out-data")
     compute_mixture(request)  # every problem of the data, the target and the budget shows here, before OUT exists
     domains_of = None
     if request.out_data and request.domain_field == GROUPS_AS_DOMAINS:
