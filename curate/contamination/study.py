@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import CurateError
-from ..studies.recipe import fit_run, recipe_path
+from ..studies.recipe import fit_run, recipe_path, run_folder
 from ..studies.study import Study
 from .inflation import CheckSettings, check_jobs, item_groups, task_for
 from .inject import KINDS, inject, read_jsonl, write_injection
@@ -103,9 +103,7 @@ class ContaminationStudy:
                         seq_len=model_spec["max_length"], seed=seed, progress=study.recipe.get("progress", True),
                         device=study.recipe.get("device", "cpu"))
         seconds["train_model"] = json.loads((model / "training.json").read_text())["seconds"]
-        from ..studies.recipe import _fit_settings, _key
-
-        run, fit_seconds = fit_run(study.recipe, model, str(corpus), folder / f"run-{_key(_fit_settings(study.recipe['stride']))}")
+        run, fit_seconds = fit_run(study.recipe, model, str(corpus), run_folder(study.recipe, folder))
         seconds["fit"] = fit_seconds
         audit, clean = folder / "audit", folder / "clean"
         request = AuditRequest(benchmarks=(str(subset),), train=(str(corpus),), out=str(audit), run=str(run),
@@ -224,8 +222,9 @@ def item_auc(scores: dict[str, float], positives: set[str], negatives: set[str])
 
 
 def signal_outputs(evidence: Evidence, rule_free: VerdictRule, rule_full: VerdictRule,
-                   thresholds: dict[str, float | None]) -> dict[str, tuple[pl.DataFrame | None, dict[str, float]]]:
-    """Per signal: the (item_id, doc_id) pairs it flags (None for item-only signals) and its score per item."""
+                   thresholds: dict[str, float | None]) -> tuple[dict[str, tuple[pl.DataFrame | None, dict[str, float]]], dict[str, str]]:
+    """Per signal: the (item_id, doc_id) pairs it flags (None for item-only signals) and its score per item; and
+    each item's verdict under the whole rule."""
     free_pairs = flagged_documents(evidence, rule_free)
     free_items = item_verdicts(evidence, free_pairs, rule_free)
     full_pairs = flagged_documents(evidence, rule_full)
@@ -259,8 +258,7 @@ def signal_outputs(evidence: Evidence, rule_free: VerdictRule, rule_full: Verdic
         outputs["loss"] = (None, per_item(evidence.memorisation, "loss", -1.0))
         if "reference_gap" in evidence.memorisation.columns:
             outputs["reference_gap"] = (None, per_item(evidence.memorisation, "reference_gap"))
-    outputs["_verdicts"] = (None, {r["item_id"]: r["verdict"] for r in full_items.iter_rows(named=True)})  # type: ignore[dict-item]
-    return outputs
+    return outputs, {r["item_id"]: r["verdict"] for r in full_items.iter_rows(named=True)}
 
 
 def score_case(case: dict[str, Any], thresholds: dict[str, float | None]) -> list[dict[str, Any]]:
@@ -271,8 +269,7 @@ def score_case(case: dict[str, Any], thresholds: dict[str, float | None]) -> lis
     rule_full = VerdictRule(request.contaminated_coverage, request.suspicious_coverage, request.fuzzy_similarity,
                             request.number_recall, thresholds.get("attribution_z"), thresholds.get("min_k_pp"),
                             thresholds.get("reference_gap"))
-    outputs = signal_outputs(case["evidence"], rule_free, rule_full, thresholds)
-    verdicts = outputs.pop("_verdicts")[1]
+    outputs, verdicts = signal_outputs(case["evidence"], rule_free, rule_full, thresholds)
     for name, pairs in case.get("baselines", {}).items():  # flagged or not: a rule gives an item no finer score
         outputs[name] = (pairs, {i: 1.0 for i in pairs["item_id"]})
     truth, kinds = case["truth"], case["kinds"]

@@ -24,9 +24,9 @@ from stride_engine.artifacts import atomic_write_text
 
 from ..core.executors import run_chain
 from ..core.outputs import check_data_folder, finished_rerun, replacing
-from ..core.run import AGGREGATION_RULES, Run
+from ..core.run import AGGREGATION_RULES
 from ..errors import CurateError
-from .mixture import compute_mixture, domain_documents
+from .mixture import compute_mixture
 from .pipeline import reweight_executors, reweight_pipelines
 from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, ReweightRequest
 
@@ -46,11 +46,11 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
     if request.out_data:
         check_data_folder(request.out_data, request.out, Path(request.out) / REQUEST_FILE, finished, overwrite,
                           "resampled dataset", "--out-data")
-    compute_mixture(request)  # every problem of the data, the target and the budget shows here, before OUT exists
+    # every problem of the data, the target and the budget shows here, before OUT exists
+    _, _, documents = compute_mixture(request)
     domains_of = None
     if request.out_data and request.domain_field == GROUPS_AS_DOMAINS:
-        table, _ = domain_documents(Run(request.run), request)
-        domains_of = dict(zip(table["doc_id"], table["domain"]))
+        domains_of = dict(zip(documents["doc_id"], documents["domain"]))
     return finished, domains_of
 
 

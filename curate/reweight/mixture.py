@@ -38,15 +38,12 @@ def parse_tokens(text: str | None, corpus_tokens: int) -> int:
     return int(value)
 
 
-def target_parts(run: Run, request: ReweightRequest) -> tuple[str, ...]:
+def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, dict[str, str], str]:
+    """Every training document with its domain, tokens and influence; {part: influence column} (WHOLE_TARGET first,
+    then each part of the target when it has several, for the `average` and `worst` modes); and the target's score
+    store name in the run (it carries the digest of the target's items)."""
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
-    return tuple(dict.fromkeys(target.parts))
-
-
-def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, dict[str, str]]:
-    """Every training document with its domain, tokens and influence; and {part: influence column} (WHOLE_TARGET
-    first, then each part of the target when it has several, for the `average` and `worst` modes)."""
-    parts = target_parts(run, request)
+    parts = tuple(dict.fromkeys(target.parts))
     by_part = len(parts) > 1
     if request.mode != "target" and not by_part:
         raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
@@ -57,7 +54,7 @@ def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, 
     columns = {WHOLE_TARGET: "influence"}
     if by_part:
         columns |= {p: PART_SCORE + p for p in parts}
-    return table, columns
+    return table, columns, target.name
 
 
 def _domains(run: Run, request: ReweightRequest, table: pl.DataFrame) -> pl.Series:
@@ -82,10 +79,11 @@ def _domains(run: Run, request: ReweightRequest, table: pl.DataFrame) -> pl.Seri
     return domains.cast(pl.String)
 
 
-def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFrame]:
-    """The weights record (OUT/weights.json) and the per-domain, per-part influence table (OUT/domains.parquet)."""
+def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
+    """The weights record (OUT/weights.json), the per-domain, per-part influence table (OUT/domains.parquet), and the
+    documents with their domains it came from."""
     run = Run(request.run)
-    documents, columns = domain_documents(run, request)
+    documents, columns, target_name = domain_documents(run, request)
     influence = domain_influence(documents, columns)
     budget = parse_tokens(request.tokens, int(influence.tokens.sum()))
     rule = request.mixture_rule()
@@ -105,12 +103,7 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
         "method": "stride-influence", "rule": {**rule.__dict__}, "aggregation": request.rule, "budget_tokens": budget,
         "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
         "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])},
-        "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": _target_name(run, request),
+        "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": target_name,
         "model": str(run.inputs.model), "domain_field": request.domain_field,
     }
-    return record, influence.table()
-
-
-def _target_name(run: Run, request: ReweightRequest) -> str:
-    """The target's score store in the run: its name carries the digest of the target's items."""
-    return target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field).name
+    return record, influence.table(), documents

@@ -44,7 +44,7 @@ class DomainWeights(PipelineStep):
         from .request import ReweightRequest
 
         with self.track_time():
-            record, table = compute_mixture(ReweightRequest(**_as_request(self.request)))
+            record, table, _ = compute_mixture(ReweightRequest(**_as_request(self.request)))
             write_parquet(table, self.output_folder, "domains.parquet")
             write_atomically(self.output_folder, "weights.png", weights_plot(record))
             write_atomically(self.output_folder, WEIGHTS_FILE, (json.dumps(record, indent=1) + "\n").encode())

@@ -198,7 +198,7 @@ def prepare_study(recipe: dict, smoke: bool = False, fit_pool_run: bool = True) 
     # settings rescore the same run, a changed fit refits.
     run, fit_seconds = None, None
     if fit_pool_run:  # an application that fits its own runs (contamination: one per injected corpus) skips it
-        run, fit_seconds = fit_run(recipe, reference, files["pool"], out / f"run-{_key(_fit_settings(recipe['stride']))}")
+        run, fit_seconds = fit_run(recipe, reference, files["pool"], run_folder(recipe, out))
     task_dir = out / "tasks"
     tasks = []
     for kind, entries in (("target", files["eval"]), ("domain", files["heldout"])):
@@ -233,6 +233,11 @@ def run_recipe(path: Path, smoke: bool = False, workers: int | None = None, resu
     rows = write_rows(rows, recipe, destination, study.run_fit_seconds, time.perf_counter() - started, smoke)
     application.report(rows, recipe, destination)
     return destination
+
+
+def run_folder(recipe: dict, parent: Path) -> Path:
+    """Where the recipe's STRIDE run lives under `parent`: named by the settings its training depends on."""
+    return Path(parent) / f"run-{_key(_fit_settings(recipe['stride']))}"
 
 
 def _key(settings: dict) -> str:
