@@ -194,3 +194,49 @@ def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, t
     run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out)))
     with pytest.raises(CurateError, match="eta"):  # another request into a finished OUT is refused, naming what changed
         run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), eta=2.0))
+
+
+def test_a_given_mixture_is_resampled_as_given_and_a_bad_one_is_refused(fitted_run, tmp_path):
+    domains = sorted(pl.read_parquet(fitted_run / "chunks.parquet")["domain"].unique())
+    given = {d: (0.7 if d == "arithmetic" else 0.3 / (len(domains) - 1)) for d in domains}
+    out, mix = tmp_path / "out", tmp_path / "mix"
+    for weights, message in (({**given, "arithmetic": 0.8}, "sum to 1"), ({d: given[d] for d in domains[1:]}, "no weight"),
+                             ({**given, "poetry": 0.0}, "does not have")):
+        result = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--weights", json.dumps(weights), "--out", str(out),
+                                           "--out-data", str(mix), "--tokens", "20000", "--quiet"])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert not out.exists() and not mix.exists()
+    both = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--weights", json.dumps(given), "--target", "x.jsonl",
+                                     "--out", str(out), "--quiet"])
+    assert both.exit_code != 0 and "not both" in both.output
+    result = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--weights", json.dumps(given), "--out", str(out),
+                                       "--out-data", str(mix), "--tokens", "20000", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"]["method"] == "given"
+    assert {d["domain"]: d["weight"] for d in manifest["weights"]["domains"]} == pytest.approx(given)
+    # the resampled dataset holds each domain's share of the budget (documents drawn whole, so roughly)
+    written: dict[str, int] = {}
+    for path in mix.rglob("*.jsonl*"):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
+            for line in handle:
+                domain = orjson.loads(line)["domain"]  # the writer expands the metadata
+                written[domain] = written.get(domain, 0) + 1
+    assert max(written, key=written.get) == "arithmetic"
+    # another reweighting's weights.json applies the same mixture
+    again = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--weights", str(out / "weights.json"),
+                                      "--out", str(tmp_path / "again"), "--tokens", "20000", "--quiet"])
+    assert again.exit_code == 0, again.output
+    repeated = json.loads((tmp_path / "again" / "weights.json").read_text())
+    assert {d["domain"]: d["weight"] for d in repeated["domains"]} == pytest.approx(given)
+
+
+def test_the_similarity_ablation_puts_bm25_scores_through_the_same_rule(fitted_run, tmp_path):
+    rng = random.Random(7)
+    target = write_jsonl(tmp_path / "sums.jsonl", [{"id": f"sum-{i}", "text": _arithmetic(rng)} for i in range(30)])
+    manifest = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "out"), method="bm25"))
+    weights = _weights(manifest)
+    assert manifest["weights"]["method"] == "bm25-influence"
+    assert max(weights, key=lambda d: weights[d]["weight"] / weights[d]["natural"]) == "arithmetic"
+    with pytest.raises(CurateError, match="not stride or one of"):
+        run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "other"), method="random"))

@@ -8,14 +8,41 @@ import click
 
 from ..core.executors import EXECUTORS
 from ..core.run import AGGREGATION_RULES
+from ..errors import CurateError
+from ..reweight.request import SIGNALS
 from ..reweight.weights import MODES, PRIORS
 from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_config_option
 
+_SAVED_NAMES = {"run": "run_dir", "weights": "given"}  # request field -> this command's parameter
+
+
+def given_weights(value) -> dict[str, float] | None:
+    """--weights: a JSON object, a file holding one, or a reweighting's weights.json ({"domains": [{domain, weight}]})."""
+    import json
+
+    if value is None or isinstance(value, dict):
+        return value
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        weights = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CurateError(f"--weights {value!r} is neither a JSON object nor a file holding one: {err}") from err
+    if isinstance(weights, dict) and isinstance(weights.get("domains"), list):
+        weights = {d["domain"]: d["weight"] for d in weights["domains"]}
+    if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) for v in weights.values()):
+        raise CurateError(f"--weights must map each domain to a number, got {text[:80]!r}")
+    return {str(k): float(v) for k, v in weights.items()}
+
 
 @click.command("reweight")
-@saved_config_option("reweighting request (OUT/.work/request.json)", lambda values: {"run_dir" if k == "run" else k: v for k, v in values.items()})
+@saved_config_option("reweighting request (OUT/.work/request.json)", lambda values: {_SAVED_NAMES.get(k, k): v for k, v in values.items()})
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="A fitted run over the corpus (curate fit).")
-@click.option("--target", required=True, help="JSONL/Parquet of target examples, or an lm-eval task name or YAML (as for select).")
+@click.option("--target", default=None, help="JSONL/Parquet of target examples, or an lm-eval task name or YAML (as for select).")
+@click.option("--weights", "given", default=None, metavar="JSON|FILE",
+              help="Apply this mixture instead of computing one: a JSON object domain -> weight, a file holding one, or "
+                   "another reweighting's weights.json (no target then).")
+@click.option("--method", default="stride", show_default=True, type=click.Choice(["stride", *SIGNALS]),
+              help="The per-document signal: STRIDE's influence, or a model-free score of each document against the target.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (weights.json, weights.png, report.md, manifest.json).")
 @click.option("--domain-field", default="domain", show_default=True,
               help="The corpus records' field naming their domain; 'groups': the run's recovery groups stand in for missing labels.")
@@ -40,15 +67,19 @@ from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_co
 @click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE", help="Passed to the executor (e.g. partition=cpu for Slurm).")
 @click.option("--overwrite", is_flag=True, help="Replace a reweighting in OUT (and its dataset) made with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def reweight_command(run_dir, target, out, domain_field, tokens, out_data, mode, eta, smoothing, max_epochs, prior, rule, part_field,
+def reweight_command(run_dir, target, given, method, out, domain_field, tokens, out_data, mode, eta, smoothing, max_epochs, prior, rule, part_field,
                      task_dirs, target_limit, seed, output_format, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
     """New mixture weights for the corpus's domains from their influence on a target, beside the natural and uniform
     mixtures, and optionally the corpus resampled to them at a token budget."""
     from ..reweight import ReweightRequest, run_reweight
 
     quiet_progress(quiet)
+    try:
+        given = given_weights(given)
+    except CurateError as err:
+        raise fail(err) from err
     request = ReweightRequest(
-        run=str(run_dir), target=str(target), out=str(out), domain_field=domain_field, tokens=tokens,
+        run=str(run_dir), target=str(target) if target else None, out=str(out), method=method, weights=given, domain_field=domain_field, tokens=tokens,
         out_data=str(out_data) if out_data else None, mode=mode, eta=eta, smoothing=smoothing, max_epochs=max_epochs, prior=prior,
         rule=rule, part_field=part_field, task_dirs=tuple(map(str, task_dirs)), target_limit=target_limit, seed=seed,
         output_format=output_format, executor=executor, tasks=tasks, workers=workers,

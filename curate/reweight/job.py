@@ -28,7 +28,7 @@ from ..core.run import AGGREGATION_RULES
 from ..errors import CurateError
 from .mixture import compute_mixture
 from .pipeline import reweight_executors, reweight_pipelines
-from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, ReweightRequest
+from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, SIGNALS, ReweightRequest
 
 
 def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bool, dict[str, str] | None]:
@@ -36,6 +36,11 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
     document's group for the sampler."""
     request.mixture_rule().check()
     request.execution().check()
+    if (request.target is None) == (request.weights is None):
+        raise CurateError("give a target to compute weights from (--target), or a mixture to apply (--weights), not both"
+                          if request.target is not None else "give a target (--target) or a mixture to apply (--weights)")
+    if request.method != "stride" and request.method not in SIGNALS:
+        raise CurateError(f"method {request.method!r} is not stride or one of the baselines {list(SIGNALS)}")
     if request.rule not in AGGREGATION_RULES:
         raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(AGGREGATION_RULES)}")
     if request.output_format not in ("jsonl", "parquet"):

@@ -19,7 +19,8 @@ from ..core.run import Run
 from ..core.targets import target_for_run
 from ..errors import CurateError
 from .request import GROUPS_AS_DOMAINS, ReweightRequest
-from .weights import WHOLE_TARGET, domain_influence, mixture_weights
+from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence, mixture_weights,
+                      prior_weights)
 
 _TOKENS = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*(-?\s*tokens?)?\s*$", re.I)
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
@@ -38,10 +39,17 @@ def parse_tokens(text: str | None, corpus_tokens: int) -> int:
     return int(value)
 
 
-def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, dict[str, str], str]:
+def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, dict[str, str], str | None]:
     """Every training document with its domain, tokens and influence; {part: influence column} (WHOLE_TARGET first,
     then each part of the target when it has several, for the `average` and `worst` modes); and the target's score
-    store name in the run (it carries the digest of the target's items)."""
+    store name in the run (it carries the digest of the target's items). A given mixture (`weights`) reads no target:
+    its documents have their domains and tokens only, and the name is None."""
+    if request.weights is not None:
+        chunks = run.chunks()
+        table = run.document_tokens().join(chunks.select("doc_id", "domain").unique("doc_id"), on="doc_id", how="left")
+        groups = run.document_groups()
+        table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
+        return table.sort("doc_id").with_columns(_domains(run, request, table).alias("domain")), {}, None
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
     parts = tuple(dict.fromkeys(target.parts))
     by_part = len(parts) > 1
@@ -49,7 +57,7 @@ def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, 
         raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
                           f"give its items a {request.part_field!r} field, or use --mode target")
     table = influence_table(run, request.target, request.rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
-                            by_part=by_part, part_field=request.part_field)
+                            method=request.method, by_part=by_part, part_field=request.part_field)
     table = table.with_columns(_domains(run, request, table).alias("domain"))
     columns = {WHOLE_TARGET: "influence"}
     if by_part:
@@ -87,23 +95,38 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
     influence = domain_influence(documents, columns)
     budget = parse_tokens(request.tokens, int(influence.tokens.sum()))
     rule = request.mixture_rule()
-    made = mixture_weights(influence, rule, budget)
-    whole = list(influence.parts).index(WHOLE_TARGET)
+    if request.weights is not None:
+        made = given_mixture(request.weights, influence, budget)
+    else:
+        made = mixture_weights(influence, rule, budget)
+    whole = list(influence.parts).index(WHOLE_TARGET) if WHOLE_TARGET in influence.parts else None
     domains = []
     for i, domain in enumerate(influence.domains):
         weight = float(made["weights"][i])
-        domains.append({
+        row = {
             "domain": domain, "documents": int(influence.documents[i]), "tokens": int(influence.tokens[i]),
             "natural": float(made["natural"][i]), "uniform": float(made["uniform"][i]), "weight": weight,
             "tokens_at_budget": weight * budget, "epochs": weight * budget / float(influence.tokens[i]),
-            "influence_per_token": float(influence.per_token[i, whole]), "standard_error": float(influence.standard_error[i, whole]),
-            "score": float(made["score"][i]),
-        })
+        }
+        if whole is not None:
+            row |= {"influence_per_token": float(influence.per_token[i, whole]),
+                    "standard_error": float(influence.standard_error[i, whole]), "score": float(made["score"][i])}
+        domains.append(row)
+    given = request.weights is not None
     record = {
-        "method": "stride-influence", "rule": {**rule.__dict__}, "aggregation": request.rule, "budget_tokens": budget,
-        "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
+        "method": "given" if given else f"{request.method}-influence" if request.method != "stride" else "stride-influence",
+        "rule": None if given else {**rule.__dict__}, "aggregation": None if given or request.method != "stride" else request.rule,
+        "budget_tokens": budget, "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
         "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])},
         "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": target_name,
         "model": str(run.inputs.model), "domain_field": request.domain_field,
     }
     return record, influence.table(), documents
+
+
+def given_mixture(weights: dict[str, float], influence: DomainInfluence, budget: int) -> dict[str, np.ndarray]:
+    """A user's mixture, checked (every domain named, a distribution) and held to nothing else: its epochs are
+    reported, not capped (a mixture from another method is applied as it is)."""
+    values = check_user_weights(weights, influence.domains)
+    return {"weights": values, "natural": prior_weights(influence.tokens, "natural"),
+            "uniform": prior_weights(influence.tokens, "uniform"), "part_weights": np.zeros(0)}

@@ -19,7 +19,9 @@ def weights_plot(record: dict[str, Any]) -> bytes:
         axis.bar([i + offset for i in range(len(domains))], [d[key] for d in record["domains"]], width, label=label)
     axis.set_xticks(range(len(domains)), domains, fontsize=8)
     axis.set_ylabel("share of the mixture's tokens")
-    axis.set_title(f"mode {record['rule']['mode']}, eta {record['rule']['eta']}, cap {record['rule']['max_epochs']} epochs", fontsize=9)
+    rule = record["rule"]
+    title = f"mode {rule['mode']}, eta {rule['eta']}, cap {rule['max_epochs']} epochs" if rule else "a given mixture"
+    axis.set_title(title, fontsize=9)
     axis.legend(frameon=False, fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -30,10 +32,13 @@ def weights_plot(record: dict[str, Any]) -> bytes:
 
 def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> str:
     rule = record["rule"]
+    if rule is None:
+        return _given_markdown(record, request, sampled)
+    signal = "influence" if record["method"] == "stride-influence" else f"{record['method'].removesuffix('-influence')} score"
     lines = [
         "# Mixture weights", "",
         f"Target: {record['target']}. Run: {record['run']}. Budget: {record['budget_tokens']:,} tokens "
-        f"(the corpus has {record['corpus_tokens']:,}).", "",
+        f"(the corpus has {record['corpus_tokens']:,}). Signal: {signal}.", "",
         f"Rule: w ∝ {rule['prior']} · exp({rule['eta']} · z), z = each domain's influence per token against the others', in units of their spread beyond noise and shrunk by its standard error "
         f"across domains (mode `{rule['mode']}`), smoothed with {rule['smoothing']:.0%} of the {rule['prior']} mixture, "
         f"at most {rule['max_epochs']:g} epochs of any domain.", "",
@@ -46,10 +51,29 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
     if len(record.get("parts", {})) > 1:
         lines += ["", "Parts of the target and their say in the weights: "
                   + ", ".join(f"{p} {w:.2f}" for p, w in record["parts"].items()) + "."]
+    return "\n".join(lines + _sampled_lines(record, request, sampled)) + "\n"
+
+
+def _given_markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> str:
+    lines = [
+        "# A given mixture", "",
+        f"Run: {record['run']}. Budget: {record['budget_tokens']:,} tokens (the corpus has {record['corpus_tokens']:,}). "
+        "The weights were given, not computed; epochs beyond the corpus repeat documents.", "",
+        "| domain | documents | tokens | natural | uniform | weight | epochs at budget |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in record["domains"]:
+        lines.append(f"| {d['domain']} | {d['documents']:,} | {d['tokens']:,} | {d['natural']:.3f} | {d['uniform']:.3f} | "
+                     f"**{d['weight']:.3f}** | {d['epochs']:.2f} |")
+    return "\n".join(lines + _sampled_lines(record, request, sampled)) + "\n"
+
+
+def _sampled_lines(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> list[str]:
+    lines: list[str] = []
     if sampled is not None:
         lines += ["", f"Resampled dataset: {request['out_data']} (uniform inside each domain; seed {request['seed']}).", "",
                   "| domain | documents drawn | copies written | passes over the domain |", "| --- | ---: | ---: | ---: |"]
         for d in record["domains"]:
             counts = sampled.get(d["domain"], {"documents": 0, "copies": 0})
             lines.append(f"| {d['domain']} | {counts['documents']:,} | {counts['copies']:,} | {counts['copies'] / d['documents']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -11,13 +11,14 @@ from ..core.executors import Execution
 from .weights import MixtureRule
 
 REQUEST_FILE = Path(".work") / "request.json"  # inside OUT: what the weights were made with
-GROUPS_AS_DOMAINS = "groups"  # --domain-field groups: the run's recovery groups stand in for missing domain labels
+GROUPS_AS_DOMAINS = "groups"
+SIGNALS = ("bm25", "embedding", "dsir")  # the baselines whose document scores can stand in for influence (not random)  # --domain-field groups: the run's recovery groups stand in for missing domain labels
 
 
 @dataclass(frozen=True)
 class ReweightRequest:
     run: str
-    target: str
+    target: str | None  # None only with `weights` (a given mixture needs no target)
     out: str
     domain_field: str = "domain"
     tokens: str | None = None  # the mixture's token budget ("50M"); None: as many tokens as the corpus has
@@ -33,6 +34,12 @@ class ReweightRequest:
     # domains even; "positive" and "topk-hits" put both where the planted truth is (docs/reweight.md).
     rule: str = "positive"
     part_field: str = "part"
+    # The per-document signal: STRIDE's influence, or a model-free baseline's score of each document against the target
+    # (curate.core.baselines: bm25, embedding, dsir), put through the same rule (the similarity-only ablation).
+    method: str = "stride"
+    # A mixture given outright (domain -> weight, summing to one): no target and no influence, only the epochs, the
+    # report and the resampled dataset (a mixture from another tool, applied the same way as the rule's).
+    weights: dict[str, float] | None = None
     task_dirs: tuple[str, ...] = ()
     target_limit: int | None = None
     seed: int = 0  # of the resampling

@@ -17,6 +17,7 @@ from .study import Study
 APPLICATIONS: dict[str, str] = {
     "selection": "curate.select.study:SelectionStudy",
     "contamination": "curate.contamination.study:ContaminationStudy",
+    "reweight": "curate.reweight.study:ReweightStudy",
 }
 
 

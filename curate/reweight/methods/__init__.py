@@ -1,0 +1,1 @@
+"""Mixture-reweighting methods: the baselines a reweighting study compares `curate reweight` with."""

@@ -1,0 +1,300 @@
+"""The reweighting application of the study runner (`curate recipe` with `application: reweight`).
+
+Every method's weights for every target, then a proxy trained on each mixture for each seed at equal tokens:
+
+    search   the proxies some methods need before they can answer, trained first (in plan): the simplex grid
+             (evaluated like every arm, so its best point is the oracle), RegMix's random mixtures (scored on the
+             target items the methods see), MixMin's one-domain proxies (the grid's vertices at seed 0)
+    weights  natural, uniform, UniMax; `curate reweight` in its modes (stride, stride-average, stride-worst) and on
+             BM25 scores (similarity); DoReMi and DoGE (online, curate.reweight.methods.online); MixMin; RegMix;
+             grid-best (the grid point of lowest mean target bits per byte)
+    mixtures the pool resampled to each mixture at the proxies' token budget, once per proxy seed
+             (`curate reweight --weights ... --out-data`: uniform inside each domain, seeded by the proxy's seed)
+    proxies  one per mixture and seed, the same steps for all (so the same tokens), scored on the target's evaluation
+             items and every held-out domain
+
+A row per target x method x seed (and per grid point x grid seed): the weights, the realised epochs per domain, the
+target's and every domain's bits per byte, what finding the weights cost in proxy runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stride_engine.artifacts import atomic_write_text
+
+from ..core.run import Run
+from ..errors import CurateError
+from ..studies.proxies import proxy_job, run_proxy_jobs
+from ..studies.recipe import task_name
+from ..studies.study import Study
+from .job import run_reweight
+from .methods.mixtures import dirichlet_mixtures, mixture_key, simplex_grid, unimax
+from .request import ReweightRequest
+
+log = logging.getLogger(__name__)
+
+# method -> (curate reweight's mode, its signal); the rest are computed in _weights
+REWEIGHT_ARMS = {"stride": ("target", "stride"), "stride-average": ("average", "stride"),
+                 "stride-worst": ("worst", "stride"), "similarity": ("target", "bm25")}
+TARGET_FREE = ("natural", "uniform", "unimax", "doremi")  # the same weights for every target
+SEARCH = "search"  # OUT/eval/search/...: RegMix's proxies scored on the target items the methods see
+
+
+class ReweightStudy:
+    task = "reweight"
+    sections = ("reweight",)
+
+    def plan(self, study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        spec = study.recipe["reweight"]
+        plan = _Plan(study)
+        methods = list(spec["methods"])
+        unknown = set(methods) - {*REWEIGHT_ARMS, *TARGET_FREE, "doge", "mixmin", "regmix", "grid-best"}
+        if unknown:
+            raise CurateError(f"reweight.methods names methods the study does not have: {sorted(unknown)}")
+        grid = simplex_grid(len(plan.domains), spec["grid"]) if spec.get("grid") else np.zeros((0, len(plan.domains)))
+        grid_seeds = spec.get("grid_seeds", [0])
+        if "grid-best" in methods and not len(grid):
+            raise CurateError("reweight.methods has grid-best, and the recipe has no reweight.grid")
+
+        # the search: grid proxies (every task), MixMin's vertices, RegMix's random mixtures (the target items' tasks)
+        grid_jobs = [plan.job(point, seed) for point in grid for seed in grid_seeds]
+        vertices = np.eye(len(plan.domains))
+        vertex_jobs = [plan.job(v, 0) for v in vertices] if "mixmin" in methods else []
+        regmix = spec.get("regmix") or {}
+        random_mixtures = (dirichlet_mixtures(plan.natural, regmix.get("mixtures", 24), regmix.get("seed", 0))
+                           if "regmix" in methods else np.zeros((0, len(plan.domains))))
+        regmix_jobs = [plan.search_job(m, regmix.get("seed", 0)) for m in random_mixtures]
+        workers = study.recipe.get("workers", 2)
+        measured = run_proxy_jobs(_unique(grid_jobs + vertex_jobs), workers)
+        # after the others: a random mixture that is a grid point (a vertex) then reuses its trained proxy, and two
+        # workers never train the same model at once
+        measured |= run_proxy_jobs(_unique(regmix_jobs), workers)
+
+        jobs: dict[str, dict] = {}
+        rows: list[dict[str, Any]] = []
+        for target, target_file in study.files["targets"].items():
+            target_task = task_name("target", target)
+            grid_loss = {}
+            for i, point in enumerate(grid):
+                for seed, job in zip(grid_seeds, grid_jobs[i * len(grid_seeds): (i + 1) * len(grid_seeds)]):
+                    jobs[job["key"]] = job
+                    rows.append(plan.row(target, "grid", seed, job, point, {"grid_point": i}))
+                grid_loss[i] = np.mean([measured[j["key"]]["values"][f"{target_task}|bits_per_byte"]
+                                        for j in grid_jobs[i * len(grid_seeds): (i + 1) * len(grid_seeds)]])
+            for method in methods:
+                weights, cost = plan.weights(method, target, target_file, grid, grid_loss, grid_jobs, vertex_jobs,
+                                             random_mixtures, regmix_jobs, measured)
+                for seed in study.proxy_seeds(target):
+                    job = plan.job(weights, seed)
+                    jobs[job["key"]] = job
+                    rows.append(plan.row(target, method, seed, job, weights, cost))
+        return list(jobs.values()), rows
+
+    def metrics(self, study: Study, row: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+        values = measured["values"]
+        domain_bpb = {d: values[f"{task_name('domain', d)}|bits_per_byte"] for d in study.files["heldout"]}
+        return {
+            "target_bpb": values[f"{task_name('target', row['target'])}|bits_per_byte"],
+            "target_ppl": values[f"{task_name('target', row['target'])}|word_perplexity"],
+            "domain_bpb": domain_bpb, "macro_bpb": float(np.mean(list(domain_bpb.values()))),
+            "worst_domain_bpb": float(max(domain_bpb.values())), "proxy_seconds": measured["proxy_seconds"],
+        }
+
+    def report(self, rows: list[dict[str, Any]], recipe: dict[str, Any], path: Path) -> None:
+        from .study_report import write_report
+
+        write_report(rows, recipe, path)
+
+
+def _unique(jobs: list[dict]) -> list[dict]:
+    return list({job["key"]: job for job in jobs}.values())
+
+
+class _Plan:
+    """The study's shared facts (domains, tokens, budget) and how a mixture becomes a dataset, a job and a row."""
+
+    def __init__(self, study: Study):
+        self.study, self.out = study, study.out / "reweight"
+        proxy = study.recipe["proxy"]
+        self.budget = proxy["steps"] * proxy.get("batch_size", 8) * study.recipe["model"]["max_length"]
+        self.domains, self.tokens = _domain_tokens(Run(study.run).chunks())
+        self.natural = self.tokens / self.tokens.sum()
+
+    # -------------------------------------------------------------------- mixtures as datasets, jobs and rows
+
+    def mixture(self, weights: np.ndarray, seed: int) -> Path:
+        """The pool resampled to `weights` at the budget with the sampler seeded by `seed` (made once)."""
+        folder = self.out / "mixtures" / f"{mixture_key(weights)}-seed{seed}"
+        given = {d: float(w) for d, w in zip(self.domains, weights)}
+        _reweighted(ReweightRequest(run=str(self.study.run), target=None, weights=given, out=str(folder),
+                                    out_data=str(folder / "data"), tokens=str(self.budget), seed=seed))
+        return folder
+
+    def job(self, weights: np.ndarray, seed: int) -> dict[str, Any]:
+        study = self.study
+        folder = self.mixture(weights, seed)
+        key = f"mixtures/{folder.name}/proxy-seed{seed}"
+        return proxy_job(key, folder / "data", study.out, study.base, study.recipe, seed, study.tasks, study.task_dir)
+
+    def search_job(self, weights: np.ndarray, seed: int) -> dict[str, Any]:
+        """A proxy scored on every target's items the methods see (RegMix's regression data), not on the evaluation items."""
+        job = self.job(weights, seed)
+        tasks, folder = self.search_tasks()
+        from ..studies.proxies import tasks_digest
+
+        return {**job, "key": f"{SEARCH}/{job['key']}", "eval": str(self.study.out / "eval" / SEARCH / job["key"]),
+                "tasks": tasks, "task_dir": str(folder), "tasks_digest": tasks_digest(folder, tasks)}
+
+    def search_tasks(self) -> tuple[list[str], Path]:
+        from ..proxy.evaluate import target_task
+
+        folder = self.study.out / "tasks-search"
+        tasks = []
+        for target, file in self.study.files["targets"].items():
+            name = task_name("search", target)
+            target_task(name, Path(file), folder=folder)
+            tasks.append(name)
+        return tasks, folder
+
+    def row(self, target: str, method: str, seed: int, job: dict, weights: np.ndarray, cost: dict) -> dict[str, Any]:
+        manifest = json.loads((Path(job["data"]).parent / "manifest.json").read_text())
+        sampled = manifest["sampled"]
+        return {
+            "target": target, "method": method, "seed": seed, "job": job["key"],
+            "weights": {d: round(float(w), 5) for d, w in zip(self.domains, weights)},
+            "epochs": {d["domain"]: round(sampled.get(d["domain"], {}).get("copies", 0) / d["documents"], 3)
+                       for d in manifest["weights"]["domains"]},
+            "budget_tokens": self.budget, **cost,
+        }
+
+    # -------------------------------------------------------------------- each method's weights
+
+    def weights(self, method: str, target: str, target_file: str, grid: np.ndarray, grid_loss: dict[int, float],
+                grid_jobs: list[dict], vertex_jobs: list[dict], random_mixtures: np.ndarray, regmix_jobs: list[dict],
+                measured: dict[str, dict]) -> tuple[np.ndarray, dict[str, Any]]:
+        """A method's mixture for the target and what finding it cost: {"weight_seconds", "weight_proxy_runs"}."""
+        spec = self.study.recipe["reweight"]
+        proxy_seconds = float(np.median([m["proxy_seconds"] for m in measured.values()])) if measured else None
+
+        def runs(seconds: float) -> float | None:
+            return round(seconds / proxy_seconds, 2) if proxy_seconds else None
+
+        if method == "natural":
+            return self.natural, {"weight_seconds": 0.0, "weight_proxy_runs": 0.0}
+        if method == "uniform":
+            return np.full(len(self.domains), 1 / len(self.domains)), {"weight_seconds": 0.0, "weight_proxy_runs": 0.0}
+        if method == "unimax":
+            cap = (spec.get("unimax") or {}).get("max_epochs", 1.0)
+            return unimax(self.tokens, self.budget, cap), {"weight_seconds": 0.0, "weight_proxy_runs": 0.0}
+        if method in REWEIGHT_ARMS:
+            return self._reweight(method, target, target_file, runs)
+        if method == "grid-best":
+            best = min(grid_loss, key=grid_loss.get)
+            seconds = sum(measured[job["key"]]["proxy_seconds"] for job in grid_jobs)
+            return grid[best], {"weight_seconds": round(seconds, 1), "weight_proxy_runs": float(len(grid_jobs)), "grid_point": best}
+        if method == "mixmin":
+            return self._mixmin(target, target_file, vertex_jobs, measured)
+        if method == "regmix":
+            return self._regmix(target, random_mixtures, regmix_jobs, measured)
+        if method in ("doremi", "doge"):
+            return self._online(method, target, target_file, runs)
+        raise CurateError(f"no such method {method!r}")
+
+    def _reweight(self, method: str, target: str, target_file: str, runs) -> tuple[np.ndarray, dict[str, Any]]:
+        mode, signal = REWEIGHT_ARMS[method]
+        rule = self.study.recipe["reweight"].get("rule") or {}
+        folder = self.out / "weights" / target / method
+        started = time.perf_counter()
+        manifest = _reweighted(ReweightRequest(run=str(self.study.run), target=target_file, out=str(folder), mode=mode,
+                                               method=signal, tokens=str(self.budget), **rule))
+        weights = np.array([next(d["weight"] for d in manifest["weights"]["domains"] if d["domain"] == name) for name in self.domains])
+        seconds = time.perf_counter() - started
+        cost: dict[str, Any] = {"weight_seconds": round(seconds, 1), "weight_proxy_runs": runs(seconds)}
+        if signal == "stride":  # the attribution itself: the reference model's training and STRIDE's fit
+            fit = self.study.run_fit_seconds or 0.0
+            reference = json.loads((self.study.reference / "training.json").read_text())["seconds"]
+            cost = {"weight_seconds": round(seconds + fit + reference, 1), "weight_proxy_runs": runs(seconds + fit + reference),
+                    "fit_seconds": fit, "reference_seconds": reference}
+        return weights, cost
+
+    def _mixmin(self, target: str, target_file: str, vertex_jobs: list[dict], measured) -> tuple[np.ndarray, dict[str, Any]]:
+        from .methods.mixmin import mixmin_weights, sequence_logprobs
+
+        texts = [json.loads(line)["text"] for line in Path(target_file).read_text().splitlines() if line.strip()]
+        started = time.perf_counter()
+        logprobs = np.stack([sequence_logprobs(Path(job["model"]), texts, self.study.recipe["model"]["max_length"])
+                             for job in vertex_jobs], axis=1)
+        weights, loss = mixmin_weights(logprobs)
+        scoring = time.perf_counter() - started
+        trained = sum(measured[job["key"]]["proxy_seconds"] for job in vertex_jobs)
+        return weights, {"weight_seconds": round(trained + scoring, 1), "weight_proxy_runs": float(len(vertex_jobs)),
+                         "mixmin_loss": loss}
+
+    def _regmix(self, target: str, mixtures: np.ndarray, jobs: list[dict], measured) -> tuple[np.ndarray, dict[str, Any]]:
+        from .methods.regmix import regmix_weights
+
+        task = task_name("search", target)
+        losses = np.array([measured[job["key"]]["values"][f"{task}|bits_per_byte"] for job in jobs])
+        weights, fit = regmix_weights(mixtures, losses, self.natural, seed=self.study.recipe.get("seed", 0))
+        seconds = sum(measured[job["key"]]["proxy_seconds"] for job in jobs)
+        return weights, {"weight_seconds": round(seconds, 1), "weight_proxy_runs": float(len(jobs)),
+                         "regmix_train_spearman": fit["train_spearman"]}
+
+    def _online(self, method: str, target: str, target_file: str, runs) -> tuple[np.ndarray, dict[str, Any]]:
+        """DoReMi (no target: one run serves all) or DoGE (the target's items), cached as JSON."""
+        from .methods.online import doge_weights, doremi_weights
+
+        recipe = self.study.recipe
+        name = "doremi.json" if method == "doremi" else f"doge-{target}.json"
+        cache = self.out / "weights" / name
+        if not cache.is_file():
+            files = self.domain_files()
+            common = dict(steps=recipe["proxy"]["steps"], seed=recipe.get("seed", 0), batch_size=recipe["proxy"].get("batch_size", 8),
+                          seq_len=recipe["model"]["max_length"], progress=recipe.get("progress", True))
+            if method == "doremi":
+                found = doremi_weights(files, self.study.base, **common)
+            else:
+                texts = [json.loads(line)["text"] for line in Path(target_file).read_text().splitlines() if line.strip()]
+                found = doge_weights(files, self.study.base, texts, **common)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache, json.dumps(found, indent=1))
+        found = json.loads(cache.read_text())
+        weights = np.array([found["weights"][d] for d in self.domains])
+        return weights, {"weight_seconds": found["seconds"], "weight_proxy_runs": found["proxy_runs"]}
+
+    def domain_files(self) -> dict[str, Path]:
+        """The pool split by domain (what DoReMi and DoGE sample from)."""
+        folder = self.out / "domains"
+        files = {d: folder / f"{d}.jsonl" for d in self.domains}
+        if not all(f.is_file() for f in files.values()):
+            rows: dict[str, list[str]] = {d: [] for d in self.domains}
+            for line in Path(self.study.files["pool"]).read_text().splitlines():
+                if line.strip():
+                    rows[json.loads(line)["domain"]].append(line + "\n")
+            for domain, lines in rows.items():
+                atomic_write_text(files[domain], "".join(lines))
+        return files
+
+
+def _domain_tokens(chunks) -> tuple[tuple[str, ...], np.ndarray]:
+    import polars as pl
+
+    table = chunks.group_by("domain").agg((pl.col("token_end") - pl.col("token_start")).sum().alias("tokens")).sort("domain")
+    return tuple(table["domain"].cast(pl.String)), table["tokens"].to_numpy().astype(float)
+
+
+def _reweighted(request: ReweightRequest) -> dict[str, Any]:
+    """`curate reweight` into request.out, or its manifest when the folder holds this very request, finished (a
+    folder of another request, or unfinished, is replaced: the study owns its folders)."""
+    out = Path(request.out)
+    saved, manifest = out / ".work" / "request.json", out / "manifest.json"
+    if manifest.is_file() and saved.is_file() and json.loads(saved.read_text()) == request.fingerprint():
+        return json.loads(manifest.read_text())
+    return run_reweight(request, overwrite=out.exists())

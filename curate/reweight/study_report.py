@@ -1,0 +1,175 @@
+"""The report of a reweighting study: per target, every method's mixture and its proxies' bits per byte against
+natural, uniform and the grid's best point (paired over seeds), the goals checked plainly, and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stride_engine.artifacts import atomic_write_text
+
+from ..studies.notes import keep_notes
+
+REFERENCES = ("natural", "uniform")
+BOOTSTRAP = 10_000
+
+
+def write_report(rows: list[dict], recipe: dict, path: Path) -> None:
+    out = Path(path).with_suffix(".md")
+    atomic_write_text(out, keep_notes(out, markdown(rows, recipe), rows[0].get("commit")))
+    plot(rows, Path(path).with_suffix(".png"))
+
+
+def _by_seed(rows: list[dict], target: str, method: str, key: str = "target_bpb") -> dict[int, float]:
+    return {r["seed"]: r[key] for r in rows if r["target"] == target and r["method"] == method}
+
+
+def paired(values: dict[int, float], reference: dict[int, float], seed: int = 0) -> dict[str, float] | None:
+    """The mean paired difference (method - reference) over the seeds both have, its bootstrap 95% interval and the
+    paired t-test's p; None without two shared seeds."""
+    seeds = sorted(set(values) & set(reference))
+    if len(seeds) < 2:
+        return None
+    from scipy.stats import ttest_rel
+
+    differences = np.array([values[s] - reference[s] for s in seeds])
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, len(seeds), (BOOTSTRAP, len(seeds)))].mean(axis=1)
+    p = float(ttest_rel([values[s] for s in seeds], [reference[s] for s in seeds]).pvalue) if differences.std() > 0 else 1.0
+    return {"mean": float(differences.mean()), "low": float(np.quantile(means, 0.025)), "high": float(np.quantile(means, 0.975)),
+            "p": p, "seeds": len(seeds)}
+
+
+def _change(result: dict | None) -> str:
+    if result is None:
+        return ""
+    p = "< 0.001" if result["p"] < 0.001 else f"= {result['p']:.2g}"
+    return f"{result['mean']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}] (p {p})"
+
+
+def beats(result: dict | None) -> bool:
+    """Lower beyond seed noise: the whole bootstrap interval below zero and the paired t-test at 5%."""
+    return result is not None and result["high"] < 0 and result["p"] < 0.05
+
+
+def summary(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """target -> method -> mean bits per byte (target, macro, worst domain), spread, the paired comparisons, regret."""
+    table: dict[str, dict[str, dict]] = {}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["target"] == target) if m != "grid"]
+        best = _by_seed(rows, target, "grid-best")
+        natural = _by_seed(rows, target, "natural")
+        entries = {}
+        for method in methods:
+            mine = [r for r in rows if r["target"] == target and r["method"] == method]
+            values = _by_seed(rows, target, method)
+            entry = {
+                "bpb": float(np.mean(list(values.values()))), "std": float(np.std(list(values.values()), ddof=1)) if len(values) > 1 else 0.0,
+                "seeds": len(values), "macro": float(np.mean([r["macro_bpb"] for r in mine])),
+                "worst": float(np.mean([r["worst_domain_bpb"] for r in mine])), "weights": mine[0]["weights"],
+                "epochs": mine[0]["epochs"], "cost": mine[0].get("weight_proxy_runs"),
+                **{f"vs_{ref}": paired(values, _by_seed(rows, target, ref)) for ref in REFERENCES if ref != method},
+            }
+            if best and natural and method != "grid-best":
+                gap = np.mean(list(natural.values())) - np.mean(list(best.values()))
+                entry["regret"] = float((entry["bpb"] - np.mean(list(best.values()))) / gap) if gap > 0 else None
+            entries[method] = entry
+        table[target] = entries
+    return table
+
+
+def goals(table: dict[str, dict[str, dict]], method: str = "stride") -> list[str]:
+    """The issue's goals for STRIDE's weights, each said true or false with its numbers."""
+    lines = []
+    targets = [t for t, entries in table.items() if method in entries]
+    wins = [t for t in targets if beats(table[t][method].get("vs_natural")) and beats(table[t][method].get("vs_uniform"))]
+    lines.append(f"- Beats natural and uniform beyond seed noise on >= 2 targets: **{'yes' if len(wins) >= 2 else 'no'}** "
+                 f"({len(wins)} of {len(targets)}: {', '.join(wins) or 'none'}).")
+    for target in targets:
+        entry, entries = table[target][method], table[target]
+        macro = 100 * (entry["macro"] / entries["natural"]["macro"] - 1) if "natural" in entries else None
+        closed = 1 - entry["regret"] if entry.get("regret") is not None else None
+        parts = [f"macro per-domain bpb {macro:+.2f}% vs natural ({'within' if macro is not None and macro <= 1 else 'beyond'} 1%)"
+                 if macro is not None else "", f"closes {100 * closed:.0f}% of natural's gap to the grid's best" if closed is not None else ""]
+        for peer in ("doge", "mixmin", "similarity"):
+            if peer in entries:
+                word = "at least as good as" if entry["bpb"] <= entries[peer]["bpb"] else "worse than"
+                parts.append(f"{word} {peer} ({entry['bpb']:.4f} vs {entries[peer]['bpb']:.4f})")
+        lines.append(f"- {target}: " + "; ".join(p for p in parts if p) + ".")
+    return lines
+
+
+def markdown(rows: list[dict], recipe: dict) -> str:
+    context = rows[0]
+    table = summary(rows)
+    domains = list(context.get("domain_bpb", {}))
+    lines = [
+        f"# Reweighting study: {context['recipe']}{' (smoke)' if context['smoke'] else ''}", "",
+        f"Made by `{context['command']}` at commit {context['commit']} on {context['machine']['cpus']} CPUs; this invocation "
+        f"{context['invocation_seconds'] / 60:.0f} min (finished stages are reused).", "",
+        f"Each mixture is the pool resampled to its weights at {context['budget_tokens']:,} tokens (uniform inside each domain); a "
+        "proxy trained from scratch on it for each seed, the same steps for every mixture; lm-eval bits per byte on the target's "
+        "evaluation items (never seen by any method) and on held-out documents of every domain. Lower is better.",
+        "vs natural / uniform: the mean paired difference over seeds (the same seeds: initialisation, data order and resampling), "
+        "its bootstrap 95% interval and the paired t-test's p. Regret: (bpb - grid-best) / (natural - grid-best), 0 is the "
+        "grid's best mixture, 1 is no better than natural. Cost: proxy runs spent finding the weights (STRIDE: the reference "
+        "model's training and the fit).", "",
+    ]
+    for target, entries in table.items():
+        lines += [f"## target: {target}", "", "| method | weights (" + " / ".join(domains) + ") | target bpb | vs natural | vs uniform | "
+                  "regret | macro bpb | worst domain bpb | cost (proxy runs) |", "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for method, e in sorted(entries.items(), key=lambda item: item[1]["bpb"]):
+            weights = " / ".join(f"{e['weights'].get(d, 0):.2f}" for d in domains)
+            regret = f"{e['regret']:.2f}" if e.get("regret") is not None else ""
+            cost = f"{e['cost']:.1f}" if e.get("cost") is not None else ""
+            lines.append(f"| {method} | {weights} | {e['bpb']:.4f} ± {e['std']:.4f} | {_change(e.get('vs_natural'))} | "
+                         f"{_change(e.get('vs_uniform'))} | {regret} | {e['macro']:.4f} | {e['worst']:.4f} | {cost} |")
+        grid = [r for r in rows if r["target"] == target and r["method"] == "grid"]
+        if grid:
+            points: dict[int, list[dict]] = {}
+            for r in grid:
+                points.setdefault(r["grid_point"], []).append(r)
+            ranked = sorted(points.values(), key=lambda rs: np.mean([r["target_bpb"] for r in rs]))
+            lines += ["", f"Grid ({len(points)} mixtures, {len(ranked[0])} seed(s) each), best five and worst:", "",
+                      "| weights | target bpb | macro bpb |", "| --- | ---: | ---: |"]
+            for rs in ranked[:5] + ranked[-1:]:
+                weights = " / ".join(f"{rs[0]['weights'].get(d, 0):.2f}" for d in domains)
+                lines.append(f"| {weights} | {np.mean([r['target_bpb'] for r in rs]):.4f} | {np.mean([r['macro_bpb'] for r in rs]):.4f} |")
+        lines.append("")
+    lines += ["## The goals, for STRIDE's weights (`stride`, mode target)", "", *goals(table), ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary(rows)
+    domains = list(rows[0].get("domain_bpb", {}))
+    figure, axes = plt.subplots(2, len(table), figsize=(5.5 * len(table), 6.5), squeeze=False)
+    for column, (target, entries) in enumerate(table.items()):
+        methods = sorted(entries, key=lambda m: entries[m]["bpb"])
+        axis = axes[0, column]
+        axis.barh(range(len(methods)), [entries[m]["bpb"] for m in methods], xerr=[entries[m]["std"] for m in methods],
+                  color=["tab:red" if m.startswith("stride") else "tab:gray" if m in REFERENCES else "tab:blue" for m in methods])
+        axis.set_yticks(range(len(methods)), methods, fontsize=8)
+        low = min(entries[m]["bpb"] - entries[m]["std"] for m in methods)
+        axis.set_xlim(low - 0.02 * abs(low), None)
+        axis.invert_yaxis()
+        axis.set_title(f"{target}: target bits per byte (lower is better)", fontsize=9)
+        axis = axes[1, column]
+        left = np.zeros(len(methods))
+        for d in domains:
+            share = np.array([entries[m]["weights"].get(d, 0) for m in methods])
+            axis.barh(range(len(methods)), share, left=left, label=d)
+            left += share
+        axis.set_yticks(range(len(methods)), methods, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_title("the mixture's weights", fontsize=9)
+        axis.legend(frameon=False, fontsize=7, ncol=len(domains), loc="lower center", bbox_to_anchor=(0.5, -0.25))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
