@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow test-all bench-smoke bench bench-selection bench-contamination clean
+.PHONY: install demo test test-slow test-all bench-smoke bench bench-selection bench-contamination bench-reweight clean
 
 # torch is pinned to the CPU wheel this machine keeps on disk; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -37,7 +37,8 @@ bench-smoke: install
 	@if [ -d ../shared/data/corpus ]; then \
 		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/select_pretraining_mix.yaml --smoke && \
 		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m benchmarks.within_source runs/select_pretraining_mix-smoke --smoke --documents 30 && \
-		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/contamination_audit.yaml --smoke; \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/contamination_audit.yaml --smoke && \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/curate recipe recipes/reweight_pretraining_mix.yaml --smoke; \
 	else echo "skipping the selection smoke study: ../shared/data is absent"; fi
 
 bench: install
@@ -64,6 +65,9 @@ $(DECON_VENV)/.installed:
 bench-contamination: install $(DECON_VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/curate recipe recipes/contamination_audit.yaml
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 CURATE_DECON_PYTHON=$(DECON_VENV)/bin/python $(BIN)/python -m benchmarks.contamination.lexical_bench
+
+bench-reweight: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/curate recipe recipes/reweight_pretraining_mix.yaml
 
 clean:
 	rm -rf runs .pytest_cache

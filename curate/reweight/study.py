@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from stride_engine.artifacts import atomic_write_text
+from stride_engine.artifacts import atomic_path, atomic_write_text
 
 from ..core.run import Run
 from ..errors import CurateError
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # method -> (curate reweight's mode, its signal); the rest are computed in _weights
 REWEIGHT_ARMS = {"stride": ("target", "stride"), "stride-average": ("average", "stride"),
                  "stride-worst": ("worst", "stride"), "similarity": ("target", "bm25")}
+PART_MODES = ("stride-average", "stride-worst")  # modes over the target's parts: only for a target with several
 TARGET_FREE = ("natural", "uniform", "unimax", "doremi")  # the same weights for every target
 SEARCH = "search"  # OUT/eval/search/...: RegMix's proxies scored on the target items the methods see
 
@@ -88,16 +89,25 @@ class ReweightStudy:
                     rows.append(plan.row(target, "grid", seed, job, point, {"grid_point": i}))
                 grid_loss[i] = np.mean([measured[j["key"]]["values"][f"{target_task}|bits_per_byte"]
                                         for j in grid_jobs[i * len(grid_seeds): (i + 1) * len(grid_seeds)]])
+            parts = {json.loads(line).get("part") for line in Path(target_file).read_text().splitlines() if line.strip()}
             for method in methods:
+                if method in PART_MODES and len(parts) < 2:
+                    log.info("target %s has one part: %s (a mode over parts) is skipped", target, method)
+                    continue
                 weights, cost = plan.weights(method, target, target_file, grid, grid_loss, grid_jobs, vertex_jobs,
                                              random_mixtures, regmix_jobs, measured)
                 for seed in study.proxy_seeds(target):
                     job = plan.job(weights, seed)
                     jobs[job["key"]] = job
                     rows.append(plan.row(target, method, seed, job, weights, cost))
+        for job, row in plan.transfer(rows):
+            jobs[job["key"]] = job
+            rows.append(row)
+        rows += plan.stability(methods) + plan.groups_against_domains()
         return list(jobs.values()), rows
 
     def metrics(self, study: Study, row: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+        # (rows without a job, the weights' stability and the groups' match to the domains, are measured already)
         values = measured["values"]
         domain_bpb = {d: values[f"{task_name('domain', d)}|bits_per_byte"] for d in study.files["heldout"]}
         return {
@@ -207,10 +217,10 @@ class _Plan:
             return self._online(method, target, target_file, runs)
         raise CurateError(f"no such method {method!r}")
 
-    def _reweight(self, method: str, target: str, target_file: str, runs) -> tuple[np.ndarray, dict[str, Any]]:
+    def _reweight(self, method: str, target: str, target_file: str, runs, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         mode, signal = REWEIGHT_ARMS[method]
         rule = self.study.recipe["reweight"].get("rule") or {}
-        folder = self.out / "weights" / target / method
+        folder = self.out / "weights" / target / (name or method)
         started = time.perf_counter()
         manifest = _reweighted(ReweightRequest(run=str(self.study.run), target=target_file, out=str(folder), mode=mode,
                                                method=signal, tokens=str(self.budget), **rule))
@@ -247,16 +257,18 @@ class _Plan:
         return weights, {"weight_seconds": round(seconds, 1), "weight_proxy_runs": float(len(jobs)),
                          "regmix_train_spearman": fit["train_spearman"]}
 
-    def _online(self, method: str, target: str, target_file: str, runs) -> tuple[np.ndarray, dict[str, Any]]:
+    def _online(self, method: str, target: str, target_file: str, runs, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """DoReMi (no target: one run serves all) or DoGE (the target's items), cached as JSON."""
         from .methods.online import doge_weights, doremi_weights
 
         recipe = self.study.recipe
-        name = "doremi.json" if method == "doremi" else f"doge-{target}.json"
+        seed = recipe.get("seed", 0) if seed is None else seed
+        suffix = "" if seed == recipe.get("seed", 0) else f"-seed{seed}"
+        name = f"doremi{suffix}.json" if method == "doremi" else f"doge-{target}{suffix}.json"
         cache = self.out / "weights" / name
         if not cache.is_file():
             files = self.domain_files()
-            common = dict(steps=recipe["proxy"]["steps"], seed=recipe.get("seed", 0), batch_size=recipe["proxy"].get("batch_size", 8),
+            common = dict(steps=recipe["proxy"]["steps"], seed=seed, batch_size=recipe["proxy"].get("batch_size", 8),
                           seq_len=recipe["model"]["max_length"], progress=recipe.get("progress", True))
             if method == "doremi":
                 found = doremi_weights(files, self.study.base, **common)
@@ -268,6 +280,102 @@ class _Plan:
         found = json.loads(cache.read_text())
         weights = np.array([found["weights"][d] for d in self.domains])
         return weights, {"weight_seconds": found["seconds"], "weight_proxy_runs": found["proxy_runs"]}
+
+    # -------------------------------------------------------------------- the transfer check
+
+    def transfer(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every arm's mixture (not the grid's) again at a larger proxy (reweight.transfer.model: the same tokenizer,
+        more layers and width) for reweight.transfer.seeds, on the same datasets: whether weights found at proxy
+        scale keep their order at the next scale. Rows tagged `scale: transfer`."""
+        spec = self.study.recipe["reweight"].get("transfer")
+        if not spec:
+            return []
+        base = self.transfer_base(spec["model"])
+        made = []
+        for row in rows:
+            if row["method"] == "grid" or row["seed"] not in spec.get("seeds", [0]):
+                continue
+            mixture = row["job"].split("/")[1]
+            data = self.out / "mixtures" / mixture / "data"
+            study = self.study
+            job = proxy_job(f"transfer/{mixture}/proxy-seed{row['seed']}", data, study.out, base, study.recipe, row["seed"],
+                            study.tasks, study.task_dir)
+            made.append((job, {**row, "job": job["key"], "scale": "transfer"}))
+        return made
+
+    def transfer_base(self, model: dict[str, Any]) -> Path:
+        """The base tokenizer with a larger untrained model (what every transfer proxy starts from)."""
+        from transformers import AutoTokenizer
+
+        from ..demo.model import build_model
+
+        folder = self.out / "transfer-base"
+        if not (folder / "config.json").is_file():
+            spec = {**self.study.recipe["model"], **model}
+            tokenizer = AutoTokenizer.from_pretrained(self.study.base, local_files_only=True)
+            built = build_model(tokenizer, arch=spec.get("arch", "llama"), hidden_size=spec["hidden_size"],
+                                num_layers=spec["layers"], num_heads=spec["heads"], max_length=spec["max_length"])
+            with atomic_path(folder) as tmp:
+                built.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        return folder
+
+    # -------------------------------------------------------------------- diagnostics (rows without a proxy)
+
+    def stability(self, methods: list[str]) -> list[dict[str, Any]]:
+        """How much each method's weights move when its input does: STRIDE and the similarity ablation on each half of
+        the target's items, DoReMi and DoGE at another seed. One row per target and method: the weights of each
+        variant and the largest difference of any domain's weight between them."""
+        rows = []
+        for target, target_file in self.study.files["targets"].items():
+            for method in [m for m in ("stride", "similarity") if m in methods]:
+                variants = [self._reweight(method, target, half, lambda s: None, name=f"{method}-half{k}")[0]
+                            for k, half in enumerate(self.target_halves(target, target_file))]
+                rows.append(self._stability_row(target, method, "target halves", variants))
+            for method in [m for m in ("doremi", "doge") if m in methods]:
+                variants = [self._online(method, target, target_file, None, seed=seed)[0] for seed in (0, 1)]
+                rows.append(self._stability_row(target, method, "seeds 0 and 1", variants))
+        return rows
+
+    def _stability_row(self, target: str, method: str, varied: str, variants: list[np.ndarray]) -> dict[str, Any]:
+        stacked = np.stack(variants)
+        return {"target": target, "method": method, "diagnostic": "stability", "varied": varied,
+                "variants": [{d: round(float(w), 4) for d, w in zip(self.domains, v)} for v in variants],
+                "max_weight_difference": round(float((stacked.max(axis=0) - stacked.min(axis=0)).max()), 4)}
+
+    def target_halves(self, target: str, target_file: str) -> list[str]:
+        """The target's items split in two at random (seeded), each half keeping its items' parts."""
+        lines = [line for line in Path(target_file).read_text().splitlines() if line.strip()]
+        order = np.random.default_rng(self.study.recipe.get("seed", 0)).permutation(len(lines))
+        halves = []
+        for k, picked in enumerate((order[: len(order) // 2], order[len(order) // 2:])):
+            path = self.out / "halves" / f"{target}-half{k}.jsonl"
+            text = "".join(lines[i] + "\n" for i in sorted(picked))
+            if not path.is_file() or path.read_text() != text:
+                atomic_write_text(path, text)
+            halves.append(str(path))
+        return halves
+
+    def groups_against_domains(self) -> list[dict[str, Any]]:
+        """How well the run's recovery groups (what --domain-field groups uses without labels) match the true domains:
+        purity (the token share of each group's majority domain) and inverse purity (of each domain's majority group),
+        both token-weighted; 1 and 1 is a perfect match."""
+        import polars as pl
+
+        run = Run(self.study.run)
+        groups = run.document_groups()
+        if groups is None:
+            return []
+        table = run.document_tokens().join(groups, on="doc_id").join(run.chunks().select("doc_id", "domain").unique("doc_id"), on="doc_id")
+        counts = table.group_by("group", "domain").agg(pl.col("tokens").sum())
+        total = counts["tokens"].sum()
+        purity = counts.group_by("group").agg(pl.col("tokens").max())["tokens"].sum() / total
+        inverse = counts.group_by("domain").agg(pl.col("tokens").max())["tokens"].sum() / total
+        majority = (counts.sort("tokens", descending=True).unique("group", keep="first")
+                    .group_by("domain").agg(pl.len().alias("groups")))
+        return [{"target": None, "method": "groups", "diagnostic": "groups", "groups": int(counts["group"].n_unique()),
+                 "purity": round(float(purity), 4), "inverse_purity": round(float(inverse), 4),
+                 "groups_per_domain": {r["domain"]: r["groups"] for r in majority.iter_rows(named=True)}}]
 
     def domain_files(self) -> dict[str, Path]:
         """The pool split by domain (what DoReMi and DoGE sample from)."""

@@ -36,7 +36,10 @@ def paired(values: dict[int, float], reference: dict[int, float], seed: int = 0)
     differences = np.array([values[s] - reference[s] for s in seeds])
     rng = np.random.default_rng(seed)
     means = differences[rng.integers(0, len(seeds), (BOOTSTRAP, len(seeds)))].mean(axis=1)
-    p = float(ttest_rel([values[s] for s in seeds], [reference[s] for s in seeds]).pvalue) if differences.std() > 0 else 1.0
+    if differences.std() > 0:
+        p = float(ttest_rel([values[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
+    else:  # the same difference at every seed: no noise at all, so any difference is beyond it
+        p = 0.0 if differences.mean() != 0 else 1.0
     return {"mean": float(differences.mean()), "low": float(np.quantile(means, 0.025)), "high": float(np.quantile(means, 0.975)),
             "p": p, "seeds": len(seeds)}
 
@@ -101,6 +104,9 @@ def goals(table: dict[str, dict[str, dict]], method: str = "stride") -> list[str
 
 
 def markdown(rows: list[dict], recipe: dict) -> str:
+    diagnostics = [r for r in rows if "diagnostic" in r]
+    transfer = [r for r in rows if r.get("scale") == "transfer"]
+    rows = [r for r in rows if "diagnostic" not in r and r.get("scale") != "transfer"]
     context = rows[0]
     table = summary(rows)
     domains = list(context.get("domain_bpb", {}))
@@ -138,12 +144,50 @@ def markdown(rows: list[dict], recipe: dict) -> str:
                 lines.append(f"| {weights} | {np.mean([r['target_bpb'] for r in rs]):.4f} | {np.mean([r['macro_bpb'] for r in rs]):.4f} |")
         lines.append("")
     lines += ["## The goals, for STRIDE's weights (`stride`, mode target)", "", *goals(table), ""]
+    if transfer:
+        lines += transfer_lines(table, summary(transfer), recipe)
+    stability = [r for r in diagnostics if r["diagnostic"] == "stability"]
+    if stability:
+        lines += ["## Stability of the weights", "", "The largest change of any domain's weight when the method's input changes "
+                  "(STRIDE and the similarity ablation: each half of the target's items; DoReMi and DoGE: seed 0 and 1).", "",
+                  "| target | method | varied | weights (" + " / ".join(domains) + ") | largest difference |", "| --- | --- | --- | --- | ---: |"]
+        for r in stability:
+            variants = "; ".join(" / ".join(f"{v.get(d, 0):.2f}" for d in domains) for v in r["variants"])
+            lines.append(f"| {r['target']} | {r['method']} | {r['varied']} | {variants} | {r['max_weight_difference']:.3f} |")
+        lines.append("")
+    for r in (r for r in diagnostics if r["diagnostic"] == "groups"):
+        per_domain = ", ".join(f"{d} {n}" for d, n in sorted(r["groups_per_domain"].items()))
+        lines += ["## Recovery groups as domains", "", f"The run's {r['groups']} recovery groups (`--domain-field groups`) against "
+                  f"the true domains, token-weighted: purity {r['purity']:.3f} (the share of a group's tokens in its majority "
+                  f"domain), inverse purity {r['inverse_purity']:.3f} (the share of a domain's tokens in its largest group). "
+                  f"Groups whose majority is each domain: {per_domain}.", ""]
     return "\n".join(lines)
+
+
+def transfer_lines(small: dict[str, dict[str, dict]], large: dict[str, dict[str, dict]], recipe: dict) -> list[str]:
+    """The arms at the larger proxy beside the small one, and the rank correlation of their order across scales."""
+    from scipy.stats import spearmanr
+
+    model = (recipe.get("reweight", {}).get("transfer") or {}).get("model", {})
+    lines = ["## Transfer to a larger proxy", "",
+             f"Every arm's mixture (the same datasets) trained at {', '.join(f'{k} {v}' for k, v in model.items())}, the same "
+             "steps; Spearman's rho between the arms' mean target bpb at the two scales.", ""]
+    for target, entries in large.items():
+        methods = [m for m in entries if m in small.get(target, {})]
+        rho = spearmanr([small[target][m]["bpb"] for m in methods], [entries[m]["bpb"] for m in methods]).statistic if len(methods) > 2 else None
+        lines += [f"### {target}: rho = {rho:.2f} over {len(methods)} arms" if rho is not None else f"### {target}", "",
+                  "| method | small proxy bpb | larger proxy bpb | larger: vs natural |", "| --- | ---: | ---: | --- |"]
+        for method in sorted(methods, key=lambda m: entries[m]["bpb"]):
+            lines.append(f"| {method} | {small[target][method]['bpb']:.4f} | {entries[method]['bpb']:.4f} ± {entries[method]['std']:.4f} | "
+                         f"{_change(entries[method].get('vs_natural'))} |")
+        lines.append("")
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
+    rows = [r for r in rows if "diagnostic" not in r]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
