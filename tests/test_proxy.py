@@ -321,3 +321,23 @@ def test_cli_eval_compares_named_models_on_a_target(world, tmp_path):
 
     result = CliRunner().invoke(eval_command, ["--model", str(world["proxy_greek"]), "--tasks", "nope", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "unknown task 'nope'" in result.output and not (tmp_path / "x").exists()
+
+
+def test_cli_eval_scores_every_domain_of_a_held_out_file(world, tmp_path):
+    import polars as pl
+
+    heldout = write_jsonl(tmp_path / "heldout.jsonl",
+                          [{"id": f"g{i}", "text": t, "source": "greek"} for i, t in enumerate(domain_texts(GREEK, 6, 21))]
+                          + [{"id": f"c{i}", "text": t, "source": "colours"} for i, t in enumerate(domain_texts(COLOURS, 6, 22))])
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(eval_command, ["--model", f"greek={world['proxy_greek']}", "--model", f"colours={world['proxy_colours']}",
+                                               "--domains", str(heldout), "--domain-field", "source", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out / "results.parquet").filter(pl.col("metric") == "bits_per_byte")
+    bpb = {(r["model"], r["task"]): r["value"] for r in table.iter_rows(named=True)}
+    # each proxy is better on the domain it was trained on, and each domain is scored apart
+    assert bpb[("greek", "domain_greek")] < bpb[("colours", "domain_greek")]
+    assert bpb[("colours", "domain_colours")] < bpb[("greek", "domain_colours")]
+    missing = write_jsonl(tmp_path / "nodomain.jsonl", [{"id": "x", "text": "alpha beta"}])
+    refused = CliRunner().invoke(eval_command, ["--model", str(world["proxy_greek"]), "--domains", str(missing), "--out", str(tmp_path / "y")])
+    assert refused.exit_code == 1 and "no 'domain' field" in refused.output and not (tmp_path / "y").exists()

@@ -148,7 +148,10 @@ def _saved_eval(values: dict) -> dict:
 @click.option("--model", "model_specs", required=True, multiple=True, metavar="[NAME=]PATH", help="Local Hugging Face model folder (repeatable; the first is the reference).")
 @click.option("--tasks", default="", help="Comma-separated task names (recipes/tasks/README.md lists curate's).")
 @click.option("--target", type=click.Path(path_type=Path), help="JSONL/Parquet file: adds a rolling-perplexity task named 'target' on it.")
-@click.option("--target-field", default="text", show_default=True, help="Field holding the text in --target.")
+@click.option("--target-field", default="text", show_default=True, help="Field holding the text in --target (and in --domains).")
+@click.option("--domains", "domains_file", type=click.Path(path_type=Path),
+              help="JSONL of held-out documents with a domain field: adds a rolling-perplexity task 'domain_<name>' per domain.")
+@click.option("--domain-field", default="domain", show_default=True, help="Field naming each --domains record's domain.")
 @click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra lm-eval task folder or YAML (repeatable).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for results.parquet, results.json, report.md, report.png.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N documents of each task.")
@@ -156,7 +159,7 @@ def _saved_eval(values: dict) -> dict:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(DEVICES), help="Where the models run (auto: a GPU when there is one).")
 @click.option("--overwrite", is_flag=True, help="Replace an --out folder made with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_command(model_specs, tasks, target, target_field, task_dirs, out, limit, batch_size, device, overwrite, quiet, config_path):
+def eval_command(model_specs, tasks, target, target_field, domains_file, domain_field, task_dirs, out, limit, batch_size, device, overwrite, quiet, config_path):
     """Evaluate models with lm-eval on offline tasks and write a comparison report."""
     quiet_progress(quiet)
     models = _parse_models(model_specs)
@@ -165,6 +168,7 @@ def eval_command(model_specs, tasks, target, target_field, task_dirs, out, limit
     settings = {
         "models": {name: str(path) for name, path in models.items()}, "tasks": requested, "out": str(out),
         "target": str(target) if target else None, "target_field": target_field,
+        "domains": str(domains_file) if domains_file else None, "domain_field": domain_field,
         "task_dirs": [str(p) for p in task_dirs], "limit": limit, "batch_size": batch_size, "device": device,
     }
     try:
@@ -176,12 +180,39 @@ def eval_command(model_specs, tasks, target, target_field, task_dirs, out, limit
             if target is not None:
                 extra.append(target_task("target", target, target_field, Path(folder)))
                 task_names.append("target")
+            if domains_file is not None:
+                for name, path in domain_files(domains_file, domain_field, Path(folder)).items():
+                    extra.append(target_task(f"domain_{name}", path, target_field, Path(folder)))
+                    task_names.append(f"domain_{name}")
             evaluate_models(models, task_names, out, extra, limit=limit, batch_size=batch_size, overwrite=overwrite,
                             device=device)
     except CurateError as err:
         raise fail(err) from err
     _save_config(out / "eval.yaml", settings)
     _show_report(out)
+
+
+def domain_files(path: Path, field: str, folder: Path) -> dict[str, Path]:
+    """--domains: the file's records split by their domain into one JSONL per domain (names made task-safe)."""
+    import re
+
+    if not Path(path).is_file():
+        raise CurateError(f"--domains file {path} does not exist")
+    by_domain: dict[str, list[str]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get(field) in (None, ""):
+            raise CurateError(f"{path}, line {number}: no {field!r} field (each --domains record names its domain)")
+        by_domain.setdefault(re.sub(r"[^A-Za-z0-9_.-]", "_", str(record[field])), []).append(line + "\n")
+    if not by_domain:
+        raise CurateError(f"--domains file {path} has no records")
+    files = {}
+    for name, lines in by_domain.items():
+        files[name] = Path(folder) / f"domain-{name}.jsonl"
+        files[name].write_text("".join(lines))
+    return files
 
 
 def _show_report(out: Path, note: str = "") -> None:
