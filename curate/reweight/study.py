@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from stride_engine.artifacts import atomic_path, atomic_write_text
+from stride_engine.artifacts import atomic_write_text
 
 from ..core.run import Run
 from ..errors import CurateError
 from ..studies.proxies import proxy_job, run_proxy_jobs
-from ..studies.recipe import task_name
+from ..studies.recipe import save_base, task_name
 from ..studies.study import Study
 from .job import run_reweight
 from .methods.mixtures import dirichlet_mixtures, mixture_key, simplex_grid, unimax
@@ -307,17 +307,10 @@ class _Plan:
         """The base tokenizer with a larger untrained model (what every transfer proxy starts from)."""
         from transformers import AutoTokenizer
 
-        from ..demo.model import build_model
-
         folder = self.out / "transfer-base"
         if not (folder / "config.json").is_file():
-            spec = {**self.study.recipe["model"], **model}
             tokenizer = AutoTokenizer.from_pretrained(self.study.base, local_files_only=True)
-            built = build_model(tokenizer, arch=spec.get("arch", "llama"), hidden_size=spec["hidden_size"],
-                                num_layers=spec["layers"], num_heads=spec["heads"], max_length=spec["max_length"])
-            with atomic_path(folder) as tmp:
-                built.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
+            save_base(tokenizer, {**self.study.recipe["model"], **model}, folder)
         return folder
 
     # -------------------------------------------------------------------- diagnostics (rows without a proxy)

@@ -142,11 +142,17 @@ def build_base(recipe: dict, pool: str, folder: Path) -> Path:
     """Tokenizer trained on the pool and an untrained model of the recipe's size: the start of every proxy."""
     if (folder / "config.json").is_file():
         return folder
-    from ..demo.model import build_model, train_tokenizer
+    from ..demo.model import train_tokenizer
 
     spec = recipe["model"]
     texts = [json.loads(line)["text"] for line in Path(pool).read_text().splitlines()]
-    tokenizer = train_tokenizer(texts, vocab_size=spec.get("vocab_size", 2048))
+    return save_base(train_tokenizer(texts, vocab_size=spec.get("vocab_size", 2048)), spec, folder)
+
+
+def save_base(tokenizer, spec: dict, folder: Path) -> Path:
+    """An untrained model of the recipe's `model` shape (arch, hidden_size, layers, heads, max_length) with `tokenizer`."""
+    from ..demo.model import build_model
+
     model = build_model(tokenizer, arch=spec.get("arch", "llama"), hidden_size=spec["hidden_size"],
                         num_layers=spec["layers"], num_heads=spec["heads"], max_length=spec["max_length"])
     with atomic_path(folder) as tmp:
