@@ -240,3 +240,36 @@ def test_the_similarity_ablation_puts_bm25_scores_through_the_same_rule(fitted_r
     assert max(weights, key=lambda d: weights[d]["weight"] / weights[d]["natural"]) == "arithmetic"
     with pytest.raises(CurateError, match="not stride or one of"):
         run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "other"), method="random"))
+
+
+def _written_ids(folder: Path) -> list[str]:
+    ids = []
+    for path in folder.rglob("*.jsonl*"):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
+            ids += [orjson.loads(line)["id"] for line in handle]
+    return sorted(ids)
+
+
+@pytest.mark.slow
+def test_the_ray_executor_writes_the_same_mixture(fitted_run, demo_assets, tmp_path, monkeypatch):
+    """datatrove's Ray executor, on a local Ray instance, two tasks resampling: the same documents and copies as local."""
+    ray = pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:12]])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    monkeypatch.setenv("TMPDIR", ray_tmp)  # datatrove's Ray executor writes its task logs under $TMPDIR
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        on_ray = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "ray"),
+                                              out_data=str(tmp_path / "ray-mix"), tokens="60000", executor="ray", tasks=2, workers=2))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    local = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "local"),
+                                         out_data=str(tmp_path / "local-mix"), tokens="60000"))
+    assert on_ray["weights"]["domains"] == local["weights"]["domains"]
+    assert on_ray["sampled"] == local["sampled"]
+    assert _written_ids(tmp_path / "ray-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
