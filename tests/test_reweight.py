@@ -215,6 +215,10 @@ def test_a_given_mixture_is_resampled_as_given_and_a_bad_one_is_refused(fitted_r
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["weights"]["method"] == "given"
     assert {d["domain"]: d["weight"] for d in manifest["weights"]["domains"]} == pytest.approx(given)
+    # each domain's tokens are its own documents' (the sampler's rates divide by them)
+    chunks = pl.read_parquet(fitted_run / "chunks.parquet")
+    own = chunks.group_by("domain").agg((pl.col("token_end") - pl.col("token_start")).sum().alias("tokens"))
+    assert {d["domain"]: d["tokens"] for d in manifest["weights"]["domains"]} == dict(zip(own["domain"], own["tokens"]))
     # the resampled dataset holds each domain's share of the budget (documents drawn whole, so roughly)
     written: dict[str, int] = {}
     for path in mix.rglob("*.jsonl*"):

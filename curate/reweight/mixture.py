@@ -49,7 +49,8 @@ def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, 
         table = run.document_tokens().join(chunks.select("doc_id", "domain").unique("doc_id"), on="doc_id", how="left")
         groups = run.document_groups()
         table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
-        return table.sort("doc_id").with_columns(_domains(run, request, table).alias("domain")), {}, None
+        table = table.sort("doc_id")  # one order for the table and the domains computed from it
+        return table.with_columns(_domains(run, request, table).alias("domain")), {}, None
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
     parts = tuple(dict.fromkeys(target.parts))
     by_part = len(parts) > 1
