@@ -88,6 +88,7 @@ def test_doremi_downweights_noise_that_no_model_can_learn(doremi_uniform):
     json.dumps(result)  # what the study writes
 
 
+@pytest.mark.slow  # a second DoReMi run (the default run keeps one DoReMi and one DoGE test)
 def test_doremi_gives_no_weight_to_a_domain_its_reference_never_saw(planted, doremi_uniform):
     # The reference trained without arithmetic predicts it worse than the proxy soon does: the excess loss is clipped
     # to 0 and the domain loses its weight, where a uniform reference keeps it well above noise.
@@ -96,6 +97,7 @@ def test_doremi_gives_no_weight_to_a_domain_its_reference_never_saw(planted, dor
     assert skewed["weights"]["sums"] < 0.05 < 0.2 < doremi_uniform["weights"]["sums"]
 
 
+@pytest.mark.slow
 def test_doremi_is_deterministic_for_a_seed(planted):
     def run(seed):
         return doremi_weights(planted["files"], planted["base"], steps=30, seed=seed, seq_len=SEQ_LEN)
@@ -105,7 +107,7 @@ def test_doremi_is_deterministic_for_a_seed(planted):
     assert first["weights"] != other["weights"]
 
 
-@pytest.mark.parametrize("kind", ["stories", "sums"])
+@pytest.mark.parametrize("kind", ["stories", pytest.param("sums", marks=pytest.mark.slow)])
 def test_doge_puts_the_weight_on_the_domain_like_the_target(planted, kind):
     result = doge_weights(planted["files"], planted["base"], planted["targets"][kind], steps=200, seq_len=SEQ_LEN)
     weights = result["weights"]

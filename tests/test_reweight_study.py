@@ -54,7 +54,7 @@ def test_regmix_finds_the_domain_whose_weight_lowers_the_loss():
     assert len({tuple(m) for m in mixtures}) == 48
     rng = np.random.default_rng(1)
     losses = mixtures @ np.array([3.0, 2.5, 1.0, 3.5]) + rng.normal(0, 0.02, len(mixtures))
-    weights, fit = regmix_weights(mixtures, losses, prior)
+    weights, fit = regmix_weights(mixtures, losses, prior, candidates=5000)
     assert int(np.argmax(weights)) == 2 and weights[2] > 0.5
     assert fit["train_spearman"] > 0.8
     with pytest.raises(CurateError, match="at least 4"):
