@@ -126,6 +126,10 @@ class Run:
             (pl.col("token_end") - pl.col("token_start")).sum().cast(pl.Int64).alias("tokens")
         )
 
+    def document_domains(self) -> pl.DataFrame:
+        """doc_id, domain: each document's domain as the run read it (from the run's chunk table)."""
+        return self.chunks().select("doc_id", "domain").unique("doc_id")
+
     def document_groups(self) -> pl.DataFrame | None:
         """doc_id, group: the run's recovery group holding most of a document's tokens (ties: the lower group); None
         when the run recovers without groups or has not clustered its chunks yet (its first target attribution does)."""

@@ -45,8 +45,7 @@ def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, 
     store name in the run (it carries the digest of the target's items). A given mixture (`weights`) reads no target:
     its documents have their domains and tokens only, and the name is None."""
     if request.weights is not None:
-        chunks = run.chunks()
-        table = run.document_tokens().join(chunks.select("doc_id", "domain").unique("doc_id"), on="doc_id", how="left")
+        table = run.document_tokens().join(run.document_domains(), on="doc_id", how="left")
         groups = run.document_groups()
         table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
         table = table.sort("doc_id")  # one order for the table and the domains computed from it

@@ -11,8 +11,8 @@ from ..core.executors import Execution
 from .weights import MixtureRule
 
 REQUEST_FILE = Path(".work") / "request.json"  # inside OUT: what the weights were made with
-GROUPS_AS_DOMAINS = "groups"
-SIGNALS = ("bm25", "embedding", "dsir")  # the baselines whose document scores can stand in for influence (not random)  # --domain-field groups: the run's recovery groups stand in for missing domain labels
+GROUPS_AS_DOMAINS = "groups"  # --domain-field groups: the run's recovery groups stand in for missing domain labels
+SIGNALS = ("bm25", "embedding", "dsir")  # the baselines whose document scores can stand in for influence (not random)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from stride_engine.artifacts import atomic_write_text
 
 from ..core.run import Run
 from ..errors import CurateError
-from ..studies.proxies import proxy_job, run_proxy_jobs
+from ..studies.proxies import proxy_job, run_proxy_jobs, tasks_digest
 from ..studies.recipe import save_base, task_name
 from ..studies.study import Study
 from .job import run_reweight
@@ -89,7 +89,7 @@ class ReweightStudy:
                     rows.append(plan.row(target, "grid", seed, job, point, {"grid_point": i}))
                 grid_loss[i] = np.mean([measured[j["key"]]["values"][f"{target_task}|bits_per_byte"]
                                         for j in grid_jobs[i * len(grid_seeds): (i + 1) * len(grid_seeds)]])
-            parts = {json.loads(line).get("part") for line in Path(target_file).read_text().splitlines() if line.strip()}
+            parts = {item.get("part") for item in _items(target_file)}
             for method in methods:
                 if method in PART_MODES and len(parts) < 2:
                     log.info("target %s has one part: %s (a mode over parts) is skipped", target, method)
@@ -157,8 +157,6 @@ class _Plan:
         """A proxy scored on every target's items the methods see (RegMix's regression data), not on the evaluation items."""
         job = self.job(weights, seed)
         tasks, folder = self.search_tasks()
-        from ..studies.proxies import tasks_digest
-
         return {**job, "key": f"{SEARCH}/{job['key']}", "eval": str(self.study.out / "eval" / SEARCH / job["key"]),
                 "tasks": tasks, "task_dir": str(folder), "tasks_digest": tasks_digest(folder, tasks)}
 
@@ -214,10 +212,10 @@ class _Plan:
         if method == "regmix":
             return self._regmix(target, random_mixtures, regmix_jobs, measured)
         if method in ("doremi", "doge"):
-            return self._online(method, target, target_file, runs)
+            return self._online(method, target, target_file)
         raise CurateError(f"no such method {method!r}")
 
-    def _reweight(self, method: str, target: str, target_file: str, runs, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def _reweight(self, method: str, target: str, target_file: str, runs=lambda seconds: None, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         mode, signal = REWEIGHT_ARMS[method]
         rule = self.study.recipe["reweight"].get("rule") or {}
         folder = self.out / "weights" / target / (name or method)
@@ -237,7 +235,7 @@ class _Plan:
     def _mixmin(self, target: str, target_file: str, vertex_jobs: list[dict], measured) -> tuple[np.ndarray, dict[str, Any]]:
         from .methods.mixmin import mixmin_weights, sequence_logprobs
 
-        texts = [json.loads(line)["text"] for line in Path(target_file).read_text().splitlines() if line.strip()]
+        texts = [item["text"] for item in _items(target_file)]
         started = time.perf_counter()
         logprobs = np.stack([sequence_logprobs(Path(job["model"]), texts, self.study.recipe["model"]["max_length"])
                              for job in vertex_jobs], axis=1)
@@ -257,7 +255,7 @@ class _Plan:
         return weights, {"weight_seconds": round(seconds, 1), "weight_proxy_runs": float(len(jobs)),
                          "regmix_train_spearman": fit["train_spearman"]}
 
-    def _online(self, method: str, target: str, target_file: str, runs, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def _online(self, method: str, target: str, target_file: str, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """DoReMi (no target: one run serves all) or DoGE (the target's items), cached as JSON."""
         from .methods.online import doge_weights, doremi_weights
 
@@ -273,7 +271,7 @@ class _Plan:
             if method == "doremi":
                 found = doremi_weights(files, self.study.base, **common)
             else:
-                texts = [json.loads(line)["text"] for line in Path(target_file).read_text().splitlines() if line.strip()]
+                texts = [item["text"] for item in _items(target_file)]
                 found = doge_weights(files, self.study.base, texts, **common)
             cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cache, json.dumps(found, indent=1))
@@ -322,11 +320,11 @@ class _Plan:
         rows = []
         for target, target_file in self.study.files["targets"].items():
             for method in [m for m in ("stride", "similarity") if m in methods]:
-                variants = [self._reweight(method, target, half, lambda s: None, name=f"{method}-half{k}")[0]
+                variants = [self._reweight(method, target, half, name=f"{method}-half{k}")[0]
                             for k, half in enumerate(self.target_halves(target, target_file))]
                 rows.append(self._stability_row(target, method, "target halves", variants))
             for method in [m for m in ("doremi", "doge") if m in methods]:
-                variants = [self._online(method, target, target_file, None, seed=seed)[0] for seed in (0, 1)]
+                variants = [self._online(method, target, target_file, seed=seed)[0] for seed in (0, 1)]
                 rows.append(self._stability_row(target, method, "seeds 0 and 1", variants))
         return rows
 
@@ -359,7 +357,7 @@ class _Plan:
         groups = run.document_groups()
         if groups is None:
             return []
-        table = run.document_tokens().join(groups, on="doc_id").join(run.chunks().select("doc_id", "domain").unique("doc_id"), on="doc_id")
+        table = run.document_tokens().join(groups, on="doc_id").join(run.document_domains(), on="doc_id")
         counts = table.group_by("group", "domain").agg(pl.col("tokens").sum())
         total = counts["tokens"].sum()
         purity = counts.group_by("group").agg(pl.col("tokens").max())["tokens"].sum() / total
@@ -382,6 +380,11 @@ class _Plan:
             for domain, lines in rows.items():
                 atomic_write_text(files[domain], "".join(lines))
         return files
+
+
+def _items(target_file: str) -> list[dict[str, Any]]:
+    """The target's items (the JSONL the recipe's data stage wrote)."""
+    return [json.loads(line) for line in Path(target_file).read_text().splitlines() if line.strip()]
 
 
 def _domain_tokens(chunks) -> tuple[tuple[str, ...], np.ndarray]:
