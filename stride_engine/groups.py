@@ -97,4 +97,51 @@ def fit_group_effects(design: np.ndarray, y_c: np.ndarray, ridge: float) -> np.n
     return np.linalg.solve(gram + penalty * np.eye(len(gram)), centred.T @ y_c)
 
 
-__all__ = ["groups_file", "pooled_states", "cluster_examples", "nearest_group", "group_design", "fit_group_effects"]
+def label_effects(membership: scipy.sparse.spmatrix, labels: np.ndarray, weights: np.ndarray,
+                  responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What one unit of weight (e.g. one token) of each labelled kind of example does to the responses, read straight
+    off the design: least squares of the responses on X (K × C, the summed weights of each label's examples in each
+    subset), with an intercept. Returns (effects (C, b), standard errors (C, b)) for responses (K, b) or (K,).
+
+    Why a regression and not the sum of recovered scores: a label's examples are many (a whole source of a corpus), so
+    their shared effect is dense, which is exactly what the sparse recovery cannot see (the module docstring), and
+    summing per-example scores adds up every example's shrinkage and noise. The design varies every label's share of
+    every subset at random, so C + 1 unknowns from K measurements is a small, honest problem. The standard errors are
+    those of each label's contrast with the labels' mean (what comparing labels needs): subsets hold nearly equal
+    amounts, so the common level of the effects is weakly identified and says nothing about which label does more.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if labels.shape != (membership.shape[1],) or weights.shape != labels.shape:
+        raise ConfigError(f"need one label and one weight per example ({membership.shape[1]}), got {labels.shape} "
+                          f"and {weights.shape}")
+    y = np.asarray(responses, dtype=np.float64)
+    single = y.ndim == 1
+    y = y[:, None] if single else y
+    if len(y) != membership.shape[0]:
+        raise ConfigError(f"responses have {len(y)} rows, the design {membership.shape[0]} subsets")
+    count = int(labels.max()) + 1
+    if membership.shape[0] <= count + 1:
+        raise ConfigError(f"{count} labels need more than {count + 1} subsets to be told apart; the design has "
+                          f"{membership.shape[0]}")
+    assignment = scipy.sparse.csr_matrix((weights, (np.arange(len(labels)), labels)), shape=(len(labels), count))
+    design = np.asarray((scipy.sparse.csr_matrix(membership, dtype=np.float64) @ assignment).todense())
+    if np.linalg.matrix_rank(np.column_stack([np.ones(len(design)), design])) < count + 1:
+        raise ConfigError("some labels' shares do not vary across subsets independently (a label with no weight, or "
+                          "labels that always appear together): their effects cannot be told apart")
+    scale = design.std(axis=0)  # columns of equal scale: a well-conditioned solve for labels of any size
+    inputs = np.column_stack([np.ones(len(design)), design / scale])
+    inverse = np.linalg.inv(inputs.T @ inputs)
+    coefficients = inverse @ inputs.T @ y
+    residual = y - inputs @ coefficients
+    noise = (residual ** 2).sum(axis=0) / (len(y) - inputs.shape[1])  # (b,)
+    covariance = inverse[1:, 1:] / np.outer(scale, scale)  # of the effects, per unit of noise
+    contrast = np.eye(count) - 1.0 / count
+    contrast_variance = np.einsum("ij,jk,ik->i", contrast, covariance, contrast)
+    effects = coefficients[1:] / scale[:, None]
+    errors = np.sqrt(np.outer(contrast_variance, noise))
+    return (effects[:, 0], errors[:, 0]) if single else (effects, errors)
+
+
+__all__ = ["groups_file", "pooled_states", "cluster_examples", "nearest_group", "group_design", "fit_group_effects",
+           "label_effects"]

@@ -94,6 +94,64 @@ def test_worst_mode_serves_the_part_the_average_neglects():
     assert worst["part_weights"][influence.parts.index("b")] > 0.5
 
 
+class _MeasuredRun:
+    """What design_influence reads of a run: its chunk table, its design and each query set's responses."""
+
+    def __init__(self, root: Path, chunks: pl.DataFrame):
+        self.root, self._chunks = root, chunks
+
+    def chunks(self) -> pl.DataFrame:
+        return self._chunks
+
+    def score_store(self, name, queries):  # the responses are on disk already
+        return None
+
+
+def test_domain_regression_reads_each_parts_own_domain_off_the_design(tmp_path):
+    """Responses planted from per-token domain effects: part `a` is helped by domain A, part `b` hurt by domain B
+    and helped by C; D does nothing. Chunks of unequal length and domains of unequal size. The regression finds each
+    part's effects, `target` follows the queries' majority, `average` gives both parts a say."""
+    from stride_engine.design import random_membership
+    from curate.core.targets import Target, part_sets
+    from curate.reweight.domain_effects import design_influence
+    from stride_engine import Queries
+
+    rng = np.random.default_rng(0)
+    domains = np.repeat(["A", "B", "C", "D"], [600, 300, 300, 800])
+    lengths = rng.integers(30, 129, len(domains))
+    chunks = pl.DataFrame({"chunk_id": np.arange(len(domains)), "doc_id": [f"{d}{i}" for i, d in enumerate(domains)],
+                           "token_start": 0, "token_end": lengths, "domain": domains})
+    membership = random_membership(len(domains), 200, 6, seed=0)
+    membership.save(tmp_path / "design.npz")
+    effect = {"a": {"A": 2e-5, "B": 0.0, "C": 0.0, "D": 0.0}, "b": {"A": 0.0, "B": -2e-5, "C": 2e-5, "D": 0.0}}
+    labels = {"a": 30, "b": 10}
+    ids, parts = [], []
+    for part, count in labels.items():
+        ids += [f"{part}-{i}" for i in range(count)]
+        parts += [part] * count
+    queries = Queries(ids, [""] * len(ids), ["x"] * len(ids))
+    target = Target("planted", "planted.jsonl", queries, len(ids), 0, 0, tuple(parts))
+    (tmp_path / "responses").mkdir()
+    for part, (name, part_queries) in part_sets(target).items():
+        per_chunk = np.array([effect[part][d] for d in domains]) * lengths
+        y = membership.matrix @ per_chunk
+        np.save(tmp_path / "responses" / f"{name}.npy", y[None, :] + 1e-3 * rng.standard_normal((len(part_queries), 200)))
+    documents = chunks.select("doc_id", "domain", pl.col("token_end").alias("tokens"))
+    influence = design_influence(_MeasuredRun(tmp_path, chunks), target, documents, by_part=True)
+    assert influence.domains == ("A", "B", "C", "D") and influence.parts == (WHOLE_TARGET, "a", "b")
+    a, b = influence.parts.index("a"), influence.parts.index("b")
+    assert np.argmax(influence.per_token[:, a]) == 0
+    assert np.argmax(influence.per_token[:, b]) == 2 and np.argmin(influence.per_token[:, b]) == 1
+    assert np.allclose(influence.per_token[:, b], [0.0, -2e-5, 2e-5, 0.0], atol=2e-6)  # the planted effects per token
+    assert np.allclose(influence.per_token[:, a], [2e-5, 0.0, 0.0, 0.0], atol=2e-6)
+    budget = int(influence.tokens.sum())
+    whole = mixture_weights(influence, MixtureRule(mode="target"), budget)["weights"]
+    average = mixture_weights(influence, MixtureRule(mode="average"), budget)["weights"]
+    natural = influence.tokens / influence.tokens.sum()
+    assert whole[0] > natural[0] and whole[0] > average[0]  # the majority part's domain, most of all in `target`
+    assert average[2] > natural[2] > average[1]  # with an equal say, part b's helper gains and its harm loses
+
+
 def test_bad_mixtures_and_settings_are_refused_with_the_problem_named():
     with pytest.raises(CurateError, match="sum to 1"):
         check_user_weights({"a": 0.5, "b": 0.4}, ("a", "b"))
@@ -187,7 +245,8 @@ def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, t
     out = tmp_path / "out"
     for options, message in (({"tokens": "100B"}, "epochs"), ({"tokens": "lots"}, "not understood"), ({"eta": 0.0}, "eta"),
                              ({"mode": "worst"}, "one part"), ({"domain_field": "colour"}, "no 'colour' field"),
-                             ({"domain_field": "groups"}, "recovery groups"), ({"out_data": str(out)}, "own folder")):
+                             ({"domain_field": "groups"}, "recovery groups"), ({"out_data": str(out)}, "own folder"),
+                             ({"method": "bm25", "rule": "domain-regression"}, "reads STRIDE's measurements")):
         with pytest.raises(CurateError, match=message):
             run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), **options))
         assert not out.exists()

@@ -24,11 +24,11 @@ from stride_engine.artifacts import atomic_write_text
 
 from ..core.executors import run_chain
 from ..core.outputs import check_data_folder, finished_rerun, replacing
-from ..core.run import AGGREGATION_RULES
 from ..errors import CurateError
 from .mixture import compute_mixture
 from .pipeline import reweight_executors, reweight_pipelines
-from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, SIGNALS, ReweightRequest
+from .domain_effects import DOMAIN_REGRESSION
+from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, RULES, SIGNALS, ReweightRequest
 
 
 def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bool, dict[str, str] | None]:
@@ -41,8 +41,11 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
                           if request.target is not None else "give a target (--target) or a mixture to apply (--weights)")
     if request.method != "stride" and request.method not in SIGNALS:
         raise CurateError(f"method {request.method!r} is not stride or one of the baselines {list(SIGNALS)}")
-    if request.rule not in AGGREGATION_RULES:
-        raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(AGGREGATION_RULES)}")
+    if request.rule not in RULES:
+        raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(RULES)}")
+    if request.rule == DOMAIN_REGRESSION and request.method != "stride" and request.target is not None:
+        raise CurateError(f"--rule {DOMAIN_REGRESSION} reads STRIDE's measurements; a baseline's scores (--method "
+                          f"{request.method}) aggregate per document: use --rule positive (or mean, topk-hits)")
     if request.output_format not in ("jsonl", "parquet"):
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
     if not (Path(request.run) / "config.yaml").is_file():

@@ -18,9 +18,10 @@ from ..core.influence import influence_table
 from ..core.run import Run
 from ..core.targets import target_for_run
 from ..errors import CurateError
+from .domain_effects import DOMAIN_REGRESSION, design_influence
 from .request import GROUPS_AS_DOMAINS, ReweightRequest
-from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence, mixture_weights,
-                      prior_weights)
+from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence,
+                      mixture_weights, prior_weights)
 
 _TOKENS = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*(-?\s*tokens?)?\s*$", re.I)
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
@@ -39,30 +40,33 @@ def parse_tokens(text: str | None, corpus_tokens: int) -> int:
     return int(value)
 
 
-def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, dict[str, str], str | None]:
-    """Every training document with its domain, tokens and influence; {part: influence column} (WHOLE_TARGET first,
-    then each part of the target when it has several, for the `average` and `worst` modes); and the target's score
-    store name in the run (it carries the digest of the target's items). A given mixture (`weights`) reads no target:
-    its documents have their domains and tokens only, and the name is None."""
-    if request.weights is not None:
+def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, DomainInfluence | None, str | None]:
+    """Every training document with its domain and tokens (and, for an aggregation of per-document scores, its
+    influence on the whole target and on each part); the per-domain influence those come to; and the target's name
+    in the run (it carries the digest of the target's items). A given mixture (`weights`) reads no target: its
+    documents have their domains and tokens only, and the influence and the name are None."""
+    if request.weights is not None or (request.method == "stride" and request.rule == DOMAIN_REGRESSION):
         table = run.document_tokens().join(run.document_domains(), on="doc_id", how="left")
         groups = run.document_groups()
         table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
         table = table.sort("doc_id")  # one order for the table and the domains computed from it
-        return table.with_columns(_domains(run, request, table).alias("domain")), {}, None
+        table = table.with_columns(_domains(run, request, table).alias("domain"))
+        if request.weights is not None:
+            return table, None, None
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
-    parts = tuple(dict.fromkeys(target.parts))
-    by_part = len(parts) > 1
+    by_part = len(dict.fromkeys(target.parts)) > 1
     if request.mode != "target" and not by_part:
         raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
                           f"give its items a {request.part_field!r} field, or use --mode target")
+    if request.method == "stride" and request.rule == DOMAIN_REGRESSION:
+        return table, design_influence(run, target, table, by_part), target.name
     table = influence_table(run, request.target, request.rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
                             method=request.method, by_part=by_part, part_field=request.part_field)
     table = table.with_columns(_domains(run, request, table).alias("domain"))
     columns = {WHOLE_TARGET: "influence"}
     if by_part:
-        columns |= {p: PART_SCORE + p for p in parts}
-    return table, columns, target.name
+        columns |= {p: PART_SCORE + p for p in dict.fromkeys(target.parts)}
+    return table, domain_influence(table, columns), target.name
 
 
 def _domains(run: Run, request: ReweightRequest, table: pl.DataFrame) -> pl.Series:
@@ -91,8 +95,9 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
     """The weights record (OUT/weights.json), the per-domain, per-part influence table (OUT/domains.parquet), and the
     documents with their domains it came from."""
     run = Run(request.run)
-    documents, columns, target_name = domain_documents(run, request)
-    influence = domain_influence(documents, columns)
+    documents, influence, target_name = domain_documents(run, request)
+    if influence is None:
+        influence = domain_influence(documents, {})
     budget = parse_tokens(request.tokens, int(influence.tokens.sum()))
     rule = request.mixture_rule()
     if request.weights is not None:

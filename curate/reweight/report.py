@@ -30,6 +30,12 @@ def weights_plot(record: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def _read_as(record: dict[str, Any]) -> str:
+    if record.get("aggregation") == "domain-regression":
+        return "read per domain by regressing the target's responses on each subset's tokens of each domain"
+    return f"per document ({record.get('aggregation') or 'positive'}) and summed over each domain's tokens"
+
+
 def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> str:
     rule = record["rule"]
     if rule is None:
@@ -38,7 +44,7 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
     lines = [
         "# Mixture weights", "",
         f"Target: {record['target']}. Run: {record['run']}. Budget: {record['budget_tokens']:,} tokens "
-        f"(the corpus has {record['corpus_tokens']:,}). Signal: {signal}.", "",
+        f"(the corpus has {record['corpus_tokens']:,}). Signal: {signal}, {_read_as(record)}.", "",
         f"Rule: w ∝ {rule['prior']} · exp({rule['eta']} · z), z = each domain's influence per token against the others', in units of their spread beyond noise and shrunk by its standard error "
         f"across domains (mode `{rule['mode']}`), smoothed with {rule['smoothing']:.0%} of the {rule['prior']} mixture, "
         f"at most {rule['max_epochs']:g} epochs of any domain.", "",

@@ -8,7 +8,7 @@ domain whose tokens help more gets more weight:
     z[d, p]  = (I[d, p] - mean_d I[:, p]) / tau[p], shrunk by tau^2 / (tau^2 + se[d, p]^2)
                tau^2: the domains' spread beyond their standard errors (empirical Bayes; evidence_scores)
     score[d] = z[d, target]          mode "target": the whole target's queries
-             = mean_p z[d, p]        mode "average": every part of the target an equal say
+             = z of mean_p I[d, p]   mode "average": every part of the target an equal say (the parts' mean loss)
              = sum_p lambda_p z[d, p]  mode "worst": lambda puts its mass on the part the mixture serves worst
                                      (multiplicative weights over parts, as DoReMi / group DRO do)
     w[d]     ∝ w0[d] * exp(eta * score[d])                       w0: the natural (token-proportional) or uniform mixture
@@ -77,9 +77,8 @@ class DomainInfluence:
         ])
 
 
-def domain_influence(documents: pl.DataFrame, influence_columns: dict[str, str]) -> DomainInfluence:
-    """From one row per document (domain, tokens, and an influence column per part: {part: column}, the whole
-    target under WHOLE_TARGET) to per-domain influence per token."""
+def check_domains(documents: pl.DataFrame) -> pl.DataFrame:
+    """Every document has a domain and every domain has tokens; returns per domain (sorted) its tokens and documents."""
     missing = documents.filter(pl.col("domain").is_null() | (pl.col("domain").cast(pl.String) == ""))
     if missing.height:
         raise CurateError(f"{missing.height} documents have no domain (e.g. {missing['doc_id'][0]!r}): every document needs one")
@@ -88,6 +87,13 @@ def domain_influence(documents: pl.DataFrame, influence_columns: dict[str, str])
     empty = sums.filter(pl.col("tokens") <= 0)
     if empty.height:
         raise CurateError(f"domain {empty['domain'][0]!r} has no tokens: drop it or check its documents' text")
+    return sums
+
+
+def domain_influence(documents: pl.DataFrame, influence_columns: dict[str, str]) -> DomainInfluence:
+    """From one row per document (domain, tokens, and an influence column per part: {part: column}, the whole
+    target under WHOLE_TARGET) to per-domain influence per token."""
+    sums = check_domains(documents)
     domains = tuple(sums["domain"])
     tokens = sums["tokens"].to_numpy().astype(float)
     parts = tuple(influence_columns)
@@ -190,7 +196,11 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
         score = z[:, column]
         part_weights[column] = 1.0
     elif rule.mode == "average":
-        score = z[:, own_parts].mean(axis=1)
+        # the gradient of the parts' mean loss: the parts' influence averaged in its own units (loss per token), then
+        # scored like one target. A part whose loss the domains move most has most to gain, and keeps that say.
+        mean = influence.per_token[:, own_parts].mean(axis=1, keepdims=True)
+        error = np.sqrt((influence.standard_error[:, own_parts] ** 2).sum(axis=1, keepdims=True)) / len(own_parts)
+        score = evidence_scores(mean, error)[:, 0]
         part_weights[own_parts] = 1.0 / len(own_parts)
     else:
         score, mix = _worst_scores(prior, z[:, own_parts], rule.eta)

@@ -1,0 +1,111 @@
+"""How `curate reweight`'s own settings were chosen: each variant's weights trained into proxies at the study's budget.
+
+On the reweighting study's setup (recipes/reweight_pretraining_mix.yaml: its corpus, its fitted STRIDE run, its proxies
+and 5 paired seeds; every stage it has cached is reused), each variant of the rule (how influence is read per domain,
+the mode, eta) gives a mixture; the pool is resampled to it and a proxy trained on it per seed, and lm-eval scores
+each on the target's evaluation items. Choices are made on the `mixed` target; `wiki-military` is the check.
+
+    python benchmarks/reweight_rule.py                       # about 15 minutes on 2 cores with the study's stages cached
+    python benchmarks/reweight_rule.py --smoke               # the recipe's smoke tier (CI-sized)
+
+Writes benchmarks/results/reweight_rule.{json,md} (with --smoke: under the smoke study's output folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "reweight_pretraining_mix.yaml"
+RESULTS = Path(__file__).resolve().parent / "results" / "reweight_rule.json"
+
+# (target, label, request settings); `rule` is how influence is read per domain (curate.reweight.request.RULES)
+VARIANTS = [
+    ("mixed", "per-document (positive), target", {"rule": "positive", "mode": "target"}),
+    ("mixed", "per-document (positive), average", {"rule": "positive", "mode": "average"}),
+    ("mixed", "regression, target, eta 1", {"mode": "target", "eta": 1.0}),
+    ("mixed", "regression, target, eta 2", {"mode": "target", "eta": 2.0}),
+    ("mixed", "regression, average, eta 0.5", {"mode": "average", "eta": 0.5}),
+    ("mixed", "regression, average, eta 1", {"mode": "average", "eta": 1.0}),
+    ("mixed", "regression, average, eta 2", {"mode": "average", "eta": 2.0}),
+    ("mixed", "regression, worst, eta 1", {"mode": "worst", "eta": 1.0}),
+    ("mixed", "per-document (topk-hits), target", {"rule": "topk-hits", "mode": "target"}),
+    ("mixed", "per-document (topk-hits), average", {"rule": "topk-hits", "mode": "average"}),
+    ("wiki-military", "per-document (positive), target", {"rule": "positive", "mode": "target"}),
+    ("wiki-military", "regression, target, eta 1", {"mode": "target", "eta": 1.0}),
+    ("wiki-military", "regression, target, eta 2", {"mode": "target", "eta": 2.0}),
+    ("wiki-military", "per-document (topk-hits), target", {"rule": "topk-hits", "mode": "target"}),
+]
+BASELINES = ("natural", "uniform")
+
+
+def main() -> None:
+    from curate.reweight.mixture import compute_mixture
+    from curate.reweight.request import ReweightRequest
+    from curate.reweight.study import _Plan
+    from curate.studies.proxies import run_proxy_jobs
+    from curate.studies.recipe import load_recipe, prepare_study, task_name
+    from curate.studies.results import commit, machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    recipe = load_recipe(RECIPE, args.smoke)
+    recipe["progress"] = False
+    study = prepare_study(recipe, args.smoke)
+    plan = _Plan(study)
+    targets = study.files["targets"]
+    seeds = recipe["proxy"]["seeds"]
+    variants = [(t, label, settings) for t, label, settings in VARIANTS if t in targets]
+    mixtures = []
+    for target in sorted({t for t, _, _ in variants}):
+        mixtures += [(target, "natural", plan.natural), (target, "uniform", np.full(len(plan.domains), 1 / len(plan.domains)))]
+    for target, label, settings in variants:
+        record, _, _ = compute_mixture(ReweightRequest(run=str(study.run), target=targets[target], out=str(study.out / "unused"),
+                                                       tokens=str(plan.budget), max_epochs=4.0, **settings))
+        by_domain = {d["domain"]: d["weight"] for d in record["domains"]}
+        mixtures.append((target, label, np.array([by_domain[d] for d in plan.domains])))
+    jobs = {(target, label, seed): plan.job(weights, seed) for target, label, weights in mixtures for seed in seeds}
+    measured = run_proxy_jobs(list({job["key"]: job for job in jobs.values()}.values()), recipe.get("workers", 2))
+    rows = []
+    for (target, label, seed), job in jobs.items():
+        weights = next(w for t, l, w in mixtures if t == target and l == label)
+        rows.append({"task": "reweight-rule", "target": target, "variant": label, "seed": seed,
+                     "weights": {d: round(float(w), 4) for d, w in zip(plan.domains, weights)},
+                     "target_bpb": measured[job["key"]]["values"][f"{task_name('target', target)}|bits_per_byte"]})
+    stamp = {"commit": commit(), "machine": machine(), "smoke": args.smoke,
+             "command": "python benchmarks/reweight_rule.py" + (" --smoke" if args.smoke else ""),
+             "seconds": round(time.perf_counter() - started, 1)}
+    destination = study.out / "reweight_rule.json" if args.smoke else RESULTS
+    destination.write_text(json.dumps([{**row, **stamp} for row in rows], indent=1))
+    destination.with_suffix(".md").write_text(report(rows, stamp, plan.domains))
+    print(destination.with_suffix(".md").read_text())
+
+
+def report(rows: list[dict], stamp: dict, domains: tuple[str, ...]) -> str:
+    lines = [f"# Reweighting rule variants\n\nMade by `{stamp['command']}` at {stamp['commit']} ({stamp['seconds']:.0f} s).",
+             "Target bits per byte on the evaluation items, mean over paired seeds (lower is better); the difference is "
+             "paired against natural.\n"]
+    for target in dict.fromkeys(r["target"] for r in rows):
+        here = [r for r in rows if r["target"] == target]
+        natural = {r["seed"]: r["target_bpb"] for r in here if r["variant"] == "natural"}
+        lines += [f"## {target}\n", "| variant | " + " | ".join(domains) + " | target bpb | vs natural |",
+                  "| --- | " + " | ".join("---" for _ in domains) + " | --- | --- |"]
+        for variant in dict.fromkeys(r["variant"] for r in here):
+            mine = [r for r in here if r["variant"] == variant]
+            values = np.array([r["target_bpb"] for r in mine])
+            delta = np.array([r["target_bpb"] - natural[r["seed"]] for r in mine])
+            weights = mine[0]["weights"]
+            lines.append(f"| {variant} | " + " | ".join(f"{weights[d]:.3f}" for d in domains)
+                         + f" | {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f} | {delta.mean():+.3f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
