@@ -11,7 +11,8 @@ standard errors across documents say nothing of the recovery's own noise. Where 
 reweight_rule.md, reweight_demo.md): on the shared corpus it gives each part of the mixed target its own domain and
 the best STRIDE mixture there; on the demo corpus it reads the arithmetic domain as harmful to arithmetic problems
 (the operators trained on more of it raise those problems' loss), and the mixture it makes costs +0.24 bits per byte.
-It reads what the operators measure, sign included, so it is only as right as that measurement: not the default.
+It reads what the operators measure, sign included, so it is only as right as that measurement: an option, not
+the default.
 """
 
 from __future__ import annotations
