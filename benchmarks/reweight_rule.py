@@ -23,21 +23,22 @@ import numpy as np
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "reweight_pretraining_mix.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "reweight_rule.json"
 
-# (target, label, request settings); `rule` is how influence is read per domain (curate.reweight.request.RULES)
+# (target, label, request settings); `rule` is how influence is read per domain (curate.reweight.request.RULES), named
+# in every variant so that a change of the default does not change what a variant is
 VARIANTS = [
     ("mixed", "per-document (positive), target", {"rule": "positive", "mode": "target"}),
     ("mixed", "per-document (positive), average", {"rule": "positive", "mode": "average"}),
-    ("mixed", "regression, target, eta 1", {"mode": "target", "eta": 1.0}),
-    ("mixed", "regression, target, eta 2", {"mode": "target", "eta": 2.0}),
-    ("mixed", "regression, average, eta 0.5", {"mode": "average", "eta": 0.5}),
-    ("mixed", "regression, average, eta 1", {"mode": "average", "eta": 1.0}),
-    ("mixed", "regression, average, eta 2", {"mode": "average", "eta": 2.0}),
-    ("mixed", "regression, worst, eta 1", {"mode": "worst", "eta": 1.0}),
+    ("mixed", "regression, target, eta 1", {"rule": "domain-regression", "mode": "target", "eta": 1.0}),
+    ("mixed", "regression, target, eta 2", {"rule": "domain-regression", "mode": "target", "eta": 2.0}),
+    ("mixed", "regression, average, eta 0.5", {"rule": "domain-regression", "mode": "average", "eta": 0.5}),
+    ("mixed", "regression, average, eta 1", {"rule": "domain-regression", "mode": "average", "eta": 1.0}),
+    ("mixed", "regression, average, eta 2", {"rule": "domain-regression", "mode": "average", "eta": 2.0}),
+    ("mixed", "regression, worst, eta 1", {"rule": "domain-regression", "mode": "worst", "eta": 1.0}),
     ("mixed", "per-document (topk-hits), target", {"rule": "topk-hits", "mode": "target"}),
     ("mixed", "per-document (topk-hits), average", {"rule": "topk-hits", "mode": "average"}),
     ("wiki-military", "per-document (positive), target", {"rule": "positive", "mode": "target"}),
-    ("wiki-military", "regression, target, eta 1", {"mode": "target", "eta": 1.0}),
-    ("wiki-military", "regression, target, eta 2", {"mode": "target", "eta": 2.0}),
+    ("wiki-military", "regression, target, eta 1", {"rule": "domain-regression", "mode": "target", "eta": 1.0}),
+    ("wiki-military", "regression, target, eta 2", {"rule": "domain-regression", "mode": "target", "eta": 2.0}),
     ("wiki-military", "per-document (topk-hits), target", {"rule": "topk-hits", "mode": "target"}),
 ]
 BASELINES = ("natural", "uniform")
