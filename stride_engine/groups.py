@@ -76,10 +76,12 @@ def nearest_group(features: np.ndarray, groups: np.ndarray, new: np.ndarray) -> 
     return distances.argmin(axis=1).astype(np.int64)
 
 
-def group_design(membership: scipy.sparse.spmatrix, groups: np.ndarray) -> np.ndarray:
-    """M A: for every subset (row), how many of its examples fall in each group (column)."""
+def group_design(membership: scipy.sparse.spmatrix, groups: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """M A: for every subset (row), how many of its examples fall in each group (column); with `weights`, the sum of
+    its examples' weights (e.g. their tokens) in each group."""
+    weights = np.ones(len(groups)) if weights is None else weights
     assignment = scipy.sparse.csr_matrix(
-        (np.ones(len(groups)), (np.arange(len(groups)), groups)), shape=(len(groups), int(groups.max()) + 1)
+        (weights, (np.arange(len(groups)), groups)), shape=(len(groups), int(groups.max()) + 1)
     )
     return np.asarray((scipy.sparse.csr_matrix(membership, dtype=np.float64) @ assignment).todense())
 
@@ -124,8 +126,7 @@ def label_effects(membership: scipy.sparse.spmatrix, labels: np.ndarray, weights
     if membership.shape[0] <= count + 1:
         raise ConfigError(f"{count} labels need more than {count + 1} subsets to be told apart; the design has "
                           f"{membership.shape[0]}")
-    assignment = scipy.sparse.csr_matrix((weights, (np.arange(len(labels)), labels)), shape=(len(labels), count))
-    design = np.asarray((scipy.sparse.csr_matrix(membership, dtype=np.float64) @ assignment).todense())
+    design = group_design(membership, labels, weights)
     if np.linalg.matrix_rank(np.column_stack([np.ones(len(design)), design])) < count + 1:
         raise ConfigError("some labels' shares do not vary across subsets independently (a label with no weight, or "
                           "labels that always appear together): their effects cannot be told apart")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from filelock import FileLock
 
@@ -114,6 +115,11 @@ class Run:
                 return self.engine.attribute(queries, name=name)
             except StrideError as err:
                 raise CurateError(f"cannot attribute target {name!r}: {err}") from err
+
+    def responses(self, name: str, queries: Queries) -> np.ndarray:
+        """The query set's (queries, operators) responses, measured once with its score store and kept in the run."""
+        self.score_store(name, queries)
+        return np.load(self.root / "responses" / f"{name}.npy")
 
     # ------------------------------------------------------------------------------------- per document
 

@@ -10,14 +10,12 @@ arithmetic word problem helps a GSM8K item a little), which the sparse recovery 
 standard errors across documents say nothing of the recovery's own noise. Where it stands (benchmarks/results/
 reweight_rule.md, reweight_demo.md): on the shared corpus it gives each part of the mixed target its own domain and
 the best STRIDE mixture there; on the demo corpus it reads the arithmetic domain as harmful to arithmetic problems
-(the operators trained on more of it raise those problems' loss), and the mixture it makes costs +0.24 bits per byte.
+(the operators trained on more of it raise those problems' loss), and the mixture it makes costs +0.23 bits per byte.
 It reads what the operators measure, sign included, so it is only as right as that measurement: an option, not
 the default.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -37,7 +35,7 @@ def design_influence(run: Run, target: Target, documents: pl.DataFrame, by_part:
     """Per domain (documents: doc_id, domain, tokens) and per part of the target (the whole first, then each part when
     `by_part`): the effect of one token on the target's mean response, and its standard error."""
     sets = part_sets(target)
-    responses = {label: _responses(run, name, queries) for label, (name, queries) in sets.items()}
+    responses = {label: run.responses(name, queries) for label, (name, queries) in sets.items()}
     chunks = run.chunks().sort("chunk_id").join(documents.select("doc_id", "domain"), on="doc_id", how="left")
     if chunks["domain"].null_count():
         raise CurateError(f"{chunks['domain'].null_count()} chunks of run {run.root} belong to no document with a domain")
@@ -56,11 +54,3 @@ def design_influence(run: Run, target: Target, documents: pl.DataFrame, by_part:
     return DomainInfluence(domains, sums["tokens"].to_numpy().astype(float), sums["documents"].to_numpy(),
                            tuple(columns), effects, errors)
 
-
-def _responses(run: Run, name: str, queries) -> np.ndarray:
-    """The (queries, operators) responses of one query set, measured once (with its score store) and kept in the run."""
-    run.score_store(name, queries)
-    path = Path(run.root) / "responses" / f"{name}.npy"
-    if not path.is_file():
-        raise CurateError(f"run {run.root} has no responses for {name!r} (expected {path})")
-    return np.load(path)

@@ -20,8 +20,8 @@ from ..core.targets import target_for_run
 from ..errors import CurateError
 from .domain_effects import DOMAIN_REGRESSION, design_influence
 from .request import GROUPS_AS_DOMAINS, ReweightRequest
-from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence,
-                      mixture_weights, prior_weights)
+from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence, mixture_weights,
+                      prior_weights)
 
 _TOKENS = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*(-?\s*tokens?)?\s*$", re.I)
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
@@ -45,7 +45,8 @@ def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, 
     influence on the whole target and on each part); the per-domain influence those come to; and the target's name
     in the run (it carries the digest of the target's items). A given mixture (`weights`) reads no target: its
     documents have their domains and tokens only, and the influence and the name are None."""
-    if request.weights is not None or (request.method == "stride" and request.rule == DOMAIN_REGRESSION):
+    reads_design = request.method == "stride" and request.rule == DOMAIN_REGRESSION
+    if request.weights is not None or reads_design:
         table = run.document_tokens().join(run.document_domains(), on="doc_id", how="left")
         groups = run.document_groups()
         table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
@@ -58,7 +59,7 @@ def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, 
     if request.mode != "target" and not by_part:
         raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
                           f"give its items a {request.part_field!r} field, or use --mode target")
-    if request.method == "stride" and request.rule == DOMAIN_REGRESSION:
+    if reads_design:
         return table, design_influence(run, target, table, by_part), target.name
     table = influence_table(run, request.target, request.rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
                             method=request.method, by_part=by_part, part_field=request.part_field)
