@@ -144,5 +144,43 @@ def label_effects(membership: scipy.sparse.spmatrix, labels: np.ndarray, weights
     return (effects[:, 0], errors[:, 0]) if single else (effects, errors)
 
 
+def held_out_label_effects(membership: scipy.sparse.spmatrix, labels: np.ndarray, weights: np.ndarray,
+                           responses: np.ndarray, query_rows: np.ndarray, doc_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label: what one unit of its weight does to its *own* held-out examples beyond what the labels do on
+    average (the contrast label_effects can identify), and that contrast's standard error. Returns (C,), (C,).
+
+    The queries are training examples (`query_rows`, with their `responses` (Q, K)); each is held out by leaving
+    out of its label's mean the subsets holding any example of its document, so its own membership (which always
+    helps it) does not count. Why: training on more of a kind of text helps held-out text of that kind more than
+    other kinds do, in any language model that learns at all. A label whose operators read against its own text
+    says the design's label-level reading is not measuring what a retrained model would do (curate's reweighting
+    checks this before it trusts that reading).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    y = np.asarray(responses, dtype=np.float64)
+    if y.shape != (len(query_rows), membership.shape[0]):
+        raise ConfigError(f"need one response per query row and subset ({len(query_rows)} x {membership.shape[0]}), "
+                          f"got {y.shape}")
+    count = int(labels.max()) + 1
+    query_labels = labels[query_rows]
+    if set(np.unique(query_labels)) != set(range(count)):
+        raise ConfigError("every label needs at least one held-out query: some label has none")
+    by_document = scipy.sparse.csr_matrix(
+        (np.ones(len(doc_index)), (np.arange(len(doc_index)), doc_index)), shape=(len(doc_index), int(doc_index.max()) + 1))
+    # (K, documents): whether a subset holds any example of a document
+    holds = (scipy.sparse.csr_matrix(membership, dtype=np.float64) @ by_document).tocsc()
+    kept = np.ones_like(y, dtype=bool)
+    for i, row in enumerate(query_rows):
+        kept[i, holds[:, doc_index[row]].nonzero()[0]] = False
+    columns = []
+    for label in range(count):
+        mine = query_labels == label
+        columns.append(np.where(kept[mine], y[mine], 0.0).sum(axis=0) / np.maximum(kept[mine].sum(axis=0), 1))
+    effects, errors = label_effects(membership, labels, weights, np.column_stack(columns))
+    contrasts = effects - effects.mean(axis=0, keepdims=True)
+    return np.diag(contrasts).copy(), np.diag(errors).copy()
+
+
 __all__ = ["groups_file", "pooled_states", "cluster_examples", "nearest_group", "group_design", "fit_group_effects",
-           "label_effects"]
+           "label_effects", "held_out_label_effects"]

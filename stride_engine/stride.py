@@ -122,6 +122,17 @@ class Stride:
         self.run.finish(stage, queries=len(query_ids), operators=values.shape[1])
         return values
 
+    def example_responses(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Responses with some of the training examples themselves as queries (their loss as training measures it),
+        kept as responses/<name>.npy. For checks that hold each one out by its membership (groups.held_out_label_effects)."""
+        self._require_fit()
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0 or rows.min() < 0 or rows.max() >= len(self._examples):
+            raise ConfigError(f"example rows must lie in 0..{len(self._examples) - 1}")
+        batch = select_rows(self._examples.batch, torch.as_tensor(rows))
+        queries = Examples(batch, [f"example-{r}" for r in rows], np.arange(len(rows)), [None] * len(rows))
+        return self.responses(queries, name)
+
     def recover(self, name: str = "queries", force: bool = False) -> ScoreStore:
         """Sparse recovery of per-example scores from the responses; written as a score store."""
         self._require_fit()

@@ -153,3 +153,46 @@ def test_label_effects_refuse_labels_the_design_cannot_tell_apart():
         label_effects(membership, np.where(np.arange(50) < 25, 0, 2), np.ones(50), np.zeros(32))
     with pytest.raises(ConfigError, match="subsets"):
         label_effects(membership, np.arange(50) % 40, np.ones(50), np.zeros(32))
+
+
+def test_held_out_label_effects_see_past_each_querys_own_membership():
+    """Training examples as queries: every query is helped strongly by the subsets holding its document (its own
+    membership, as in any steered run), and on top of that each label's tokens move its queries by a planted
+    per-token effect: label 0's hurt label 0's queries, the others' help their own. Held out by membership, the check
+    reads label 0 as against its own text and the others as for theirs; without holding out, the self-help would
+    hide it."""
+    from stride_engine.design import random_membership
+    from stride_engine.groups import held_out_label_effects, label_effects
+
+    n, k = 1200, 256
+    membership = random_membership(n, k, 8, seed=3).matrix
+    rng = np.random.default_rng(4)
+    doc_index = np.repeat(np.arange(n // 2), 2)  # documents of two chunks each
+    labels = np.repeat(rng.integers(0, 4, n // 2), 2)
+    tokens = rng.integers(20, 129, n).astype(float)
+    own = np.array([-3.0, 2.0, 2.0, 2.0]) * 1e-4  # what a label's tokens do to that label's own queries
+    rows = np.concatenate([rng.choice(np.flatnonzero(labels == c), 30, replace=False) for c in range(4)])
+    dense = membership.toarray()
+    x = np.column_stack([dense @ (tokens * (labels == c)) for c in range(4)])  # (K, labels): tokens per subset
+    holds_document = np.stack([dense[:, doc_index == doc_index[r]].any(axis=1) for r in rows])  # (Q, K)
+    y = own[labels[rows]][:, None] * x[:, labels[rows]].T + 3.0 * holds_document + 0.01 * rng.standard_normal((len(rows), k))
+
+    effects, errors = held_out_label_effects(membership, labels, tokens, y, rows, doc_index)
+    assert effects[0] < -2 * errors[0] and all(effects[1:] > 2 * errors[1:]), (effects, errors)
+    truth = own - own / 4  # each label's own effect beyond the labels' mean effect on its queries (the others' is 0)
+    assert np.allclose(effects, truth, rtol=0.3), (effects, truth)
+    # the same queries without holding out: their own membership drags label 0's reading far towards "helps"
+    naive, _ = label_effects(membership, labels, tokens, np.column_stack([y[labels[rows] == c].mean(axis=0) for c in range(4)]))
+    assert naive[0, 0] - naive[:, 0].mean() > effects[0] + 3 * errors[0]
+
+
+def test_held_out_label_effects_need_a_query_of_every_label():
+    from stride_engine.design import random_membership
+    from stride_engine.groups import held_out_label_effects
+
+    membership = random_membership(100, 32, 4, seed=0).matrix
+    labels = np.arange(100) % 3
+    with pytest.raises(ConfigError, match="every label needs"):
+        held_out_label_effects(membership, labels, np.ones(100), np.zeros((2, 32)), np.array([0, 1]), np.arange(100))
+    with pytest.raises(ConfigError, match="one response per query"):
+        held_out_label_effects(membership, labels, np.ones(100), np.zeros((3, 31)), np.array([0, 1, 2]), np.arange(100))

@@ -240,6 +240,76 @@ def test_a_target_of_arithmetic_problems_gives_weight_to_the_arithmetic_domain(f
     assert "arithmetic" in result.output
 
 
+def test_the_auto_reading_follows_the_own_domain_check(fitted_run, tmp_path):
+    """`--rule auto` holds out some chunks of every domain and asks whether more of a domain helps its own chunks; it
+    reads the target off the design only when every domain passes, and otherwise per document. Its weights are those
+    of the reading it chose, and the report says which and why."""
+    rng = random.Random(5)
+    target = write_jsonl(tmp_path / "sums.jsonl", [{"id": f"sum-{i}", "text": _arithmetic(rng)} for i in range(30)])
+    auto = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "auto"), rule="auto"))
+    record = auto["weights"]
+    check = record["own_domain_check"]
+    assert sorted(c["domain"] for c in check["domains"]) == sorted(_weights(auto))
+    assert all(np.isfinite(c["own_effect"]) and c["standard_error"] > 0 for c in check["domains"])
+    z = np.array([c["z"] for c in check["domains"]])
+    assert check["pooled_z"] == pytest.approx(z.sum() / np.sqrt(len(z)))
+    chosen = "domain-regression" if check["pooled_z"] > 1.96 else "positive"
+    assert check["trusted"] == (chosen == "domain-regression")
+    assert record["aggregation"] == chosen and record["requested_aggregation"] == "auto"
+    explicit = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / chosen), rule=chosen))
+    assert {d: w["weight"] for d, w in _weights(auto).items()} == {d: w["weight"] for d, w in _weights(explicit).items()}
+    assert explicit["weights"]["own_domain_check"] is None
+    report = (tmp_path / "auto" / "report.md").read_text()
+    assert "Own-domain check" in report and f"z = {check['pooled_z']:+.1f}" in report
+
+
+class _HeldOutRun:
+    """What own_domain_check reads of a run: its chunk table, its design, and responses of its own chunks."""
+
+    def __init__(self, root: Path, chunks: pl.DataFrame, respond):
+        self.root, self._chunks, self.engine = root, chunks, self
+        self._respond = respond
+
+    def chunks(self) -> pl.DataFrame:
+        return self._chunks
+
+    def example_responses(self, rows, name):
+        return self._respond(rows)
+
+
+@pytest.mark.parametrize("own, trusted", [({"A": 2e-5, "B": -2e-5, "C": 2e-5}, True),
+                                         ({"A": -2e-5, "B": -1e-5, "C": -2e-5}, False)])
+def test_the_own_domain_check_reads_each_domains_effect_on_its_own_text(tmp_path, own, trusted):
+    """Responses of held-out chunks planted from per-token effects of each domain on its own chunks (`own`), on top of
+    the help each chunk gets from the subsets holding its document. The check reads each domain's sign; pooled, it
+    trusts the domain-level reading when most of it says a domain helps its own text, and not when every domain
+    reads against its own."""
+    from stride_engine.design import random_membership
+    from curate.reweight.domain_effects import own_domain_check, trusts_domain_reading
+
+    rng = np.random.default_rng(1)
+    domains = np.repeat(["A", "B", "C"], [700, 500, 600])
+    lengths = rng.integers(30, 129, len(domains))
+    doc_ids = [f"{d}{i // 2}" for i, d in enumerate(domains)]  # documents of two chunks
+    chunks = pl.DataFrame({"chunk_id": np.arange(len(domains)), "doc_id": doc_ids, "token_start": 0, "token_end": lengths})
+    membership = random_membership(len(domains), 256, 8, seed=2)
+    membership.save(tmp_path / "design.npz")
+    dense = membership.matrix.toarray()
+    document = np.unique(doc_ids, return_inverse=True)[1]
+
+    def respond(rows):
+        per_chunk = np.stack([np.where(domains == domains[r], own[domains[r]], 0.0) * lengths for r in rows])
+        holds = np.stack([dense[:, document == document[r]].any(axis=1) for r in rows])
+        return per_chunk @ dense.T + 0.5 * holds + 1e-3 * rng.standard_normal((len(rows), 256))
+
+    documents = chunks.with_columns(domain=pl.Series(domains)).group_by("doc_id").agg(
+        pl.col("domain").first(), pl.col("token_end").sum().alias("tokens"))
+    check = own_domain_check(_HeldOutRun(tmp_path, chunks, respond), documents)
+    assert check["domain"].to_list() == ["A", "B", "C"]
+    assert (check["z"] > 0).to_list() == [own[d] > 0 for d in "ABC"], check
+    assert trusts_domain_reading(check) == trusted
+
+
 def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, tmp_path):
     target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:4]])
     out = tmp_path / "out"

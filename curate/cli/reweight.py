@@ -54,9 +54,10 @@ def given_weights(value) -> dict[str, float] | None:
 @click.option("--max-epochs", default=4.0, show_default=True, type=float, help="No domain repeated more than this many times at the budget (UniMax).")
 @click.option("--prior", default="natural", show_default=True, type=click.Choice(PRIORS), help="The mixture the weights start from.")
 @click.option("--rule", default="positive", show_default=True, type=click.Choice(RULES),
-              help="How influence is read per domain: a per-document aggregation summed over the domain's tokens "
-                   "(positive, topk-hits, mean, standardized) or domain-regression (the responses regressed on each "
-                   "subset's tokens of each domain); measured in docs/reweight.md.")
+              help="How influence is read per domain: domain-regression (the responses regressed on each subset's "
+                   "tokens of each domain), a per-document aggregation summed over the domain's tokens (positive, "
+                   "topk-hits, mean, standardized), or auto: domain-regression when the run passes the own-domain "
+                   "check, else positive; measured in docs/reweight.md.")
 @click.option("--part-field", default="part", show_default=True, help="The target items' field naming their part (for --mode average/worst).")
 @click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra folder of lm-eval task YAMLs.")
 @click.option("--target-limit", type=click.IntRange(min=1), default=None, help="Use only the first N target items.")

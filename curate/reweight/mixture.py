@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from ..core.influence import influence_table
 from ..core.run import Run
 from ..core.targets import target_for_run
 from ..errors import CurateError
-from .domain_effects import DOMAIN_REGRESSION, design_influence
-from .request import GROUPS_AS_DOMAINS, ReweightRequest
+from .domain_effects import DOMAIN_REGRESSION, design_influence, own_domain_check, pooled_z, trusts_domain_reading
+from .request import AUTO, AUTO_FALLBACK, GROUPS_AS_DOMAINS, ReweightRequest
 from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence, mixture_weights,
                       prior_weights)
 
@@ -40,34 +41,50 @@ def parse_tokens(text: str | None, corpus_tokens: int) -> int:
     return int(value)
 
 
-def domain_documents(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, DomainInfluence | None, str | None]:
-    """Every training document with its domain and tokens (and, for an aggregation of per-document scores, its
-    influence on the whole target and on each part); the per-domain influence those come to; and the target's name
-    in the run (it carries the digest of the target's items). A given mixture (`weights`) reads no target: its
-    documents have their domains and tokens only, and the influence and the name are None."""
-    reads_design = request.method == "stride" and request.rule == DOMAIN_REGRESSION
-    if request.weights is not None or reads_design:
+@dataclass(frozen=True)
+class DomainReading:
+    """What a reweighting read of the run: every training document with its domain and tokens (and, for an aggregation
+    of per-document scores, its influence on the whole target and on each part); the per-domain influence those come
+    to; the target's name in the run (it carries the digest of the target's items); the reading used (`auto`
+    resolved); and the own-domain check that decided it (curate.reweight.domain_effects.own_domain_check)."""
+
+    documents: pl.DataFrame
+    influence: DomainInfluence | None = None  # None for a given mixture
+    target_name: str | None = None
+    rule: str | None = None
+    own_domain_check: pl.DataFrame | None = None
+
+
+def domain_documents(run: Run, request: ReweightRequest) -> DomainReading:
+    stride = request.method == "stride"
+    if request.weights is not None or (stride and request.rule in (AUTO, DOMAIN_REGRESSION)):
         table = run.document_tokens().join(run.document_domains(), on="doc_id", how="left")
         groups = run.document_groups()
         table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
         table = table.sort("doc_id")  # one order for the table and the domains computed from it
         table = table.with_columns(_domains(run, request, table).alias("domain"))
         if request.weights is not None:
-            return table, None, None
+            return DomainReading(table)
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
     by_part = len(dict.fromkeys(target.parts)) > 1
     if request.mode != "target" and not by_part:
         raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
                           f"give its items a {request.part_field!r} field, or use --mode target")
-    if reads_design:
-        return table, design_influence(run, target, table, by_part), target.name
-    table = influence_table(run, request.target, request.rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
+    rule, check = request.rule, None
+    if rule == AUTO and stride:
+        check = own_domain_check(run, table)
+        rule = DOMAIN_REGRESSION if trusts_domain_reading(check) else AUTO_FALLBACK
+    elif rule == AUTO:  # a baseline's scores are per document: nothing to read off the design
+        rule = AUTO_FALLBACK
+    if rule == DOMAIN_REGRESSION:
+        return DomainReading(table, design_influence(run, target, table, by_part), target.name, rule, check)
+    table = influence_table(run, request.target, rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
                             method=request.method, by_part=by_part, part_field=request.part_field)
     table = table.with_columns(_domains(run, request, table).alias("domain"))
     columns = {WHOLE_TARGET: "influence"}
     if by_part:
         columns |= {p: PART_SCORE + p for p in dict.fromkeys(target.parts)}
-    return table, domain_influence(table, columns), target.name
+    return DomainReading(table, domain_influence(table, columns), target.name, rule, check)
 
 
 def _domains(run: Run, request: ReweightRequest, table: pl.DataFrame) -> pl.Series:
@@ -96,7 +113,8 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
     """The weights record (OUT/weights.json), the per-domain, per-part influence table (OUT/domains.parquet), and the
     documents with their domains it came from."""
     run = Run(request.run)
-    documents, influence, target_name = domain_documents(run, request)
+    reading = domain_documents(run, request)
+    documents, influence, target_name = reading.documents, reading.influence, reading.target_name
     if influence is None:
         influence = domain_influence(documents, {})
     budget = parse_tokens(request.tokens, int(influence.tokens.sum()))
@@ -121,7 +139,11 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
     given = request.weights is not None
     record = {
         "method": "given" if given else f"{request.method}-influence" if request.method != "stride" else "stride-influence",
-        "rule": None if given else {**rule.__dict__}, "aggregation": None if given or request.method != "stride" else request.rule,
+        "rule": None if given else {**rule.__dict__}, "aggregation": reading.rule,
+        "requested_aggregation": None if given else request.rule,
+        "own_domain_check": None if reading.own_domain_check is None else {
+            "domains": reading.own_domain_check.to_dicts(), "pooled_z": pooled_z(reading.own_domain_check),
+            "trusted": reading.rule == DOMAIN_REGRESSION},
         "budget_tokens": budget, "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
         "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])},
         "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": target_name,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from .domain_effects import TRUST_Z
+
 
 def weights_plot(record: dict[str, Any]) -> bytes:
     import matplotlib
@@ -54,10 +56,29 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
     for d in record["domains"]:
         lines.append(f"| {d['domain']} | {d['documents']:,} | {d['tokens']:,} | {d['natural']:.3f} | {d['uniform']:.3f} | "
                      f"**{d['weight']:.3f}** | {d['epochs']:.2f} | {d['influence_per_token']:.3g} | {d['standard_error']:.2g} |")
+    lines += _check_lines(record)
     if len(record.get("parts", {})) > 1:
         lines += ["", "Parts of the target and their say in the weights: "
                   + ", ".join(f"{p} {w:.2f}" for p, w in record["parts"].items()) + "."]
     return "\n".join(lines + _sampled_lines(record, request, sampled)) + "\n"
+
+
+def _check_lines(record: dict[str, Any]) -> list[str]:
+    check = record.get("own_domain_check")
+    if not check:
+        return []
+    against = [c["domain"] for c in check["domains"] if c["z"] < 0]
+    verdict = (f"pooled over the domains, more of a domain helps its own held-out chunks (z = {check['pooled_z']:+.1f}), "
+               "so the domain-level reading of the design was used" if check["trusted"] else
+               f"pooled over the domains, the run does not show that more of a domain helps its own held-out chunks "
+               f"(z = {check['pooled_z']:+.1f}, needs > {TRUST_Z}): its operators do not measure what more of a domain "
+               f"does, so the influence is read per document ({record['aggregation']}) instead")
+    if against:
+        verdict += f"; read against their own text: {', '.join(against)}"
+    lines = ["", f"Own-domain check (`--rule auto`): {verdict}.", "",
+             "| domain | effect on its own held-out chunks, per token, beyond the mean | ± s.e. | z |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {c['domain']} | {c['own_effect']:.3g} | {c['standard_error']:.2g} | {c['z']:+.1f} |" for c in check["domains"]]
+    return lines
 
 
 def _given_markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> str:
