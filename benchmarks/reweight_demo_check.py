@@ -39,20 +39,27 @@ def curate(*args: str) -> None:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
 
 
-def main() -> None:
+def fitted_demo_run():
+    """The demo corpus's assets and its run (the cpu-smoke preset, as the tests fit it), fitted once under WORK."""
     from curate.core.run import RunInputs
-    from curate.demo.corpus import _arithmetic
     from curate.demo.model import build_demo_assets
-    from curate.studies.results import commit, machine
     from stride_engine import Stride, preset, read_documents
 
-    started = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
     assets = build_demo_assets(WORK / "assets", quick=True, progress=False)
     run = WORK / "run"
     if not (run / "inputs.json").is_file():
         Stride.from_pretrained(assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(read_documents([assets.corpus_path]))
         RunInputs(assets.model_dir, [assets.corpus_path]).save(run)
+    return assets, run
+
+
+def main() -> None:
+    from curate.demo.corpus import _arithmetic
+    from curate.studies.results import commit, machine
+
+    started = time.perf_counter()
+    assets, run = fitted_demo_run()
     rng = random.Random(5)  # the tests' arithmetic target; the evaluation problems are drawn after it, never seen
     target, evaluation = WORK / "sums.jsonl", WORK / "sums-eval.jsonl"
     target.write_text("".join(json.dumps({"id": f"sum-{i}", "text": _arithmetic(rng)}) + "\n" for i in range(30)))

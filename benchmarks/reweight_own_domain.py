@@ -19,7 +19,6 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "reweight_pretraining_mix.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "reweight_own_domain.json"
-DEMO_WORK = Path("runs/reweight_demo_check")  # as benchmarks/reweight_demo_check.py leaves it
 SEEDS = (0, 1, 2)  # draws of the held-out chunks
 
 
@@ -32,16 +31,9 @@ def _study_run() -> Path:
 
 
 def _demo_run() -> Path:
-    from curate.core.run import RunInputs
-    from curate.demo.model import build_demo_assets
-    from stride_engine import Stride, preset, read_documents
+    from benchmarks.reweight_demo_check import fitted_demo_run
 
-    assets = build_demo_assets(DEMO_WORK / "assets", quick=True, progress=False)
-    run = DEMO_WORK / "run"
-    if not (run / "inputs.json").is_file():
-        Stride.from_pretrained(assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(read_documents([assets.corpus_path]))
-        RunInputs(assets.model_dir, [assets.corpus_path]).save(run)
-    return run
+    return fitted_demo_run()[1]
 
 
 def main() -> None:
