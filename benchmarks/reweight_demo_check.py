@@ -54,6 +54,43 @@ def fitted_demo_run():
     return assets, run
 
 
+def noisy_documents(documents: list[dict], seed: int = 11) -> list[dict]:
+    """A planted noise domain for the demo corpus: a fifth of its documents with their words shuffled (its own words,
+    no sentence left), as domain `noise`. tests/test_reweight_planted.py's corpus is the demo's plus these."""
+    rng = random.Random(seed)
+    noise = []
+    for i, document in enumerate(rng.sample(documents, len(documents) // 5)):
+        words = document["text"].split()
+        rng.shuffle(words)
+        noise.append({"id": f"noise-{i:05d}", "text": " ".join(words), "domain": "noise"})
+    return noise
+
+
+def fitted_noisy_demo_run():
+    """The demo corpus plus its planted noise domain, fit as the demo run is, once under WORK."""
+    from curate.core.run import RunInputs
+    from stride_engine import Stride, preset, read_documents
+
+    assets, _ = fitted_demo_run()
+    run = WORK / "noisy-run"
+    if not (run / "inputs.json").is_file():
+        documents = [json.loads(line) for line in assets.corpus_path.read_text().splitlines() if line.strip()]
+        corpus = WORK / "noisy-corpus.jsonl"
+        corpus.write_text("".join(json.dumps(d) + "\n" for d in documents + noisy_documents(documents)))
+        Stride.from_pretrained(assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(read_documents([corpus]))
+        RunInputs(assets.model_dir, [corpus]).save(run)
+    return assets, run
+
+
+def arithmetic_target(path: Path) -> Path:
+    """The tests' target of 30 arithmetic problems (seed 5), written to `path`."""
+    from curate.demo.corpus import _arithmetic
+
+    rng = random.Random(5)
+    path.write_text("".join(json.dumps({"id": f"sum-{i}", "text": _arithmetic(rng)}) + "\n" for i in range(30)))
+    return path
+
+
 def main() -> None:
     from curate.demo.corpus import _arithmetic
     from curate.studies.results import commit, machine

@@ -21,14 +21,11 @@ def noisy_run(demo_assets, tmp_path_factory):
     from curate.core.run import RunInputs
     from stride_engine import Stride, preset, read_documents
 
+    from benchmarks.reweight_demo_check import noisy_documents
+
     folder = tmp_path_factory.mktemp("noisy")
-    rng = random.Random(11)
     documents = [json.loads(line) for line in demo_assets.corpus_path.read_text().splitlines() if line.strip()]
-    noise = []
-    for i, document in enumerate(rng.sample(documents, len(documents) // 5)):
-        words = document["text"].split()
-        rng.shuffle(words)
-        noise.append({"id": f"noise-{i:05d}", "text": " ".join(words), "domain": "noise"})
+    noise = noisy_documents(documents)
     corpus = write_jsonl(folder / "corpus.jsonl", documents + noise)
     run = folder / "run"
     Stride.from_pretrained(demo_assets.model_dir, preset("cpu-smoke"), run, progress=False).fit(read_documents([corpus]))
