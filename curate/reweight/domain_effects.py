@@ -16,8 +16,9 @@ It reads what the operators measure, sign included, so it is only as right as th
 Hence the own-domain check (own_domain_check), which `--rule auto` runs first: the same regression with some of
 each domain's own chunks as the queries, each held out of the subsets holding its document. On the demo corpus's run
 every domain reads against its own text, as arithmetic does against arithmetic problems; on the study run they read
-for it (`python benchmarks/reweight_own_domain.py`; its results are not committed yet). `auto` uses this reading only
-where the check passes, and the per-document one elsewhere.
+for it (benchmarks/results/reweight_own_domain.md). `auto` uses this reading only where the check passes, and the
+per-document one elsewhere. The check is necessary, not sufficient: with a planted noise domain in the demo corpus it
+passes, and the reading still cuts arithmetic for an arithmetic target.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ def trusts_domain_reading(check: pl.DataFrame) -> bool:
 
     Pooled, not domain by domain: 32 chunks give one domain's z a spread of about ±1.5 across draws (the study run's
     Wikipedia domain reads −2.4 to −0.7 over three draws while its mixture is the best STRIDE has there), and a
-    single noisy domain should not decide. On the two runs measured (`python benchmarks/reweight_own_domain.py`; its
-    results are not committed yet) the pooled z is +3.5 to +8.4 on the shared corpus's study run, whose domain-level
-    mixtures beat natural, and −4.2 to −5.6 on the demo corpus's run, whose domain-level mixture costs +0.23 bits per
-    byte.
+    single noisy domain should not decide. Measured (benchmarks/results/reweight_own_domain.md): the pooled z is +3.5
+    to +5.9 on the shared corpus's study run, whose domain-level mixtures beat natural, and −3.8 to −5.7 on the demo
+    corpus's run, whose domain-level mixture costs +0.23 bits per byte; +4.3 to +8.6 on the demo corpus with a planted
+    noise domain, where the domain-level reading is still wrong for an arithmetic target.
     """
     return pooled_z(check) > TRUST_Z
 

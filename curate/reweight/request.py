@@ -40,9 +40,8 @@ class ReweightRequest:
     # of each document's scores, summed over the domain's tokens): it passes the planted checks on the demo corpus
     # (tests/test_reweight_planted.py) and loses to natural on the shared corpus's study. "auto" (the regression when
     # the run passes the own-domain check, else "positive") picks the better reading on the study run and on the demo
-    # run (`python benchmarks/reweight_own_domain.py`; its results are not committed yet), but on the demo corpus with
-    # a planted noise domain its check passes and the regression cuts arithmetic for an arithmetic target, failing the
-    # planted test: an option.
+    # run, but on the demo corpus with a planted noise domain its check passes and the regression cuts arithmetic for
+    # an arithmetic target, failing the planted test (benchmarks/results/reweight_own_domain.md): an option.
     rule: str = AUTO_FALLBACK
     part_field: str = "part"
     # The per-document signal: STRIDE's influence, or a model-free baseline's score of each document against the target
