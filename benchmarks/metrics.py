@@ -28,6 +28,12 @@ def lds(scores: np.ndarray, truth: GroundTruth) -> np.ndarray:
     return result
 
 
+def queries_without_scores(scores: np.ndarray) -> int:
+    """Queries whose scores are the same for every training example (all zero, typically): a user asking which
+    examples shaped them is told none did."""
+    return int((np.ptp(scores, axis=1) == 0).sum())
+
+
 @dataclass
 class RemovalPlan:
     ks: Sequence[int]

@@ -52,7 +52,8 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path], base: Path) -> str:
         truth = next((r["ground_truth"] for r in group if "ground_truth" in r), {})
         ks = next((r["removal"]["k"] for r in group if r.get("removal")), [])
         lines += [f"### {setting} ({group[0]['scale']}; LDS over {truth.get('subsets')} retrains on {truth.get('fraction'):.0%} subsets)", ""]
-        header = ["method", "group", "LDS mean", "LDS std (queries)", "LDS p10 / p90"] + [f"drop@{k}" for k in ks] + ["seconds", "peak MB"]
+        header = (["method", "group", "LDS mean", "LDS std (queries)", "LDS p10 / p90", "no score"] + [f"drop@{k}" for k in ks]
+                  + ["seconds", "peak MB"])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in group:
             if r["status"] != "ok":
@@ -60,11 +61,15 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path], base: Path) -> str:
             else:
                 spread = np.percentile(r["lds_per_query"], [10, 90])
                 drops = r.get("removal", {}).get("drop_mean", [None] * len(ks))
-                cells = [r["method"], r["group"], f"{r['lds_mean']:.3f}", f"{r['lds_std']:.3f}", f"{spread[0]:.2f} / {spread[1]:.2f}"]
+                missing = r.get("queries_without_scores")  # rows made before it was counted have none
+                cells = [r["method"], r["group"], f"{r['lds_mean']:.3f}", f"{r['lds_std']:.3f}", f"{spread[0]:.2f} / {spread[1]:.2f}",
+                         "" if missing is None else f"{missing} of {len(r['lds_per_query'])}"]
                 cells += ["" if d is None else f"{d:.3f}" for d in drops]
                 cells += [f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += ["no score: queries whose scores are the same for every training example (all zero): the method names no",
+              "example as shaping them (blank: a row made before this was counted).", ""]
     lines += ["drop@k: mean drop of the query's true-class probability after removing its k top-scored training examples",
               "and retraining (averaged over seeds), a random ranking's drop is the `random` row.", ""]
     lines += [f"![{p.stem}]({p.relative_to(base).as_posix()})" for p in plots]

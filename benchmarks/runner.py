@@ -27,7 +27,7 @@ from stride_engine.artifacts import atomic_write_text
 
 from .ground_truth import GroundTruth, load_or_compute
 from .methods import MethodSpec
-from .metrics import RemovalPlan, full_data_losses, lds, removal_curve
+from .metrics import RemovalPlan, full_data_losses, lds, queries_without_scores, removal_curve
 from .settings import build_setting
 from .suites import SettingPlan, Suite
 
@@ -99,7 +99,8 @@ def _evaluate(setting, plan: SettingPlan, method: MethodSpec, truth: GroundTruth
     scores = np.load(outcome["scores"])
     os.unlink(outcome["scores"])
     per_query = lds(scores, truth)
-    row.update(lds_mean=float(per_query.mean()), lds_std=float(per_query.std()), lds_per_query=per_query.round(4).tolist())
+    row.update(lds_mean=float(per_query.mean()), lds_std=float(per_query.std()), lds_per_query=per_query.round(4).tolist(),
+               queries_without_scores=queries_without_scores(scores))
     if removal is not None and method.removal:
         row["removal"] = _cached_removal(setting, scores, removal, baseline, plan.cache / "removal")
     return row

@@ -68,6 +68,7 @@ ABLATIONS = {
     "linearity x10": dict(linearity_weight=1.0),
     "lambda cv": dict(lambda_rule="cv"), "lambda 0.05": dict(lambda_fraction=0.05), "lambda 0.4": dict(lambda_fraction=0.4),
     "ridge": dict(solver="ridge"),
+    "log-odds": dict(measurement="log-odds"),  # responses measure the correct output's log-odds, not the loss
     "groups=16": dict(groups=16, lambda_rule="cv"),  # grouped recovery (stride_engine/groups.py)
 }
 
@@ -137,6 +138,8 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
             _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
             _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
             _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
+            # responses measured by the completion tokens' log-odds instead of their loss (issue: queries without scores)
+            _m("stride-logit log-odds", STRIDE, "ablation", False, form="logit", measurement="log-odds", **LM_STRIDE),
             *LM_PEERS,
             *variants,
         ),

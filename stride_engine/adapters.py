@@ -56,6 +56,34 @@ class ModelAdapter(ABC):
     def prediction_mask(self, batch: Batch) -> torch.Tensor:
         """Which predictions count in the stability KL, shaped like `logits[..., 0]`."""
 
+    def scored_outputs(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """What `example_losses` scores: (outputs (rows, positions, classes), correct class (rows, positions), weight
+        (rows, positions)), or None for an adapter that does not say (it can measure only `loss`)."""
+        return None
+
+    def example_measurements(self, logits: torch.Tensor, batch: Batch, measurement: str = "loss") -> torch.Tensor:
+        """What a response measures per row, in float64 (lower is better, like a loss; MEASUREMENTS):
+        - "loss": the mean cross-entropy of the scored outputs;
+        - "log-odds": minus the mean log-odds of the correct output, log p − log(1 − p) (TRAK's margin). It does not
+          saturate: on an output the model already gets right with p ≈ 1 the loss barely moves, the log-odds does.
+        Both come from r = logsumexp of the other outputs − the correct one (loss = softplus(r), minus log-odds = r),
+        which keeps their precision where p is near 1 (a float32 cross-entropy there is rounding noise, ~1e-7).
+        Raises UndefinedMeasurement naming the rows where it is undefined (a class outside the outputs, no position)."""
+        if measurement not in MEASUREMENTS:
+            raise ConfigError(f"measurement={measurement!r} is not one of {list(MEASUREMENTS)}")
+        scored = self.scored_outputs(logits, batch)
+        if scored is None:
+            if measurement != "loss":
+                raise ModelError(f"{type(self).__name__} does not expose its scored outputs (scored_outputs), so it can "
+                                 f"measure only measurement='loss', not {measurement!r}")
+            return self.example_losses(logits, batch).double()
+        outputs, targets, weights = scored
+        _check_scored(outputs, targets, weights)
+        rest = _others_over_correct(outputs.float(), targets).double()
+        per_position = F.softplus(rest) if measurement == "loss" else rest
+        weights = weights.double()
+        return (per_position * weights).sum(dim=1) / weights.sum(dim=1)
+
     def at_positions(self, states: torch.Tensor, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch] | None:
         """States and batch restricted to some sequence positions, for losses in the logit form; None for a model
         without positions. `example_losses` of the result is the mean loss over those positions."""
@@ -72,6 +100,36 @@ class ModelAdapter(ABC):
 
     def to(self, device: str) -> "ModelAdapter":
         return self
+
+
+MEASUREMENTS = ("loss", "log-odds")
+
+
+class UndefinedMeasurement(ModelError):
+    """The measurement is undefined for some rows of a batch (`rows`: their indices in it)."""
+
+    def __init__(self, rows: list[int], reason: str):
+        super().__init__(f"rows {rows}: {reason}")
+        self.rows, self.reason = rows, reason
+
+
+def _check_scored(outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> None:
+    counted = weights > 0
+    outside = counted & ((targets < 0) | (targets >= outputs.shape[-1]))
+    if bool(outside.any()):
+        rows = sorted(set(outside.nonzero()[:, 0].tolist()))
+        raise UndefinedMeasurement(rows, f"a correct class outside the model's {outputs.shape[-1]} outputs")
+    empty = ~counted.any(dim=1)
+    if bool(empty.any()):
+        raise UndefinedMeasurement(empty.nonzero()[:, 0].tolist(), "no scored position (an empty completion?)")
+
+
+def _others_over_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per (row, position): logsumexp of the other outputs minus the correct output's (minus its log-odds)."""
+    index = targets.clamp(0, outputs.shape[-1] - 1).unsqueeze(-1)
+    correct = outputs.gather(-1, index).squeeze(-1)
+    others = outputs.scatter(-1, index, float("-inf")).logsumexp(dim=-1)
+    return others - correct
 
 
 def select_rows(batch: Batch, rows: torch.Tensor | slice) -> Batch:
@@ -191,6 +249,11 @@ class CausalLMAdapter(ModelAdapter):
             return _masked_mean_cross_entropy(logits.float(), batch["next_ids"], batch["target_mask"])
         return token_losses_mean(logits, batch["input_ids"], batch["target_mask"])
 
+    def scored_outputs(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if "next_ids" in batch:
+            return logits, batch["next_ids"], batch["target_mask"]
+        return logits[:, :-1], batch["input_ids"][:, 1:], batch["target_mask"][:, :-1]
+
     def at_positions(self, states: torch.Tensor, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch]:
         # In the logit form a position's output depends on its own state only, so these positions can be scored
         # apart from the rest of their sequence; each carries the token it predicts.
@@ -288,6 +351,9 @@ class SequentialClassifierAdapter(ModelAdapter):
 
     def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["y"], reduction="none")
+
+    def scored_outputs(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return logits[:, None], batch["y"][:, None], torch.ones(len(batch["y"]), 1, device=logits.device)
 
     def prediction_mask(self, batch: Batch) -> torch.Tensor:
         return torch.ones(len(batch["y"]), device=batch["y"].device)

@@ -58,6 +58,11 @@ class StrideConfig:
     loss_positions: int = 0
     micro_batch: int = 64  # rows per forward pass (TRAPS: ~64 rows is fastest on CPU)
     checkpoint_every: int = 100  # steps between resumable checkpoints of operator training
+    # --- responses (METHOD step 3, measurement) -------------------------------------------------------
+    # What a response measures on each query: "loss" (its cross-entropy) or "log-odds" (minus the log-odds of the
+    # correct output, TRAK's margin): a loss the model has already driven near zero barely moves under steering,
+    # its log-odds does (adapters.ModelAdapter.example_measurements).
+    measurement: str = "loss"
     # --- recovery (METHOD step 3) ---------------------------------------------------------------------
     solver: str = "lasso"  # "lasso" | "ridge"
     lambda_rule: str = "fixed"  # "fixed" (lambda = lambda_fraction · lambda_max) | "cv" (held-out subsets)
@@ -159,7 +164,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
         "sketch_ridge", "seed", "loss_positions",
     ),
-    "responses": (),
+    "responses": ("measurement",),
     "scores": (
         "solver", "lambda_rule", "lambda_fraction", "cv_folds", "ridge_alpha", "solver_max_iter", "solver_tol",
         "groups", "group_ridge", "aggregate", "top_k",
@@ -169,7 +174,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
-ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam"}
+ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss"}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -184,6 +189,7 @@ _CHOICES = {
     "solver": ("lasso", "ridge"),
     "lambda_rule": ("cv", "fixed"),
     "aggregate": ("max", "sum"),
+    "measurement": ("loss", "log-odds"),
 }
 
 _POSITIVE = (

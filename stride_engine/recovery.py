@@ -447,6 +447,13 @@ def _recover_batches(
     for start in starts:
         idx = np.arange(start, min(start + settings.query_batch, responses.shape[0]))
         y64 = responses[idx].T.astype(np.float64)  # (K, b); centre in float64, solve in float32
+        # Each query's responses in units of their own spread: every solver here is scale-equivariant (λ is a fraction
+        # of λ_max; ridge and the group effects are linear), so the answer is the same, but a query whose responses
+        # vary by 1e-12 (a loss the model has saturated) would otherwise sink into float32's rounding. Constant
+        # responses keep unit scale: they carry no information, and their scores are zero.
+        scale = y64.std(0)
+        scale = np.where(scale > 0, scale, 1.0)
+        y64 = y64 / scale
         y_c64 = y64 - y64.mean(0, keepdims=True)
         shared = 0.0
         if design is not None:  # group effects first (on all K); the sparse solver explains what they leave
@@ -454,7 +461,8 @@ def _recover_batches(
             y_c64 = y_c64 - (design - design.mean(0, keepdims=True)) @ effects
             shared = effects[groups].T.astype(np.float32)  # (b, n)
         if settings.solver == "ridge":
-            yield idx, ridge(op, factor, y_c64).T.contiguous().cpu().numpy() + shared, np.full(idx.size, alpha)
+            scores = (ridge(op, factor, y_c64).T.contiguous().cpu().numpy() + shared) * scale[:, None]
+            yield idx, scores.astype(np.float32), np.full(idx.size, alpha)
             continue
         y_c = torch.as_tensor(y_c64, dtype=torch.float32, device=op.device)
         lmax = lambda_max(op, y_c)
@@ -465,4 +473,5 @@ def _recover_batches(
             fracs, _ = choose_lambda_cv(op, torch.as_tensor(y64, dtype=torch.float32, device=op.device), settings, design)
         # cold start at the chosen λ: the working sets grow from the worst KKT violators
         w, _ = lasso(op, y_c, fracs * lmax, max_iter=settings.max_iter, tol=settings.tol)
-        yield idx, w.T.contiguous().cpu().numpy() + shared, (fracs * lmax).cpu().numpy().astype(np.float64)
+        scores = (w.T.contiguous().cpu().numpy() + shared) * scale[:, None]
+        yield idx, scores.astype(np.float32), (fracs * lmax).cpu().numpy() * scale

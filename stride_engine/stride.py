@@ -102,17 +102,20 @@ class Stride:
         return self
 
     def responses(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> np.ndarray:
-        """y = loss_base − loss_k for every query and operator; persisted as responses/<name>.npy."""
+        """y = m_base − m_k for every query and operator (m: the measurement, the loss by default); persisted as
+        responses/<name>.npy."""
         self._require_fit()
         query_batch, query_ids = self._query_batch(queries)
-        stage = Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint, "queries": _digest_batch(query_batch, query_ids)})
+        stage = Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint, "queries": _digest_batch(query_batch, query_ids),
+                                            **stage_fields(self.config, "responses")})
         self._check_stages({stage.name: stage}, force)
         path = self.run.path("responses", f"{name}.npy")
         if self.run.is_done(stage):
             return np.load(path)
         bank = self._load_bank()
         values, base = measure_responses(
-            self.adapter, bank, query_batch, self.config.form, self.layer, self.config.micro_batch, self.device, self.progress
+            self.adapter, bank, query_batch, self.config.form, self.layer, self.config.micro_batch, self.device, self.progress,
+            measurement=self.config.measurement, query_ids=query_ids,
         )
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
@@ -162,7 +165,13 @@ class Stride:
             # grouped scores are dense: keep the top chunks per query, not every non-zero
             keep_all_nonzeros=self.config.solver == "lasso" and not self.config.groups,
         )
-        self.run.finish(stage, queries=len(queries))
+        unscored = int((store.queries()["nonzero_chunks"] == 0).sum())
+        if unscored:  # a user would otherwise read "no influential example" for them
+            log.warning("%d of %d queries got no score: their responses do not tell the subsets apart (the model may "
+                        "already predict them with certainty; measurement='log-odds' does not saturate%s)", unscored,
+                        len(queries), "" if self.config.lambda_rule == "fixed" else "; with lambda_rule='cv' a query "
+                        "gets none when no fit predicts held-out subsets better than its mean")
+        self.run.finish(stage, queries=len(queries), queries_without_scores=unscored)
         return store
 
     def recovery_settings(self) -> RecoverySettings:

@@ -103,3 +103,43 @@ def test_sequential_classifier_cut():
     assert adapter.example_losses(expected, batch).shape == (5,)
     with pytest.raises(ModelError, match="nn.Sequential"):
         SequentialClassifierAdapter(nn.Linear(2, 2))
+
+
+def _margin(logits: torch.Tensor, target: int) -> float:
+    """log p − log(1 − p) of the target class, in float64 from the definition."""
+    p = torch.softmax(logits.double(), -1)[target]
+    return float(torch.log(p) - torch.log1p(-p))
+
+
+def test_the_log_odds_measurement_is_the_margin_and_the_loss_keeps_its_precision_near_certainty():
+    """A classifier that is sure of a query (p = 1 − 3e-7): its float32 cross-entropy is rounding noise; the
+    measurements are taken from the other outputs' logsumexp, so the loss is right to many digits and the log-odds is
+    the margin TRAK uses."""
+    adapter = SequentialClassifierAdapter(nn.Sequential(nn.Linear(2, 3)))
+    logits = torch.tensor([[20.0, 5.0, 0.0], [0.3, 1.2, -0.4]])
+    batch = {"x": torch.zeros(2, 2), "y": torch.tensor([0, 2])}
+    exact = torch.nn.functional.cross_entropy(logits.double(), batch["y"], reduction="none")
+    loss = adapter.example_measurements(logits, batch, "loss")
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, exact, rtol=1e-5, atol=0)
+    float32_loss = float(adapter.example_losses(logits, batch)[0])
+    assert abs(float32_loss - float(exact[0])) > 0.1 * float(exact[0])  # what the loss measured before: noise
+    log_odds = adapter.example_measurements(logits, batch, "log-odds")
+    assert log_odds.tolist() == pytest.approx([-_margin(logits[0], 0), -_margin(logits[1], 2)], rel=1e-6)
+
+
+def test_a_language_models_measurements_average_over_the_completion_tokens():
+    texts = random_texts(50)
+    tokenizer = tiny_tokenizer(texts)
+    adapter = CausalLMAdapter(tiny_model("llama", len(tokenizer)))
+    batch = _batch(tokenizer, texts[:3])
+    batch["target_mask"][:, :4] = 0  # the first positions are the prompt
+    logits = adapter.finish(adapter.capture(batch, "logit", 0), batch, "logit", 0).detach()
+    torch.testing.assert_close(adapter.example_measurements(logits, batch, "loss"),
+                               adapter.example_losses(logits, batch).double(), rtol=1e-5, atol=1e-6)
+    mask = batch["target_mask"][:, :-1].bool()
+    expected = [-sum(_margin(logits[r, t], int(batch["input_ids"][r, t + 1])) for t in range(mask.shape[1]) if mask[r, t]) / int(mask[r].sum())
+                for r in range(3)]
+    assert adapter.example_measurements(logits, batch, "log-odds").tolist() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match="measurement='margin' is not one of"):
+        adapter.example_measurements(logits, batch, "margin")

@@ -2,10 +2,11 @@
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 from torch import nn
 
-from stride_engine import Examples, SequentialClassifierAdapter, Stride, preset, read_documents
+from stride_engine import ConfigError, Examples, SequentialClassifierAdapter, Stride, preset, read_documents
 from stride_engine.corpus import chunk_documents
 
 from tiny import random_texts, tiny_tokenizer
@@ -54,3 +55,55 @@ def test_classifier_queries_find_their_own_training_example(tmp_path):
     # Seen with seed 0: 12 of 20 (random ranking: 0.5 expected), and 0.53 of the top-5 entries (random: 0.05).
     assert hits >= 7
     assert teachers >= 0.3
+
+
+def _confident_classifier():
+    """Two classes split by the first feature plus a third seen only on 20 points, trained until it is sure of every
+    training point (p > 0.9999): its loss on them has saturated."""
+    generator = torch.Generator().manual_seed(0)
+    n = 400
+    x = torch.randn(n, 10, generator=generator)
+    y = (x[:, 0] > 0).long()
+    y[:20] = 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(2000):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    train = Examples({"x": x, "y": y}, [f"ex{i}" for i in range(n)], np.arange(n), [None] * n)
+    return model, train, x, y
+
+
+@pytest.mark.parametrize("measurement", ["loss", "log-odds"])
+def test_queries_a_classifier_is_sure_of_still_get_scores_from_their_own_class(tmp_path, measurement):
+    """Its loss on them moves by 1e-12 to 1e-26 under steering (a float32 loss there is rounding noise: 26 of these 40
+    queries used to get no score at all); measured in float64 and solved in each query's own units, or by log-odds,
+    which does not saturate, every query gets scores, and its most helpful training points are mostly of its own class
+    (planted: the classes are what the points teach)."""
+    model, train, x, y = _confident_classifier()
+    with torch.no_grad():
+        assert float(torch.softmax(model(x), -1)[torch.arange(len(y)), y].min()) > 0.9999
+    rows = torch.arange(0, len(y), 10)
+    queries = Examples({"x": x[rows], "y": y[rows]}, [f"q{i}" for i in rows.tolist()], np.arange(len(rows)), [None] * len(rows))
+    config = preset("cpu-smoke", num_subsets=64, subsets_per_example=4, steps=300, fidelity_batch=4, stability_batch=4,
+                    rank=4, measurement=measurement)
+    store = Stride(SequentialClassifierAdapter(model), config, tmp_path / "run", progress=False).fit(train).attribute(queries)
+    assert (store.queries()["nonzero_chunks"] > 0).all()
+    top = store.top(k=5)
+    same = [int(y[int(d[2:])]) == int(y[int(q[1:])]) for q, d in zip(top["query_id"], top["doc_id"])]
+    # chance: about 0.45 (two classes of ~190 points and one of 20)
+    print(f"saturated classifier ({measurement}): share of top-5 entries of the query's own class {np.mean(same):.2f}")
+    assert np.mean(same) >= 0.6
+
+
+def test_a_query_label_outside_the_classes_is_named_and_nothing_is_written(tmp_path):
+    model, train, x, y = _confident_classifier()
+    config = preset("cpu-smoke", num_subsets=16, subsets_per_example=2, steps=5, fidelity_batch=2, stability_batch=2,
+                    rank=2, linearity_weight=0.0)
+    stride = Stride(SequentialClassifierAdapter(model), config, tmp_path / "run", progress=False).fit(train)
+    queries = Examples({"x": x[:3], "y": torch.tensor([0, 7, 1])}, ["fine", "bad-label", "also-fine"], np.arange(3), [None] * 3)
+    with pytest.raises(ConfigError, match="undefined for query 'bad-label'.*outside the model's 3 outputs"):
+        stride.responses(queries, name="checked")
+    assert not list((tmp_path / "run").glob("responses/checked*"))

@@ -198,3 +198,18 @@ def test_bad_inputs():
             recover(m, y_bad)
     with pytest.raises(ConfigError, match="cv_folds=7 exceeds"):
         recover(m, y, RecoverySettings(cv_folds=7))
+
+
+@pytest.mark.parametrize("solver", ["lasso", "ridge"])
+def test_a_query_whose_responses_are_tiny_gets_the_same_scores_in_its_own_units(problem, solver):
+    """A loss the model has already driven to ~0 moves by 1e-20 under steering; float32 cannot hold that against a
+    unit-sized problem. Each query is solved in units of its own spread, so the scores are the same up to the scale."""
+    m, _, y, _ = problem
+    plain, lam = run(m, y, solver=solver, lambda_rule="fixed")
+    tiny, lam_tiny = run(m, y * 1e-20, solver=solver, lambda_rule="fixed")
+    assert (tiny != 0).sum() == (plain != 0).sum() > 0
+    np.testing.assert_allclose(tiny.astype(np.float64) * 1e20, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+    if solver == "lasso":
+        np.testing.assert_allclose(lam_tiny * 1e20, lam, rtol=1e-5)
+    constant = run(m, np.ones((2, K)), solver=solver, lambda_rule="fixed")[0]
+    assert not constant.any()  # constant responses say nothing: no score
