@@ -164,6 +164,24 @@ FULL = Suite("full", (
     ),
     _lm_plan("pretrain", ablate=True),
     _lm_plan("finetune"),
+    # A classifier no STRIDE configuration was tuned on (settings/cancer.py): the digits configuration carried over,
+    # the `default` preset as a new user would run it, each with the loss and with the log-odds measured.
+    SettingPlan(
+        "cancer", "full", lds_subsets=256, fraction=0.5,
+        methods=(
+            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **DIGITS_STRIDE),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=3, **DIGITS_STRIDE),
+            _m("stride-logit log-odds", STRIDE, "ablation", False, form="logit", measurement="log-odds", **DIGITS_STRIDE),
+            _m("stride default", STRIDE, "ablation", False, preset_name="default"),
+            _m("stride default log-odds", STRIDE, "ablation", False, preset_name="default", measurement="log-odds"),
+            _m("grad-dot", f"{GRADIENTS}:grad_dot"),
+            _m("grad-cos", f"{GRADIENTS}:grad_cos"),
+            _m("trak", f"{GRADIENTS}:trak"),
+            _m("logra", f"{GRADIENTS}:logra"),
+            _m("ekfac", f"{GRADIENTS}:ekfac"),
+        ),
+    ),
 ), commit_ground_truth=True)
 
 SMOKE = Suite("smoke", (

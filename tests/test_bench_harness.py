@@ -119,6 +119,22 @@ def test_digits_retraining_reproduces_the_attributed_model_and_depends_on_the_da
     assert np.abs(retrained[0] - retrained[1]).max() > 1e-3
 
 
+def test_the_cancer_setting_retrains_its_model_and_is_sure_of_most_queries():
+    """The fourth setting, a classifier nothing was tuned on, is there for the queries a model is sure of (their
+    loss saturates): most of its queries have p > 0.999, and retraining on everything gives the attributed model."""
+    from benchmarks.settings.cancer import CancerSetting
+
+    cancer = CancerSetting("smoke")
+    model = cancer.model()
+    queries = cancer.queries.tensors
+    with torch.no_grad():
+        p = torch.softmax(model(queries["x"]), -1)[torch.arange(len(queries["y"])), queries["y"]]
+        losses = cancer.example_losses(model, queries).numpy()
+    assert (p > 0.5).float().mean() > 0.9 and (p > 0.999).float().mean() > 0.5
+    full = np.ones((1, len(cancer.train)), dtype=bool)
+    np.testing.assert_allclose(cancer.retrain(full, [cancer.seed])[0], losses, atol=1e-4)
+
+
 def test_removing_a_querys_nearest_same_class_examples_hurts_it_more_than_random_removal(digits):
     x, y = digits.train.tensors["x"], digits.train.tensors["y"]
     qx, qy = digits.queries.tensors["x"], digits.queries.tensors["y"]

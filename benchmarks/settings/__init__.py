@@ -8,6 +8,7 @@ from .base import ExampleSet, Setting
 
 SETTINGS = {
     "digits": "benchmarks.settings.digits:DigitsSetting",
+    "cancer": "benchmarks.settings.cancer:CancerSetting",
     "pretrain": "benchmarks.settings.pretrain:PretrainSetting",
     "finetune": "benchmarks.settings.finetune:FinetuneSetting",
 }
