@@ -29,20 +29,8 @@ def test_parquet_corpus_with_custom_fields_and_long_documents(tmp_path):
 
 def test_classifier_queries_find_their_own_training_example(tmp_path):
     """A query that duplicates a mislabelled training point is attributed to that point (planted ground truth)."""
-    generator = torch.Generator().manual_seed(0)
-    n = 400
-    x = torch.randn(n, 10, generator=generator)
-    y = (x[:, 0] > 0).long()
-    planted = torch.arange(20)
-    y[planted] = 2  # a third class seen only on these points: only they can teach it
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    train = Examples({"x": x, "y": y}, [f"ex{i}" for i in range(n)], np.arange(n), [None] * n)
+    model, train, x, y = _trained_classifier(steps=300)
+    n, planted = len(y), torch.arange(20)  # the third class, seen only on these points: only they can teach it
     queries = Examples({"x": x[planted], "y": y[planted]}, [f"q{i}" for i in range(len(planted))], np.arange(len(planted)), [None] * len(planted))
     config = preset("cpu-smoke", num_subsets=64, subsets_per_example=4, steps=300, fidelity_batch=4, stability_batch=4, rank=4)
     stride = Stride(SequentialClassifierAdapter(model), config, tmp_path / "run", progress=False).fit(train)
@@ -57,9 +45,9 @@ def test_classifier_queries_find_their_own_training_example(tmp_path):
     assert teachers >= 0.3
 
 
-def _confident_classifier():
-    """Two classes split by the first feature plus a third seen only on 20 points, trained until it is sure of every
-    training point (p > 0.9999): its loss on them has saturated."""
+def _trained_classifier(steps: int):
+    """Two classes split by the first feature plus a third seen only on the first 20 points, an MLP trained on them
+    full-batch for `steps` (2000: sure of every training point, p > 0.9999, its loss there saturated)."""
     generator = torch.Generator().manual_seed(0)
     n = 400
     x = torch.randn(n, 10, generator=generator)
@@ -68,7 +56,7 @@ def _confident_classifier():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(2000):
+    for _ in range(steps):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -82,7 +70,7 @@ def test_queries_a_classifier_is_sure_of_still_get_scores_from_their_own_class(t
     queries used to get no score at all); measured in float64 and solved in each query's own units, or by log-odds,
     which does not saturate, every query gets scores, and its most helpful training points are mostly of its own class
     (planted: the classes are what the points teach)."""
-    model, train, x, y = _confident_classifier()
+    model, train, x, y = _trained_classifier(steps=2000)
     with torch.no_grad():
         assert float(torch.softmax(model(x), -1)[torch.arange(len(y)), y].min()) > 0.9999
     rows = torch.arange(0, len(y), 10)
@@ -99,7 +87,7 @@ def test_queries_a_classifier_is_sure_of_still_get_scores_from_their_own_class(t
 
 
 def test_a_query_label_outside_the_classes_is_named_and_nothing_is_written(tmp_path):
-    model, train, x, y = _confident_classifier()
+    model, train, x, y = _trained_classifier(steps=2000)
     config = preset("cpu-smoke", num_subsets=16, subsets_per_example=2, steps=5, fidelity_batch=2, stability_batch=2,
                     rank=2, linearity_weight=0.0)
     stride = Stride(SequentialClassifierAdapter(model), config, tmp_path / "run", progress=False).fit(train)
