@@ -30,6 +30,7 @@ def main() -> None:
     from benchmarks.metrics import lds, queries_without_scores
     from benchmarks.settings import build_setting
     from benchmarks.suites import DIGITS_STRIDE, FULL
+    from curate.studies.notes import keep_notes
     from curate.studies.results import commit, machine
 
     torch.set_num_threads(2)
@@ -51,7 +52,7 @@ def main() -> None:
     stamp = {"commit": commit(), "machine": machine(), "command": "python benchmarks/operator_steps.py",
              "total_seconds": round(time.perf_counter() - started, 1)}
     RESULTS.write_text(json.dumps([{**row, **stamp} for row in rows], indent=1))
-    RESULTS.with_suffix(".md").write_text(report(rows, stamp))
+    RESULTS.with_suffix(".md").write_text(keep_notes(RESULTS.with_suffix(".md"), report(rows, stamp), stamp["commit"]))
     print(RESULTS.with_suffix(".md").read_text())
 
 
