@@ -82,11 +82,12 @@ def fitted_noisy_demo_run():
     return assets, run
 
 
-def arithmetic_target(path: Path) -> Path:
-    """The tests' target of 30 arithmetic problems (seed 5), written to `path`."""
+def arithmetic_target(path: Path, rng: random.Random | None = None) -> Path:
+    """The tests' target of 30 arithmetic problems (drawn from `rng`, by default seed 5 as the tests draw them),
+    written to `path`."""
     from curate.demo.corpus import _arithmetic
 
-    rng = random.Random(5)
+    rng = rng or random.Random(5)
     path.write_text("".join(json.dumps({"id": f"sum-{i}", "text": _arithmetic(rng)}) + "\n" for i in range(30)))
     return path
 
@@ -98,8 +99,7 @@ def main() -> None:
     started = time.perf_counter()
     assets, run = fitted_demo_run()
     rng = random.Random(5)  # the tests' arithmetic target; the evaluation problems are drawn after it, never seen
-    target, evaluation = WORK / "sums.jsonl", WORK / "sums-eval.jsonl"
-    target.write_text("".join(json.dumps({"id": f"sum-{i}", "text": _arithmetic(rng)}) + "\n" for i in range(30)))
+    target, evaluation = arithmetic_target(WORK / "sums.jsonl", rng), WORK / "sums-eval.jsonl"
     evaluation.write_text("".join(json.dumps({"id": f"eval-{i}", "text": _arithmetic(rng)}) + "\n" for i in range(60)))
 
     mixtures = {}
