@@ -56,12 +56,30 @@ class Membership:
             return cls(matrix, int(data["subsets_per_example"]), int(data["seed"]))
 
 
+REDRAWS = 20  # designs drawn before giving up on one without an empty subset
+
+
 def random_membership(num_examples: int, num_subsets: int, subsets_per_example: int, seed: int) -> Membership:
+    """The seeded design. A draw that leaves a subset empty (likely when n·d is near K: 469 examples, K = 512, d = 8
+    leave one empty at some seeds) is redrawn from the same generator, so the seed still fixes the design and a draw
+    that had no empty subset is unchanged; after REDRAWS draws the sizes are refused as too small."""
     if num_examples < 1:
         raise ConfigError("the design needs at least one training example")
     if not 1 <= subsets_per_example <= num_subsets:
         raise ConfigError(f"d={subsets_per_example} must be between 1 and K={num_subsets}")
     rng = np.random.default_rng(seed)
+    for _ in range(REDRAWS):
+        matrix = _draw(rng, num_examples, num_subsets, subsets_per_example)
+        empty = np.flatnonzero(np.diff(matrix.indptr) == 0)
+        if not len(empty):
+            return Membership(matrix, subsets_per_example, seed)
+    raise ConfigError(
+        f"{len(empty)} of K={num_subsets} subsets received no example (n={num_examples}, d={subsets_per_example}) in "
+        f"each of {REDRAWS} draws: use fewer subsets (K) or more subsets per example (d)"
+    )
+
+
+def _draw(rng: np.random.Generator, num_examples: int, num_subsets: int, subsets_per_example: int) -> sp.csr_matrix:
     # d distinct subsets per example: the d smallest of K uniform draws. Blocks keep memory at ~64 MB for any n.
     block = max(1, (1 << 23) // num_subsets)
     picks = []
@@ -76,10 +94,4 @@ def random_membership(num_examples: int, num_subsets: int, subsets_per_example: 
     matrix.sort_indices()
     matrix.indices = matrix.indices.astype(np.int32)
     matrix.indptr = matrix.indptr.astype(np.int32)
-    empty = np.flatnonzero(np.diff(matrix.indptr) == 0)
-    if len(empty):
-        raise ConfigError(
-            f"{len(empty)} of K={num_subsets} subsets received no example (n={num_examples}, d={subsets_per_example}): "
-            "use fewer subsets (K) or more subsets per example (d)"
-        )
-    return Membership(matrix, subsets_per_example, seed)
+    return matrix

@@ -30,6 +30,21 @@ def test_design_is_seeded_and_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded.members(0), np.flatnonzero(first.matrix.toarray()[0]))
 
 
+def test_a_draw_with_an_empty_subset_is_redrawn_from_the_same_seed():
+    # 469 examples in 512 subsets at d = 8 (the cancer benchmark): seed 2's first draw leaves a subset empty.
+    first_draw = np.random.default_rng(2)
+    from stride_engine.design import _draw
+
+    assert (np.diff(_draw(first_draw, 469, 512, 8).indptr) == 0).any()
+    design = random_membership(469, 512, 8, seed=2)
+    assert (np.diff(design.matrix.indptr) > 0).all() and (design.matrix.sum(axis=0) == 8).all()
+    assert (design.matrix != random_membership(469, 512, 8, seed=2).matrix).nnz == 0  # still fixed by its seed
+    # A seed whose first draw had no empty subset keeps exactly that draw (runs fitted before redraws are unchanged).
+    assert (random_membership(469, 512, 8, seed=0).matrix != _draw(np.random.default_rng(0), 469, 512, 8)).nnz == 0
+    with pytest.raises(ConfigError, match="received no example .* in each of 20 draws"):
+        random_membership(50, 512, 2, seed=0)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
