@@ -126,6 +126,22 @@ LM_ABLATIONS = {
 }
 
 
+COMBINED = "benchmarks.methods.combined"
+
+
+def combined(base: dict, logra_options: dict | None = None, label: str = "stride-logit", fused_ensemble: bool = True) -> tuple[MethodSpec, ...]:
+    """Ensembles of 2 and 4 fits (seeds 0.., each its own design) and STRIDE fused with LoGra (one fit, and four
+    unless `fused_ensemble` is off: on the LMs four fits cost ~15 min), the peer from dattri as in the LoGra row
+    (methods/combined.py). The fused rows run their fits and LoGra again: nothing is cached between rows."""
+    peer = dict(peer=f"{GRADIENTS}:logra", peer_options=logra_options or {})
+    return (
+        _m(f"{label} ensemble=2", f"{COMBINED}:ensemble", "ablation", False, fits=2, **base),
+        _m(f"{label} ensemble=4", f"{COMBINED}:ensemble", "ablation", False, fits=4, **base),
+        _m(f"{label} + logra", f"{COMBINED}:fused", "ablation", False, **peer, **base),
+        *((_m(f"{label} ensemble=4 + logra", f"{COMBINED}:fused", "ablation", False, fits=4, **peer, **base),) if fused_ensemble else ()),
+    )
+
+
 def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
     """Both language-model settings: 64 retrains on 30% subsets (the paper's protocol), STRIDE in both forms, every peer."""
     variants = tuple(
@@ -141,6 +157,7 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
             # responses measured by the completion tokens' log-odds instead of their loss (issue: queries without scores)
             _m("stride-logit log-odds", STRIDE, "ablation", False, form="logit", measurement="log-odds", **LM_STRIDE),
             *LM_PEERS,
+            *combined({**LM_STRIDE, "form": "logit"}, dict(proj_dim=1024), fused_ensemble=False),
             *variants,
         ),
     )
@@ -160,6 +177,7 @@ FULL = Suite("full", (
             _m("logra", f"{GRADIENTS}:logra"),
             _m("ekfac", f"{GRADIENTS}:ekfac"),
             *ablations({**DIGITS_STRIDE, "form": "logit"}, extra={"activation layer=1": dict(form="activation", layer=1), **OPTIMIZER_STUDY}),
+            *combined({**DIGITS_STRIDE, "form": "logit"}),
         ),
     ),
     _lm_plan("pretrain", ablate=True),
@@ -180,6 +198,7 @@ FULL = Suite("full", (
             _m("trak", f"{GRADIENTS}:trak"),
             _m("logra", f"{GRADIENTS}:logra"),
             _m("ekfac", f"{GRADIENTS}:ekfac"),
+            *combined({**DIGITS_STRIDE, "form": "logit"}),
         ),
     ),
 ), commit_ground_truth=True)

@@ -183,6 +183,8 @@ def test_every_method_in_the_suites_accepts_the_options_it_is_given():
     STRIDE's `**overrides` become a StrideConfig through `preset`, which rejects unknown keys and bad values."""
     import inspect
 
+    from benchmarks.methods import MethodSpec
+    from benchmarks.methods.combined import ensemble, fused
     from benchmarks.methods.stride import stride
     from benchmarks.settings import SETTINGS
     from stride_engine import preset
@@ -198,8 +200,12 @@ def test_every_method_in_the_suites_accepts_the_options_it_is_given():
             bound.apply_defaults()
             extra = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
             if extra:  # **kwargs would take any misspelling: only STRIDE's are checked further, by its own config
-                assert function is stride, f"{method.function} takes **{extra[0]}, which binding cannot check"
-                preset(bound.arguments["preset_name"], **bound.arguments["overrides"])
+                assert function in (stride, ensemble, fused), f"{method.function} takes **{extra[0]}, which binding cannot check"
+                options = dict(bound.arguments[extra[0]])
+                preset(options.pop("preset_name", "cpu-smoke"), **options)
+            if function is fused:  # the peer's own options, bound to the peer
+                peer = MethodSpec("peer", bound.arguments["peer"]).resolve()
+                inspect.signature(peer).bind(object(), **bound.arguments["peer_options"])
         except (TypeError, ConfigError) as error:
             raise AssertionError(f"{where}: {method.function} rejects {method.options}: {error}") from None
     # Rows are keyed by (setting, label): a repeated label would silently overwrite another method's row.
@@ -219,3 +225,26 @@ def test_the_benchmarks_stride_scores_follow_the_recovery_settings(digits):
     assert plain.shape == grouped.shape == (len(digits.queries), len(digits.train))
     assert (plain == 0).mean() > 0.5  # the Lasso's scores are sparse
     assert (grouped != 0).all()  # every example carries its group's effect
+
+
+def test_fusing_two_noisy_methods_ranks_a_planted_helper_above_what_either_finds_alone():
+    """Two methods each see the one planted helper of every query through their own noise and in their own units;
+    their standardised sum finds it more often than either, whatever each method's scale."""
+    from benchmarks.methods.combined import fuse, standardised
+
+    rng = np.random.default_rng(0)
+    queries, n = 200, 300
+    helper = rng.integers(0, n, size=queries)
+    truth = np.zeros((queries, n))
+    truth[np.arange(queries), helper] = 1.0
+    first = 1e-6 * (truth + 0.35 * rng.standard_normal((queries, n)))  # a loss change: tiny units
+    second = 50.0 * (truth + 0.35 * rng.standard_normal((queries, n)))  # a gradient product: large ones
+
+    def found(scores):
+        return float((scores.argmax(axis=1) == helper).mean())
+
+    assert found(fuse(first, second)) > max(found(first), found(second)) + 0.1
+    np.testing.assert_allclose(fuse(first, second, 1.0), standardised(first))
+    np.testing.assert_allclose(fuse(1e3 * first, second), fuse(first, second))  # each method's scale drops out
+    with pytest.raises(ValueError, match="shapes"):
+        fuse(first, second[:, :10])

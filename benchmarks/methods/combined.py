@@ -1,0 +1,48 @@
+"""Scores made of several fits or several methods: STRIDE ensembles over independent designs, and STRIDE fused with a
+gradient peer (the paper's contamination result fuses LoGra with STRIDE).
+
+- `ensemble`: the mean of `fits` STRIDE fits whose seeds (design, initialisation, batches) are seed, seed + 1, …:
+  the scores are in the same units (a loss change per example), so they average as they are. TRAK averages over
+  checkpoints for the same reason: each fit's noise is its own.
+- `fused`: each method's scores standardised per query (over the training examples) and summed with weights
+  `stride_weight` and 1 − stride_weight. Standardising puts methods of different units on one scale; a sum (not a
+  rank average) keeps the scores additive, which is what LDS and a budget of documents read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..settings.base import Setting
+from . import MethodSpec
+from .stride import stride
+
+
+def standardised(scores: np.ndarray) -> np.ndarray:
+    """Per query (row): centred, in units of its spread over the training examples; a constant row stays zero."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    spread = centred.std(axis=1, keepdims=True)
+    return centred / np.where(spread > 0, spread, 1.0)
+
+
+def fuse(first: np.ndarray, second: np.ndarray, first_weight: float = 0.5) -> np.ndarray:
+    if first.shape != second.shape:
+        raise ValueError(f"cannot fuse scores of shapes {first.shape} and {second.shape}")
+    if not 0.0 <= first_weight <= 1.0:
+        raise ValueError(f"first_weight={first_weight} must be in [0, 1]")
+    return first_weight * standardised(first) + (1.0 - first_weight) * standardised(second)
+
+
+def ensemble(setting: Setting, fits: int = 4, seed: int = 0, **stride_options: Any) -> np.ndarray:
+    if fits < 1:
+        raise ValueError(f"fits={fits} must be at least 1")
+    return np.mean([stride(setting, seed=seed + i, **stride_options) for i in range(fits)], axis=0)
+
+
+def fused(setting: Setting, peer: str, peer_options: dict | None = None, stride_weight: float = 0.5, fits: int = 1,
+          **stride_options: Any) -> np.ndarray:
+    """STRIDE (an ensemble of `fits`) fused with `peer` ("module:function", e.g. the benchmark's dattri LoGra)."""
+    peer_scores = MethodSpec("peer", peer, peer_options or {}).resolve()(setting, **(peer_options or {}))
+    return fuse(ensemble(setting, fits, **stride_options), peer_scores, stride_weight)
