@@ -31,7 +31,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results" / "operator_steps.json"
 SETTINGS = ("digits", "cancer")
 STEPS = (30, 100, 300, 1000, 3000)
-SEEDS = (0, 1, 3)  # seed 2 leaves one of cancer's 512 subsets empty at d = 8 (469 examples): refused by the engine
+SEEDS = (0, 1, 3)  # kept from the first version: seed 2 was refused on cancer before designs with an empty subset were redrawn
 PROBES = 64
 CHECKS = ("query_cv_r2", "probe_cross_r2")
 
