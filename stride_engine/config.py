@@ -39,6 +39,11 @@ class StrideConfig:
     operators_per_step: int = 8  # subsets trained together in one optimiser step
     fidelity_batch: int = 8  # member examples per operator per step
     stability_batch: int = 4  # non-member examples per operator per step
+    # Full-batch training: every step trains every operator on all of its members (operators_per_step and
+    # fidelity_batch are then unused), with stability_batch non-members each. A step costs about n·d/K times the
+    # member rows of a stochastic one; for small problems it reaches a better fit in less time
+    # (benchmarks/results/full_batch.md).
+    full_batch: bool = False
     learning_rate: float = 3e-3
     # All a_k live in one tensor: plain Adam ("adam") keeps moving the operators not drawn in a step along their old
     # momentum; "masked-adam" updates only the drawn operators' rows (and their moments), like torch's SparseAdam,
@@ -160,7 +165,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "design": ("num_subsets", "subsets_per_example", "seed"),
     "operators": (
         "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
-        "fidelity_batch", "stability_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
+        "fidelity_batch", "stability_batch", "full_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
         "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
         "sketch_ridge", "seed", "loss_positions",
     ),
@@ -174,7 +179,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
-ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss"}
+ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -237,6 +242,8 @@ def _validate(config: StrideConfig) -> None:
     for name in ("fidelity_weight", "stability_weight", "linearity_weight"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be non-negative, got {getattr(config, name)}")
+    if not isinstance(config.full_batch, bool):
+        raise ConfigError(f"full_batch must be true or false, got {config.full_batch!r}")
     _validate_linearity(config)
     if config.fidelity_weight == 0:
         raise ConfigError("fidelity_weight must be positive: without it the operators learn nothing about their subsets")

@@ -1,7 +1,7 @@
 """Training the steering operators jointly, base model frozen (METHOD step 2).
 
 One optimiser step draws `operators_per_step` subsets; for each, `fidelity_batch` member examples and
-`stability_batch` non-members. The states at the cut were computed once for every example (the frozen prefix)
+`stability_batch` non-members (with `full_batch`: every subset, each with all of its members). The states at the cut were computed once for every example (the frozen prefix)
 and are reused here by every operator. Losses:
 1. fidelity: the steered model's loss on the operator's own members;
 2. stability: KL(base ‖ steered) on non-members, so an operator cannot become a global shortcut;
@@ -117,11 +117,17 @@ class _Steps:
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows, their operators, and whether each row is a member (fidelity) or not (stability)."""
         config = self.config
-        subsets = rng.choice(self.membership.num_subsets, size=min(config.operators_per_step, self.membership.num_subsets), replace=False)
+        if config.full_batch:  # every operator, each on all of its members
+            subsets = np.arange(self.membership.num_subsets)
+        else:
+            subsets = rng.choice(self.membership.num_subsets, size=min(config.operators_per_step, self.membership.num_subsets), replace=False)
         rows, operators, is_member = [], [], []
         for subset in subsets:
             members = self.membership.members(subset)
-            picked = rng.choice(members, size=config.fidelity_batch, replace=len(members) < config.fidelity_batch)
+            if config.full_batch:
+                picked = members
+            else:
+                picked = rng.choice(members, size=config.fidelity_batch, replace=len(members) < config.fidelity_batch)
             outsiders = rng.integers(0, self.n, size=4 * config.stability_batch)
             outsiders = outsiders[~np.isin(outsiders, members)][: config.stability_batch]
             rows += [picked, outsiders]

@@ -171,3 +171,31 @@ def test_an_interrupted_training_resumes_to_the_same_weights(optimizer, tmp_path
     resumed = fit(tmp_path / "resumed")
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+# ----------------------------------------------------------------------------------------------- full batch
+
+
+def test_a_full_batch_step_trains_every_operator_on_exactly_its_members(tmp_path):
+    adapter, cache, membership, bank, config = _problem(full_batch=True, stability_batch=3)
+    trainer = _Steps(adapter, cache, membership, bank, config, 0, None)
+    rows, operators, is_member = trainer._draw(np.random.default_rng(0))
+    for subset in range(membership.num_subsets):
+        mine = operators == subset
+        assert sorted(rows[mine & is_member]) == sorted(membership.members(subset))  # all members, each once
+        outsiders = rows[mine & ~is_member]
+        assert len(outsiders) <= 3 and not np.isin(outsiders, membership.members(subset)).any()
+    # One step moves every operator's coefficients (masked Adam moves only what a step trained).
+    adapter, cache, membership, bank, config = _problem(full_batch=True, optimizer="masked-adam", steps=1, linearity_weight=0.0)
+    before = bank.coefficients.detach().clone()
+    train_operators(adapter, cache, membership, bank, config, 0, tmp_path / "ckpt", progress=False)
+    assert (bank.coefficients.detach() != before).any(dim=1).all()
+
+
+def test_full_batch_is_part_of_the_operators_fingerprint_and_must_be_a_flag():
+    from stride_engine.config import stage_fields
+
+    assert "full_batch" not in stage_fields(preset("default"), "operators")  # runs fitted before it stay current
+    assert stage_fields(preset("default", full_batch=True), "operators")["full_batch"] is True
+    with pytest.raises(ConfigError, match="full_batch must be true or false"):
+        preset("default", full_batch="yes")
