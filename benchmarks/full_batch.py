@@ -14,7 +14,6 @@ Writes benchmarks/results/full_batch.{json,md}.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -28,22 +27,16 @@ SEEDS = (0, 1, 2)
 
 
 def main() -> None:
-    from benchmarks.ground_truth import load_or_compute
+    from benchmarks.classifier_study import setting_with_truth, write_study
     from benchmarks.methods.stride import stride
     from benchmarks.metrics import lds, queries_without_scores
-    from benchmarks.settings import build_setting
-    from benchmarks.suites import DIGITS_STRIDE, FULL
-    from curate.studies.notes import keep_notes
-    from curate.studies.results import commit, machine
+    from benchmarks.suites import DIGITS_STRIDE
 
     torch.set_num_threads(2)
     started = time.perf_counter()
     rows = []
     for name in SETTINGS:
-        setting = build_setting(name, "full")
-        plan = next(p for p in FULL.settings if p.setting == name)
-        truth = load_or_compute(setting, RESULTS.parent / "ground_truth", plan.lds_subsets, plan.fraction, seed=0,
-                                shared_init=plan.shared_init)
+        setting, truth = setting_with_truth(name)
         for arm, step_counts in ARMS.items():
             for steps in step_counts:
                 for seed in SEEDS:
@@ -55,11 +48,7 @@ def main() -> None:
                                  "queries_without_scores": queries_without_scores(scores),
                                  "seconds": round(time.perf_counter() - began, 1)})
                     print(rows[-1], flush=True)
-    stamp = {"commit": commit(), "machine": machine(), "command": "python benchmarks/full_batch.py",
-             "total_seconds": round(time.perf_counter() - started, 1)}
-    RESULTS.write_text(json.dumps([{**row, **stamp} for row in rows], indent=1))
-    RESULTS.with_suffix(".md").write_text(keep_notes(RESULTS.with_suffix(".md"), report(rows, stamp), stamp["commit"]))
-    print(RESULTS.with_suffix(".md").read_text())
+    write_study(RESULTS, rows, "python benchmarks/full_batch.py", started, report)
 
 
 def report(rows: list[dict], stamp: dict) -> str:
