@@ -24,6 +24,15 @@ def setting_with_truth(name: str):
     return setting, truth
 
 
+def settings_with_truth(names: tuple[str, ...]):
+    """(name, setting, ground truth) for each of `names`, on this machine's 2 cores as every committed study ran."""
+    import torch
+
+    torch.set_num_threads(2)
+    for name in names:
+        yield (name, *setting_with_truth(name))
+
+
 def write_study(path: Path, rows: list[dict], command: str, started: float, report: Callable[[list[dict], dict], str]) -> None:
     """path (.json) gets every row with the stamp; path.md the report, keeping its hand-written notes."""
     from curate.studies.notes import keep_notes

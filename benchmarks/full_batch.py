@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "full_batch.json"
 SETTINGS = ("digits", "cancer")
@@ -27,16 +26,14 @@ SEEDS = (0, 1, 2)
 
 
 def main() -> None:
-    from benchmarks.classifier_study import setting_with_truth, write_study
+    from benchmarks.classifier_study import settings_with_truth, write_study
     from benchmarks.methods.stride import stride
     from benchmarks.metrics import lds, queries_without_scores
     from benchmarks.suites import DIGITS_STRIDE
 
-    torch.set_num_threads(2)
     started = time.perf_counter()
     rows = []
-    for name in SETTINGS:
-        setting, truth = setting_with_truth(name)
+    for name, setting, truth in settings_with_truth(SETTINGS):
         for arm, step_counts in ARMS.items():
             for steps in step_counts:
                 for seed in SEEDS:

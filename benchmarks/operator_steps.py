@@ -77,14 +77,12 @@ def fit_and_check(setting, steps: int, seed: int) -> tuple[np.ndarray, dict[str,
 
 
 def main() -> None:
-    from benchmarks.classifier_study import setting_with_truth, write_study
+    from benchmarks.classifier_study import settings_with_truth, write_study
     from benchmarks.metrics import lds, queries_without_scores
 
-    torch.set_num_threads(2)
     started = time.perf_counter()
     rows = []
-    for name in SETTINGS:
-        setting, truth = setting_with_truth(name)
+    for name, setting, truth in settings_with_truth(SETTINGS):
         for steps in STEPS:
             for seed in SEEDS:
                 began = time.perf_counter()
