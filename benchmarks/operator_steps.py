@@ -53,10 +53,9 @@ def explained_share(matrix, responses: np.ndarray, settings, rows: np.ndarray | 
 
 def fit_and_check(setting, steps: int, seed: int) -> tuple[np.ndarray, dict[str, float]]:
     """Dense scores (queries × train) and the two checks, for one fit."""
-    from benchmarks.methods.stride import _examples
+    from benchmarks.methods.stride import _examples, dense_scores
     from benchmarks.suites import DIGITS_STRIDE
     from stride_engine import Membership, Stride, preset
-    from stride_engine.recovery import recover
 
     overrides = {key: value for key, value in DIGITS_STRIDE.items() if key != "preset_name"}
     config = preset(DIGITS_STRIDE["preset_name"], **{**overrides, "form": "logit", "steps": steps, "seed": seed})
@@ -65,11 +64,9 @@ def fit_and_check(setting, steps: int, seed: int) -> tuple[np.ndarray, dict[str,
         engine = Stride(setting.adapter(), config, folder, progress=False).fit(_examples(setting.train))
         responses = engine.responses(_examples(setting.queries))
         probe_responses = engine.example_responses(probes, "probes")
+        scores = dense_scores(engine, folder, responses)
         matrix = Membership.load(Path(folder) / "design.npz").matrix.tocsr()
         settings = engine.recovery_settings()
-        scores = np.zeros((len(setting.queries), len(setting.train)))
-        for rows, values, _ in recover(matrix, responses, settings):
-            scores[rows] = values
         not_holding = ~np.asarray(matrix[:, probes].todense(), dtype=bool).T  # (probes, K)
         checks = {"query_cv_r2": float(explained_share(matrix, responses, settings).mean()),
                   "probe_cross_r2": float(explained_share(matrix, probe_responses, settings, not_holding).mean())}

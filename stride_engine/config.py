@@ -40,9 +40,9 @@ class StrideConfig:
     fidelity_batch: int = 8  # member examples per operator per step
     stability_batch: int = 4  # non-member examples per operator per step
     # Full-batch training: every step trains every operator on all of its members (operators_per_step and
-    # fidelity_batch are then unused), with stability_batch non-members each. A step costs about n·d/K times the
-    # member rows of a stochastic one; for small problems it reaches a better fit in less time
-    # (benchmarks/results/full_batch.md).
+    # fidelity_batch are then unused), with stability_batch non-members each. A step has n·d member rows instead
+    # of operators_per_step · fidelity_batch; on small problems it reaches a better fit, at a step count that
+    # depends on the data (benchmarks/results/full_batch.md).
     full_batch: bool = False
     learning_rate: float = 3e-3
     # All a_k live in one tensor: plain Adam ("adam") keeps moving the operators not drawn in a step along their old

@@ -1,8 +1,8 @@
 """Training the steering operators jointly, base model frozen (METHOD step 2).
 
 One optimiser step draws `operators_per_step` subsets; for each, `fidelity_batch` member examples and
-`stability_batch` non-members (with `full_batch`: every subset, each with all of its members). The states at the cut were computed once for every example (the frozen prefix)
-and are reused here by every operator. Losses:
+`stability_batch` non-members (with `full_batch`: every subset, each with all of its members). The states at the
+cut were computed once for every example (the frozen prefix) and are reused here by every operator. Losses:
 1. fidelity: the steered model's loss on the operator's own members;
 2. stability: KL(base ‖ steered) on non-members, so an operator cannot become a global shortcut;
 3. linearity (every `linearity_every` steps): each probe example's responses y_S to a sample S of operators should
@@ -124,10 +124,8 @@ class _Steps:
         rows, operators, is_member = [], [], []
         for subset in subsets:
             members = self.membership.members(subset)
-            if config.full_batch:
-                picked = members
-            else:
-                picked = rng.choice(members, size=config.fidelity_batch, replace=len(members) < config.fidelity_batch)
+            picked = members if config.full_batch else rng.choice(
+                members, size=config.fidelity_batch, replace=len(members) < config.fidelity_batch)
             outsiders = rng.integers(0, self.n, size=4 * config.stability_batch)
             outsiders = outsiders[~np.isin(outsiders, members)][: config.stability_batch]
             rows += [picked, outsiders]

@@ -201,8 +201,8 @@ def test_every_method_in_the_suites_accepts_the_options_it_is_given():
             extra = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
             if extra:  # **kwargs would take any misspelling: only STRIDE's are checked further, by its own config
                 assert function in (stride, ensemble, fused), f"{method.function} takes **{extra[0]}, which binding cannot check"
-                options = dict(bound.arguments[extra[0]])
-                preset(options.pop("preset_name", "cpu-smoke"), **options)
+                options = dict(bound.arguments[extra[0]])  # ensemble/fused pass preset_name on to stride here
+                preset(bound.arguments.get("preset_name", options.pop("preset_name", "cpu-smoke")), **options)
             if function is fused:  # the peer's own options, bound to the peer
                 peer = MethodSpec("peer", bound.arguments["peer"]).resolve()
                 inspect.signature(peer).bind(object(), **bound.arguments["peer_options"])

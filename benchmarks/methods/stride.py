@@ -24,11 +24,15 @@ def stride(setting: Setting, preset_name: str = "cpu-smoke", run_dir: str | None
     with tempfile.TemporaryDirectory(prefix="stride-bench-") as scratch:
         folder = Path(run_dir) if run_dir else Path(scratch)
         engine = Stride(setting.adapter(), config, folder, progress=False).fit(_examples(setting.train))
-        responses = engine.responses(_examples(setting.queries))
-        membership = Membership.load(folder / "design.npz")
-        scores = np.zeros((len(setting.queries), len(setting.train)))
-        for rows, values, _ in recover(membership.matrix, responses, engine.recovery_settings(), groups=engine.groups()):
-            scores[rows] = values
+        return dense_scores(engine, folder, engine.responses(_examples(setting.queries)))
+
+
+def dense_scores(engine: Stride, folder: Path, responses: np.ndarray) -> np.ndarray:
+    """Every example's score for every query (queries × train), from the run in `folder` and its responses."""
+    membership = Membership.load(Path(folder) / "design.npz")
+    scores = np.zeros((responses.shape[0], membership.num_examples))
+    for rows, values, _ in recover(membership.matrix, responses, engine.recovery_settings(), groups=engine.groups()):
+        scores[rows] = values
     return scores
 
 
