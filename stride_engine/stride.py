@@ -10,6 +10,10 @@ stages, resumes an interrupted operator training from its last checkpoint, and r
 different configuration unless `force=True`, which rebuilds it and the stages built on it (a query set's responses
 or scores: that set's alone). Everything is validated before the first file is written; `check_queries` runs the
 query checks before a fit.
+
+Under torchrun (distributed.py) every process runs the same calls: the first writes the run directory, every process
+trains its share of each step and measures its share of the queries, and the others wait wherever they read what the
+first wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
+from . import distributed
 from .adapters import Batch, ModelAdapter, load_causal_lm, move, select_rows
 from .artifacts import RunDirectory, Stage, atomic_path, fingerprint, remove_path
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
@@ -65,8 +70,9 @@ class Stride:
         self.tokenizer = tokenizer
         self.config = config
         self.run = RunDirectory(Path(run_dir))
-        self.progress = progress
         self.device = _device(config.device)
+        distributed.ensure_process_group(self.device)
+        self.progress = progress and distributed.is_main()
         adapter.to(self.device)
         self.layer = config.layer if config.layer is not None else adapter.default_layer(config.layer_fraction)
         if config.form == "activation" or config.layer is not None:
@@ -85,21 +91,28 @@ class Stride:
         examples = self._examples_from(train)
         stages = self._training_stages(train, examples)
         membership = self._membership(examples, stages["design"])  # drawn (and checked) before anything is written
-        self._check_stages(stages, force)
-        self._check_saved_config(force)
-        self.config.save(self.run.path("config.yaml"))
+        with distributed.main_first():  # the others check once the first has written: they then read what it wrote
+            self._check_stages(stages, force)
+            self._check_saved_config(force)
+            if distributed.is_main():
+                self._write_training_inputs(train, examples, membership, stages)
+        if not distributed.is_main():
+            membership = Membership.load(self.run.path("design.npz"))
+        if not self.run.is_done(stages["operators"]):
+            self._train(examples, membership, stages["operators"], on_step)
+            distributed.barrier()  # the operators are written before any process reads them
+        self._examples = examples
+        self._operators_stage = stages["operators"]
+        return self
 
+    def _write_training_inputs(self, train, examples: Examples, membership: Membership, stages: dict[str, Stage]) -> None:
+        self.config.save(self.run.path("config.yaml"))
         if not self.run.is_done(stages["chunks"]):
             self._write_chunks(train, examples)
             self.run.finish(stages["chunks"], examples=len(examples), documents=len(examples.doc_ids))
         if not self.run.is_done(stages["design"]):
             membership.save(self.run.path("design.npz"))
             self.run.finish(stages["design"], subsets=membership.num_subsets, examples=membership.num_examples)
-        if not self.run.is_done(stages["operators"]):
-            self._train(examples, membership, stages["operators"], on_step)
-        self._examples = examples
-        self._operators_stage = stages["operators"]
-        return self
 
     def responses(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> np.ndarray:
         """y = m_base − m_k for every query and operator (m: the measurement, the loss by default); persisted as
@@ -108,22 +121,45 @@ class Stride:
         query_batch, query_ids = self._query_batch(queries)
         stage = Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint, "queries": _digest_batch(query_batch, query_ids),
                                             **stage_fields(self.config, "responses")})
-        self._check_stages({stage.name: stage}, force)
+        with distributed.main_first():
+            self._check_stages({stage.name: stage}, force)
         path = self.run.path("responses", f"{name}.npy")
         if self.run.is_done(stage):
             return np.load(path)
+        values, base = self._measure(query_batch, query_ids)
+        if distributed.is_main():
+            self._write_responses(stage, name, values, base, query_ids)
+        distributed.barrier()
+        return values
+
+    def _measure(self, query_batch: Batch, query_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Responses and base measurements of every query; with several processes each measures its share."""
         bank = self._load_bank()
-        values, base = measure_responses(
-            self.adapter, bank, query_batch, self.config.form, self.layer, self.config.micro_batch, self.device, self.progress,
-            measurement=self.config.measurement, query_ids=query_ids,
-        )
+        if distributed.world_size() == 1:
+            return measure_responses(
+                self.adapter, bank, query_batch, self.config.form, self.layer, self.config.micro_batch, self.device,
+                self.progress, measurement=self.config.measurement, query_ids=query_ids,
+            )
+        share = distributed.my_share(len(query_ids))
+        values = torch.zeros(len(query_ids), bank.coefficients.shape[0], dtype=torch.float64, device=self.device)
+        base = torch.zeros(len(query_ids), dtype=torch.float64, device=self.device)
+        if len(share):
+            rows = slice(int(share[0]), int(share[-1]) + 1)
+            mine, mine_base = measure_responses(
+                self.adapter, bank, select_rows(query_batch, rows), self.config.form, self.layer, self.config.micro_batch,
+                self.device, self.progress, measurement=self.config.measurement, query_ids=query_ids[rows],
+            )
+            values[rows], base[rows] = torch.from_numpy(mine).to(self.device), torch.from_numpy(mine_base).to(self.device)
+        return distributed.sum_across(values).cpu().numpy(), distributed.sum_across(base).cpu().numpy()
+
+    def _write_responses(self, stage: Stage, name: str, values: np.ndarray, base: np.ndarray, query_ids: list[str]) -> None:
+        path = self.run.path("responses", f"{name}.npy")
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, values)
         with atomic_path(self.run.path("responses", f"{name}.queries.parquet")) as tmp:
             pl.DataFrame({"query_id": query_ids, "base_loss": base}).write_parquet(tmp)
         self.run.finish(stage, queries=len(query_ids), operators=values.shape[1])
-        return values
 
     def example_responses(self, rows: np.ndarray, name: str) -> np.ndarray:
         """Responses with some of the training examples themselves as queries (their loss as training measures it),
@@ -137,7 +173,12 @@ class Stride:
         return self.responses(queries, name)
 
     def recover(self, name: str = "queries", force: bool = False) -> ScoreStore:
-        """Sparse recovery of per-example scores from the responses; written as a score store."""
+        """Sparse recovery of per-example scores from the responses; written as a score store (by the first process,
+        which the others wait for)."""
+        with distributed.main_first():
+            return self._recover(name, force)
+
+    def _recover(self, name: str, force: bool) -> ScoreStore:
         self._require_fit()
         response_stage = self.run.record(f"responses-{name}")
         if response_stage is None:
@@ -154,7 +195,7 @@ class Stride:
         store = write_scores(
             folder,
             recover(membership.matrix, values, self.recovery_settings(), device=str(self.device), progress=self.progress,
-                    groups=self.groups()),
+                    groups=self._groups()),
             query_ids=queries["query_id"].to_list(),
             base_losses=queries["base_loss"].to_numpy(),
             doc_ids=examples.doc_ids,
@@ -184,6 +225,10 @@ class Stride:
 
     def groups(self) -> np.ndarray | None:
         """Each training chunk's group for grouped recovery (groups.py; None when off), computed once per run and count."""
+        with distributed.main_first():
+            return self._groups()
+
+    def _groups(self) -> np.ndarray | None:
         self._require_fit()
         count = self.config.groups
         if not count:
@@ -304,6 +349,11 @@ class Stride:
         bank = new_bank(config, membership.num_subsets, probe_states.shape[-1], out_dim).to(self.device)
         checkpoints = self.run.path("operators.partial", stage.fingerprint)
         training_log = train_operators(self.adapter, cache, membership, bank, config, self.layer, checkpoints, self.progress, on_step)
+        if distributed.is_main():
+            self._write_operators(bank, training_log, stage)
+
+    def _write_operators(self, bank: SteeringBank, training_log, stage: Stage) -> None:
+        config = self.config
         with atomic_path(self.run.path("operators")) as tmp:
             tmp.mkdir(parents=True)
             bank.save(tmp / "bank.safetensors")
@@ -316,11 +366,21 @@ class Stride:
 
     def _state_cache(self, examples: Examples) -> StateCache:
         batch = move(examples.batch, self.device)
-        states = []
-        for start in range(0, len(examples), self.config.micro_batch):
-            rows = slice(start, start + self.config.micro_batch)
-            states.append(self.adapter.capture(select_rows(batch, rows), self.config.form, self.layer))
-        return StateCache(torch.cat(states), batch)
+        starts = range(0, len(examples), self.config.micro_batch)
+
+        def capture(start: int) -> torch.Tensor:
+            return self.adapter.capture(select_rows(batch, slice(start, start + self.config.micro_batch)), self.config.form, self.layer)
+
+        if distributed.world_size() == 1:
+            return StateCache(torch.cat([capture(start) for start in starts]), batch)
+        # Several processes: each runs the prefix on its share of the micro-batches, and the shares are summed into
+        # one zeroed tensor (exact: every entry has one non-zero term), the same states one process computes.
+        first = capture(0)
+        states = torch.zeros((len(examples), *first.shape[1:]), dtype=first.dtype, device=first.device)
+        for index in distributed.my_share(len(starts)):
+            start = starts[index]
+            states[start:start + self.config.micro_batch] = first if start == 0 else capture(start)
+        return StateCache(distributed.sum_across(states), batch)
 
     def _load_bank(self) -> SteeringBank:
         shape = json.loads(self.run.path("operators", "bank.json").read_text())
@@ -342,6 +402,9 @@ class Stride:
 
 
 def _device(name: str) -> torch.device:
+    per_process = distributed.local_device(name)
+    if per_process is not None:
+        return per_process
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

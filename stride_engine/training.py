@@ -13,7 +13,8 @@ positions: the vocabulary-wide outputs are most of a step's cost, and a position
 All a_k live in one tensor: with `optimizer="adam"` the operators not drawn in a step still move on their momentum;
 "masked-adam" leaves them, and their moments, untouched (lazy Adam). Batches are drawn from a generator seeded by
 (seed, step), and the optimiser state is checkpointed, so an interrupted training resumes to exactly the weights an
-uninterrupted one reaches.
+uninterrupted one reaches. Under torchrun every process draws the same batch and computes its share of the micro-batches;
+gradients are summed before each step (distributed.py), and only the first process writes checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .adapters import Batch, ModelAdapter, select_rows
 from .artifacts import atomic_path, atomic_write_text
 from .config import StrideConfig
@@ -46,6 +48,12 @@ class StateCache:
     def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, Batch]:
         index = torch.as_tensor(rows, device=self.states.device)
         return trim_padding(self.states[index], select_rows(self.batch, index))
+
+    def width(self, rows: np.ndarray) -> int:
+        """The sequence length `rows(rows)` returns, without gathering the states."""
+        if "attention_mask" not in self.batch or self.states.dim() < 3:
+            return self.states.shape[1] if self.states.dim() >= 3 else 1
+        return int(self.batch["attention_mask"][torch.as_tensor(rows, device=self.states.device)].sum(dim=1).max())
 
 
 def trim_padding(states: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
@@ -88,6 +96,7 @@ def train_operators(
     start = _resume(checkpoint_dir, bank, optimizer, log)
     sketch = _sketch(membership, config).to(cache.states.device)
     trainer = _Steps(adapter, cache, membership, bank, config, layer, sketch)
+    progress = progress and distributed.is_main()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="operators", disable=not progress)
     for step in bar:
         rng = np.random.default_rng([config.seed, step])
@@ -96,11 +105,12 @@ def train_operators(
         if config.linearity_weight > 0 and step % config.linearity_every == 0:
             values["linearity"], sampled = trainer.linearity(rng)
             drawn = np.union1d(drawn, sampled)
+        distributed.sum_gradients(bank.parameters())  # with several processes: each computed its share of the rows
         optimizer.step(drawn)
         log.append(**values)
         if progress:
             bar.set_postfix(fid=f"{values['fidelity']:.3f}", gain=f"{values['fidelity_gain']:.4f}")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps and distributed.is_main():
             _checkpoint(checkpoint_dir, step + 1, bank, optimizer, log)
         if on_step is not None:
             on_step(step + 1)
@@ -138,8 +148,13 @@ class _Steps:
         rows, operators, is_member = self._draw(rng)
         n_member, n_other = max(1, is_member.sum()), max(1, (~is_member).sum())
         totals = dict(fidelity=0.0, stability=0.0, fidelity_gain=0.0)
-        for block in _blocks(len(rows), self.config.micro_batch):
-            states, batch = self._sampled(*self.cache.rows(rows[block]), rng)
+        blocks = _blocks(len(rows), self.config.micro_batch)
+        # Every process draws every block's positions, in order, so each process's share sees the positions one process
+        # would draw for it; then it computes its own share of the blocks only.
+        positions = [self._positions(rows[block], rng) for block in blocks]
+        for index in distributed.my_share(len(blocks)):
+            block = blocks[index]
+            states, batch = self._at_positions(*self.cache.rows(rows[block]), positions[index])
             ops = torch.as_tensor(operators[block], device=self.device)
             with torch.no_grad():  # the frozen model's outputs; the logit form steers them without recomputing
                 base_logits = self.adapter.finish(states, batch, self.config.form, self.layer)
@@ -157,14 +172,22 @@ class _Steps:
                 totals["fidelity_gain"] += float((base_losses - losses).sum() / n_member)
             totals["fidelity"] += fidelity.item()
             totals["stability"] += stability.item()
-        return totals, np.unique(operators)
+        return distributed.sum_values(totals, self.device), np.unique(operators)
 
-    def _sampled(self, states: torch.Tensor, batch: Batch, rng: np.random.Generator) -> tuple[torch.Tensor, Batch]:
-        """`loss_positions` random positions of each sequence (the same for the whole micro-batch), or all of them."""
+    def _positions(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """`loss_positions` random positions of these rows' sequences (the same for the whole micro-batch), or None
+        for all of them."""
         count = self.config.loss_positions
-        if not count or states.dim() < 3 or count >= states.shape[1] - 1:
+        if not count or self.cache.states.dim() < 3:
+            return None
+        width = self.cache.width(rows)
+        if count >= width - 1:
+            return None
+        return np.sort(rng.choice(width - 1, size=count, replace=False))  # the last predicts nothing
+
+    def _at_positions(self, states: torch.Tensor, batch: Batch, positions: np.ndarray | None) -> tuple[torch.Tensor, Batch]:
+        if positions is None:
             return states, batch
-        positions = np.sort(rng.choice(states.shape[1] - 1, size=count, replace=False))  # the last predicts nothing
         picked = self.adapter.at_positions(states, batch, torch.as_tensor(positions, device=states.device))
         return picked if picked is not None else (states, batch)
 
@@ -180,17 +203,34 @@ class _Steps:
             base = self.adapter.example_losses(base_logits, batch)
         pairs_op = np.repeat(operators, len(probe))
         pairs_row = np.tile(np.arange(len(probe)), len(operators))
+        blocks = _blocks(len(pairs_op), config.micro_batch)
+        mine = distributed.my_share(len(blocks))
         steered = []
-        for block in _blocks(len(pairs_op), config.micro_batch):
+        for block in (blocks[index] for index in mine):
             index = torch.as_tensor(pairs_row[block], device=self.device)
             sub_batch = select_rows(batch, index)
             logits = steered_logits(self.adapter, self.bank, states[index], sub_batch, torch.as_tensor(pairs_op[block], device=self.device),
                                     config.form, self.layer, base_logits[index] if config.form == "logit" else None)
             steered.append(self.adapter.example_losses(logits, sub_batch))
-        responses = (base.repeat(len(operators)) - torch.cat(steered)).view(len(operators), len(probe))
-        residual = linearity_residual(self.sketch[torch.as_tensor(operators, device=self.device)], responses, config.sketch_ridge)
-        loss = residual.pow(2).mean()
-        (config.linearity_weight * loss).backward()
+        sketch_rows = self.sketch[torch.as_tensor(operators, device=self.device)]
+        if distributed.world_size() == 1:
+            responses = (base.repeat(len(operators)) - torch.cat(steered)).view(len(operators), len(probe))
+            loss = linearity_residual(sketch_rows, responses, config.sketch_ridge).pow(2).mean()
+            (config.linearity_weight * loss).backward()
+            return loss.item(), operators
+        # Several processes: the residual couples every pair, so each process shares its steered losses, computes the
+        # loss on all of them, and backpropagates its own pairs' part of the gradient.
+        mine_span = slice(blocks[mine[0]].start, blocks[mine[-1]].stop) if len(mine) else slice(0, 0)
+        local = torch.cat(steered) if steered else None
+        everyone = torch.zeros(len(pairs_op), dtype=base.dtype, device=self.device)
+        if local is not None:
+            everyone[mine_span] = local.detach()
+        everyone = distributed.sum_across(everyone).requires_grad_(True)
+        responses = (base.repeat(len(operators)) - everyone).view(len(operators), len(probe))
+        loss = linearity_residual(sketch_rows, responses, config.sketch_ridge).pow(2).mean()
+        (gradient,) = torch.autograd.grad(config.linearity_weight * loss, everyone)
+        if local is not None:
+            local.backward(gradient[mine_span])
         return loss.item(), operators
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 import yaml
 
-from stride_engine import StrideError
+from stride_engine import StrideError, distributed
 
 from ..errors import CurateError
 
@@ -28,6 +28,12 @@ def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def echo(message: str) -> None:
+    """click.echo from the first process only: under torchrun every process runs the command, one of them speaks."""
+    if distributed.is_main():
+        click.echo(message)
 
 
 def quiet_progress(quiet: bool) -> None:

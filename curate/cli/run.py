@@ -12,13 +12,13 @@ from pathlib import Path
 
 import click
 
-from stride_engine import PRESETS, Queries, ScoreStore, Stride, StrideConfig, StrideError, preset, read_documents, read_queries
+from stride_engine import PRESETS, distributed, Queries, ScoreStore, Stride, StrideConfig, StrideError, preset, read_documents, read_queries
 
 from ..core.run import Run, RunInputs
 from ..core.targets import LONG_TEXT, fit_to_window
 from ..errors import CurateError
 from ..proxy.retrain import max_positions
-from .common import DEVICES, USER_ERRORS, fail, parse_overrides, quiet_progress
+from .common import DEVICES, USER_ERRORS, echo, fail, parse_overrides, quiet_progress
 
 
 def _run_config_option(command):
@@ -85,13 +85,14 @@ def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, te
         config = _config(preset_name, config_path, overrides, text_field, id_field, device)
         documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
         stride = Stride.from_pretrained(model_dir, config, run_dir, layers_path=layers_path, progress=not quiet)
-        click.echo(f"{len(documents)} documents; {config.form} form, K={config.num_subsets}, {config.steps} steps")
+        echo(f"{len(documents)} documents; {config.form} form, K={config.num_subsets}, {config.steps} steps")
         stride.fit(documents, force=overwrite)
-        RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir))
+        if distributed.is_main():
+            RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir))
     except USER_ERRORS as err:
         raise fail(err) from err
-    click.echo(f"run: {run_dir}")
-    click.echo(f"select for a target: curate select --run {run_dir} --target TARGET.jsonl --budget 20% --out OUT")
+    echo(f"run: {run_dir}")
+    echo(f"select for a target: curate select --run {run_dir} --target TARGET.jsonl --budget 20% --out OUT")
 
 
 @click.command()
@@ -112,14 +113,15 @@ def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config
         queries = _fitted_queries(read_queries(queries_file), stride, long_queries)
         stride.check_queries(queries)  # every query is checked before the operators train
         cut = "the output features" if config.form == "logit" else f"after block {stride.layer} of {stride.adapter.num_layers}"
-        click.echo(f"{len(documents)} documents, {len(queries)} queries; {config.form} form, steering {cut}")
+        echo(f"{len(documents)} documents, {len(queries)} queries; {config.form} form, steering {cut}")
         stride.fit(documents, force=overwrite)
         store = stride.attribute(queries, name=name, force=overwrite)
-        RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir), queries=str(queries_file), name=name)
+        if distributed.is_main():
+            RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir), queries=str(queries_file), name=name)
     except USER_ERRORS as err:
         raise fail(err) from err
-    click.echo(f"scores: {store.folder}")
-    click.echo(f"show one query: curate top --run {run_dir} --name {name} --query {queries.ids[0]} -k 10")
+    echo(f"scores: {store.folder}")
+    echo(f"show one query: curate top --run {run_dir} --name {name} --query {queries.ids[0]} -k 10")
 
 
 def _fitted_queries(queries: Queries, stride: Stride, long_queries: str) -> Queries:
@@ -128,7 +130,7 @@ def _fitted_queries(queries: Queries, stride: Stride, long_queries: str) -> Quer
     window = (max_positions(model_config) if model_config is not None else None) or 1 << 30
     fitted, truncated, windowed = fit_to_window(queries, stride.tokenizer, window, long_queries)
     if truncated or windowed:
-        click.echo(f"{windowed} queries longer than the model's {window} tokens became windows, {truncated} were cut")
+        echo(f"{windowed} queries longer than the model's {window} tokens became windows, {truncated} were cut")
     return fitted
 
 
