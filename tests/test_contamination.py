@@ -19,6 +19,8 @@ from curate.contamination.lexical import LexicalIndex, LexicalSettings
 from curate.contamination.steps import cut_spans
 from curate.errors import CurateError
 
+from fake_slurm import FakeSlurm
+
 WORDS = (
     "apple river stone garden window silver market teacher basket candle forest bridge orange pencil winter kitchen "
     "ladder mirror rabbit planet doctor violin harbor tunnel castle feather jacket meadow lantern wagon butter compass "
@@ -310,6 +312,27 @@ def test_the_audit_calls_a_reworded_copy_contaminated_through_the_fuzzy_signal(t
     assert documents["level"].to_list() == ["contaminated"]
     run_audit(AuditRequest(benchmarks=(str(bench),), train=(str(train),), out=str(tmp_path / "off"), fuzzy=False))
     assert len(pl.read_parquet(tmp_path / "off" / "documents.parquet")) == 0  # exact n-grams alone miss it
+
+
+@pytest.mark.slow
+def test_an_audit_submitted_to_slurm_runs_as_its_nodes_would_run_it(leaked, monkeypatch):
+    """The sbatch scripts datatrove writes, run task by task in fresh processes by a stand-in scheduler (fake_slurm.py):
+    the same pairs and the same clean copy as the local executor's."""
+    slurm = FakeSlurm(leaked["tmp"] / "slurm-cluster")
+    monkeypatch.setenv("PATH", slurm.path())
+    submitted = audit(leaked, out="slurm", executor="slurm", tasks=2, workers=2, executor_options={"partition": "cpu"},
+                      decontaminate=str(leaked["tmp"] / "slurm-clean"))
+    assert submitted == {} and not (leaked["tmp"] / "slurm" / "manifest.json").exists()
+    jobs = [job for job in slurm.run_jobs() if "launch_pickled_pipeline" in job.script]
+    assert len(jobs) >= 2 and all(job.directives["partition"] == "cpu" for job in jobs)
+    assert max(len(job.array) for job in jobs) == 2 and all(later.depends_on == [earlier.id] for earlier, later in zip(jobs, jobs[1:]))
+    local = audit(leaked, out="slurm-local")
+    slurm_pairs, local_pairs = (pl.read_parquet(leaked["tmp"] / name / "documents.parquet").sort("doc_id", "item_id")
+                                for name in ("slurm", "slurm-local"))
+    assert slurm_pairs.equals(local_pairs) and len(local_pairs) and local["items"]
+    assert json.loads((leaked["tmp"] / "slurm" / "manifest.json").read_text())["items"] == local["items"]
+    excluded = [json.loads(line)["id"] for f in (leaked["tmp"] / "slurm-clean" / "excluded").glob("*.jsonl*") for line in _lines(f)]
+    assert sorted(excluded) == sorted(local_pairs["doc_id"].unique().to_list())
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from curate.reweight import MixtureRule, MixtureSampler, ReweightRequest, run_re
 from curate.reweight.steps import WEIGHTS_FILE, copies_of
 from curate.reweight.weights import WHOLE_TARGET, cap_epochs, check_user_weights, domain_influence, mixture_weights
 
+from fake_slurm import FakeSlurm
 from tiny import write_jsonl
 
 
@@ -381,6 +382,28 @@ def _written_ids(folder: Path) -> list[str]:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
             ids += [orjson.loads(line)["id"] for line in handle]
     return sorted(ids)
+
+
+@pytest.mark.slow
+def test_a_resampling_submitted_to_slurm_runs_as_its_nodes_would_run_it(fitted_run, demo_assets, tmp_path, monkeypatch):
+    """The sbatch scripts datatrove writes, run task by task in fresh processes by a stand-in scheduler (fake_slurm.py):
+    the same weights, documents and copies as the local executor's."""
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:12]])
+    slurm = FakeSlurm(tmp_path / "slurm-cluster")
+    monkeypatch.setenv("PATH", slurm.path())
+    submitted = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "slurm"),
+                                             out_data=str(tmp_path / "slurm-mix"), tokens="60000", executor="slurm", tasks=2,
+                                             workers=2, executor_options={"partition": "cpu"}))
+    assert submitted == {} and not (tmp_path / "slurm" / "manifest.json").exists()
+    jobs = [job for job in slurm.run_jobs() if "launch_pickled_pipeline" in job.script]
+    assert jobs and all(job.directives["partition"] == "cpu" for job in jobs) and max(len(job.array) for job in jobs) == 2
+    assert all(later.depends_on == [earlier.id] for earlier, later in zip(jobs, jobs[1:]))
+    on_slurm = json.loads((tmp_path / "slurm" / "manifest.json").read_text())
+    local = run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "local"),
+                                         out_data=str(tmp_path / "local-mix"), tokens="60000"))
+    assert on_slurm["weights"]["domains"] == local["weights"]["domains"]
+    assert on_slurm["sampled"] == local["sampled"]
+    assert _written_ids(tmp_path / "slurm-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
 
 
 @pytest.mark.slow

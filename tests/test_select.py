@@ -25,6 +25,7 @@ from curate.core.targets import fit_to_window
 from stride_engine import Queries, ScoreStore
 from stride_engine.scores import write_scores
 
+from fake_slurm import FakeSlurm
 from tiny import write_jsonl
 
 FACTS = 12  # planted-fact queries in the target
@@ -415,7 +416,7 @@ def test_a_pipeline_composed_by_hand_matches_the_command(fitted_run, fact_target
 
 
 def test_slurm_stages_chain_and_pickle(fitted_run, fact_target, tmp_path):
-    """Slurm cannot run here; the executors it would submit are built, chained and serialisable."""
+    """The executors Slurm would be given are built, chained and serialisable (the slow test below runs them)."""
     import dill
 
     target, _ = fact_target
@@ -428,6 +429,29 @@ def test_slurm_stages_chain_and_pickle(fitted_run, fact_target, tmp_path):
         dill.loads(dill.dumps(executor.pipeline))
     with pytest.raises(CurateError, match="partition"):
         selection_executors(_request(fitted_run, target, tmp_path / "o", executor="slurm"), selection_pipelines(request, []))
+
+
+@pytest.mark.slow
+def test_a_selection_submitted_to_slurm_runs_as_its_nodes_would_run_it(fitted_run, fact_target, tmp_path, monkeypatch):
+    """The sbatch scripts datatrove writes (partition, arrays, dependencies), run by a stand-in scheduler task by task in
+    fresh processes: the same selection as the local executor's."""
+    target, _ = fact_target
+    slurm = FakeSlurm(tmp_path / "slurm-cluster")
+    monkeypatch.setenv("PATH", slurm.path())
+    request = _request(fitted_run, target, tmp_path / "slurm-out", executor="slurm", tasks=2, workers=2,
+                       executor_options={"partition": "cpu", "time": "00:30:00"})
+    assert run_selection(request) == {}  # submitted, not run
+    assert not (tmp_path / "slurm-out" / "manifest.json").exists()
+    jobs = slurm.run_jobs()
+    stages = [job for job in jobs if "launch_pickled_pipeline" in job.script]
+    assert [len(job.array) for job in stages] == [2, 1, 2, 1]  # score, threshold, filter, report
+    assert all(job.directives["partition"] == "cpu" and job.directives["time"] == "00:30:00" for job in stages)
+    assert stages[0].directives["array"] == "0-1%2"
+    assert all(later.depends_on == [earlier.id] for earlier, later in zip(stages, stages[1:]))
+    manifest = json.loads((tmp_path / "slurm-out" / "manifest.json").read_text())
+    local = run_selection(_request(fitted_run, target, tmp_path / "local"))
+    assert manifest["selected_documents"] == local["selected_documents"]
+    assert len(_records(tmp_path / "slurm-out" / "selected")) == len(local["selected_documents"])
 
 
 @pytest.mark.slow
