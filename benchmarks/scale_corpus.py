@@ -1,0 +1,196 @@
+"""Time and peak memory of every stage of a run against corpus size, with the demo's small model.
+
+    python -m benchmarks.scale_corpus --sizes 10000 50000 200000
+
+For each size a corpus of that many documents is generated the way the demo's is (its planted facts plus filler
+documents of its four domains), and one fresh process runs the stages a user runs: read the corpus, chunk it and
+draw the design, compute the states at the cut, train the operators (a fixed number of steps: their cost does not
+depend on n), measure 50 queries' responses, recover the scores, and select 10% of the pool with `curate select`'s
+job (local executor). A thread samples the process's resident memory every 20 ms; each stage reports its wall time
+and the peak RSS while it ran. Results: benchmarks/results/scale_corpus.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache" / "scale_corpus"
+RESULTS = HERE / "results" / "scale_corpus.json"
+STAGES = ("read", "chunks+design", "states", "operators", "responses", "recover", "select")
+SETTINGS = dict(steps=100, checkpoint_every=1000)  # the cpu-smoke preset otherwise
+QUERIES = 50
+
+
+class MemorySampler(threading.Thread):
+    """Resident memory of this process, sampled; `peak_since(t)` is the largest sample taken after time t."""
+
+    def __init__(self, every: float = 0.02):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.process = every, [], psutil.Process()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.sample()
+            time.sleep(self.every)
+
+    def sample(self) -> float:
+        now = time.time()
+        self.samples.append((now, self.process.memory_info().rss))
+        return now
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The largest sample in [start, end], counting the last one before start (a stage starts where the last left)."""
+        before = [rss for t, rss in self.samples if t < start][-1:]
+        return max(before + [rss for t, rss in self.samples if start <= t <= end])
+
+
+def corpus_for(size: int) -> tuple[Path, Path, Path]:
+    """The demo's model, and a corpus of `size` documents with its queries (generated once, cached)."""
+    from curate.demo.corpus import generate_demo_corpus, write_jsonl
+    from curate.demo.model import build_demo_assets
+
+    assets = build_demo_assets(CACHE / "demo", quick=True, progress=False)
+    folder = CACHE / str(size)
+    corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
+    if not corpus_path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        corpus = generate_demo_corpus(1, num_entities=140, num_filler=max(0, size - 140 * 4))
+        write_jsonl(corpus.documents[:size], corpus_path)
+        write_jsonl([{k: q[k] for k in ("id", "prompt", "completion")} for q in corpus.queries[:QUERIES]], queries_path)
+    return assets.model_dir, corpus_path, queries_path
+
+
+def measure(size: int) -> dict:
+    """One size in this process: every stage's seconds and peak RSS (MB)."""
+    from curate.select import SelectionRequest, run_selection
+    from curate.core.run import RunInputs
+    from stride_engine import Stride, preset, read_documents, read_queries
+
+    model_dir, corpus_path, queries_path = corpus_for(size)
+    run_dir = CACHE / "runs" / str(size)
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    sampler = MemorySampler()
+    sampler.start()
+    marks = {"start": sampler.sample()}
+    documents = read_documents([corpus_path])
+    marks["read"] = sampler.sample()
+    first_step: list[float] = []
+    stride = Stride.from_pretrained(model_dir, preset("cpu-smoke", **SETTINGS), run_dir, progress=False)
+    stride.fit(documents, on_step=lambda step: first_step.append(time.time()) if not first_step else None)
+    marks["chunks+design"] = (run_dir / "stages" / "design.json").stat().st_mtime
+    marks["states"] = first_step[0]
+    marks["operators"] = (run_dir / "stages" / "operators.json").stat().st_mtime
+    RunInputs(Path(model_dir), [corpus_path]).save(run_dir)
+    queries = read_queries(queries_path)
+    stride.responses(queries)
+    marks["responses"] = sampler.sample()
+    stride.recover()
+    marks["recover"] = sampler.sample()
+    run_selection(SelectionRequest(run=str(run_dir), target=str(queries_path), budget="10%", out=str(run_dir.parent / f"{size}-selected")))
+    marks["select"] = sampler.sample()
+    sampler.stopped.set()
+    sampler.join()
+    row = {"documents": size, "chunks": len(stride._examples), "queries": len(queries.ids)}
+    previous = marks["start"]
+    for stage in STAGES:
+        row[f"{stage}_seconds"] = round(marks[stage] - previous, 2)
+        row[f"{stage}_peak_mb"] = round(sampler.peak_between(previous, marks[stage]) / 2**20, 1)
+        previous = marks[stage]
+    row["peak_mb"] = round(max(rss for _, rss in sampler.samples) / 2**20, 1)
+    return row
+
+
+def report(rows: list[dict], stamp: dict) -> str:
+    lines = [
+        "# Time and peak memory against corpus size",
+        "",
+        f"Made with `{stamp['command']}` at {stamp['commit']} on {_machine(stamp['machine'])} ({stamp['total_seconds']} s in all).",
+        f"The demo's small model, the `cpu-smoke` preset with {SETTINGS['steps']} operator steps, {QUERIES} queries, "
+        "a 10% selection; one fresh process per size. Peak RSS is the process's whole resident memory while the stage ran.",
+        "",
+        "| documents | chunks | " + " | ".join(f"{s} s / MB" for s in STAGES) + " | peak MB |",
+        "| --- " * (len(STAGES) + 3) + "|",
+    ]
+    for row in rows:
+        cells = [f"{row[f'{s}_seconds']:.1f} / {row[f'{s}_peak_mb']:.0f}" for s in STAGES]
+        lines.append(f"| {row['documents']:,} | {row['chunks']:,} | " + " | ".join(cells) + f" | {row['peak_mb']:.0f} |")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        ratio = last["chunks"] / first["chunks"]
+        lines += ["", f"From {first['documents']:,} to {last['documents']:,} documents ({ratio:.1f}× the chunks), each stage grew by:", ""]
+        for stage in STAGES:
+            time_ratio = last[f"{stage}_seconds"] / max(first[f"{stage}_seconds"], 1e-3)
+            extra = (last[f"{stage}_peak_mb"] - rows[0]["read_peak_mb"]) / max(first[f"{stage}_peak_mb"] - rows[0]["read_peak_mb"], 1.0)
+            lines.append(f"- {stage}: time ×{time_ratio:.1f}, peak RSS {first[f'{stage}_peak_mb']:.0f} → {last[f'{stage}_peak_mb']:.0f} MB "
+                         f"(above the first run's read peak: ×{extra:.1f})")
+    return "\n".join(lines) + "\n"
+
+
+def _machine(machine) -> str:
+    if not isinstance(machine, dict):
+        return str(machine)
+    return f"{machine.get('platform', '?')}, Python {machine.get('python', '?')}, {machine.get('cpus', '?')} CPUs"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes = [row["documents"] for row in rows]
+    for stage in STAGES:
+        left.plot(sizes, [row[f"{stage}_seconds"] for row in rows], marker="o", label=stage)
+        right.plot(sizes, [row[f"{stage}_peak_mb"] for row in rows], marker="o", label=stage)
+    for axis, label in ((left, "wall time (s)"), (right, "peak RSS during the stage (MB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("documents")
+        axis.set_ylabel(label)
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 200000])
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process measuring one size
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return
+    from benchmarks.classifier_study import write_study
+
+    started, rows = time.perf_counter(), []
+    for size in args.sizes:
+        corpus_for(size)  # generated outside the measured process
+        child = subprocess.run([sys.executable, "-m", "benchmarks.scale_corpus", "--one", str(size)], capture_output=True,
+                               text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        if child.returncode:
+            raise SystemExit(f"size {size} failed:\n{child.stderr[-4000:]}")
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    command = "python -m benchmarks.scale_corpus --sizes " + " ".join(map(str, args.sizes))
+    write_study(args.out, rows, command, started, report)
+    plot(rows, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
