@@ -86,6 +86,10 @@ class StrideConfig:
     top_k: int = 100  # documents kept per query and direction (most and least influential)
     # --- execution ----------------------------------------------------------------------------------
     device: str = "cpu"
+    # Where the states at the cut live while the operators train: "memory" (on the device) or "disk" (a file in the
+    # run's operators.partial/, mapped into memory: the OS pages it in and out, so a pool whose states do not fit in
+    # RAM still trains; each micro-batch's rows are gathered and moved to the device). Same results either way.
+    state_cache: str = "memory"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -195,6 +199,7 @@ _CHOICES = {
     "lambda_rule": ("cv", "fixed"),
     "aggregate": ("max", "sum"),
     "measurement": ("loss", "log-odds"),
+    "state_cache": ("memory", "disk"),
 }
 
 _POSITIVE = (

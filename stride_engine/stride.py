@@ -341,13 +341,13 @@ class Stride:
 
     def _train(self, examples: Examples, membership: Membership, stage: Stage, on_step) -> None:
         config = self.config
-        cache = self._state_cache(examples)
+        checkpoints = self.run.path("operators.partial", stage.fingerprint)
+        cache = self._state_cache(examples, self.run.path("operators.partial", f"states-{stage.fingerprint}.bin"))
         probe_states, probe_batch = cache.rows(np.arange(1))
         out_dim = probe_states.shape[-1]
         if config.form == "logit":
             out_dim = self.adapter.finish(probe_states, probe_batch, "logit", self.layer).shape[-1]
         bank = new_bank(config, membership.num_subsets, probe_states.shape[-1], out_dim).to(self.device)
-        checkpoints = self.run.path("operators.partial", stage.fingerprint)
         training_log = train_operators(self.adapter, cache, membership, bank, config, self.layer, checkpoints, self.progress, on_step)
         if distributed.is_main():
             self._write_operators(bank, training_log, stage)
@@ -364,23 +364,41 @@ class Stride:
         gains = training_log.curves["fidelity_gain"]
         self.run.finish(stage, final_fidelity_gain=float(np.mean(gains[-20:])) if gains else None, steps=config.steps)
 
-    def _state_cache(self, examples: Examples) -> StateCache:
+    def _state_cache(self, examples: Examples, state_file: Path) -> StateCache:
+        """The frozen prefix's states for every example, written into one preallocated tensor (on the device, or in
+        `state_file` with state_cache="disk"). Several processes each compute their share of the micro-batches."""
         batch = move(examples.batch, self.device)
         starts = range(0, len(examples), self.config.micro_batch)
 
         def capture(start: int) -> torch.Tensor:
             return self.adapter.capture(select_rows(batch, slice(start, start + self.config.micro_batch)), self.config.form, self.layer)
 
-        if distributed.world_size() == 1:
-            return StateCache(torch.cat([capture(start) for start in starts]), batch)
-        # Several processes: each runs the prefix on its share of the micro-batches, and the shares are summed into
-        # one zeroed tensor (exact: every entry has one non-zero term), the same states one process computes.
         first = capture(0)
-        states = torch.zeros((len(examples), *first.shape[1:]), dtype=first.dtype, device=first.device)
+        shape = (len(examples), *first.shape[1:])
+        on_disk = self.config.state_cache == "disk"
+        if on_disk:
+            states = self._state_file(state_file, shape, first.dtype)
+        else:
+            states = torch.zeros(shape, dtype=first.dtype, device=first.device)
         for index in distributed.my_share(len(starts)):
             start = starts[index]
-            states[start:start + self.config.micro_batch] = first if start == 0 else capture(start)
-        return StateCache(distributed.sum_across(states), batch)
+            states[start:start + self.config.micro_batch] = (first if start == 0 else capture(start)).to(states.device)
+        if on_disk:
+            distributed.barrier()  # every process's rows are in the shared file
+        else:
+            # several processes: each filled its share of a zeroed tensor, so the sum is exact
+            distributed.sum_across(states)
+        return StateCache(states, batch)
+
+    def _state_file(self, path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A CPU tensor backed by the file at `path` (removed with operators.partial/ once the operators are written),
+        shared by every process of the run on this machine."""
+        if distributed.is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)  # a crashed run's file may hold another shape: the states are recomputed
+        distributed.barrier()
+        size = int(np.prod(shape))
+        return torch.from_file(str(path), shared=True, size=size, dtype=dtype).view(shape)
 
     def _load_bank(self) -> SteeringBank:
         shape = json.loads(self.run.path("operators", "bank.json").read_text())

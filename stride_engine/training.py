@@ -40,20 +40,26 @@ CURVE_NAMES = ("fidelity", "stability", "linearity", "fidelity_gain")
 
 @dataclass
 class StateCache:
-    """States at the cut for every training example, plus the token batch each row came from."""
+    """States at the cut for every training example, plus the token batch each row came from. The states may live
+    off the compute device (a file mapped into memory): `rows` gathers a micro-batch's rows and moves them over."""
 
-    states: torch.Tensor  # (n, ...) on the compute device
-    batch: Batch  # row-aligned tensors for all n examples
+    states: torch.Tensor  # (n, ...): on the compute device, or on the CPU backed by a file
+    batch: Batch  # row-aligned tensors for all n examples, on the compute device
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.batch.values())).device
 
     def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, Batch]:
-        index = torch.as_tensor(rows, device=self.states.device)
-        return trim_padding(self.states[index], select_rows(self.batch, index))
+        index = torch.as_tensor(rows, device=self.device)
+        states = self.states[index.to(self.states.device)].to(self.device)
+        return trim_padding(states, select_rows(self.batch, index))
 
     def width(self, rows: np.ndarray) -> int:
         """The sequence length `rows(rows)` returns, without gathering the states."""
         if "attention_mask" not in self.batch or self.states.dim() < 3:
             return self.states.shape[1] if self.states.dim() >= 3 else 1
-        return int(self.batch["attention_mask"][torch.as_tensor(rows, device=self.states.device)].sum(dim=1).max())
+        return int(self.batch["attention_mask"][torch.as_tensor(rows, device=self.device)].sum(dim=1).max())
 
 
 def trim_padding(states: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
@@ -94,7 +100,7 @@ def train_operators(
     optimizer = _OPTIMIZERS[config.optimizer](bank, config.learning_rate)
     log = TrainingLog()
     start = _resume(checkpoint_dir, bank, optimizer, log)
-    sketch = _sketch(membership, config).to(cache.states.device)
+    sketch = _sketch(membership, config).to(cache.device)
     trainer = _Steps(adapter, cache, membership, bank, config, layer, sketch)
     progress = progress and distributed.is_main()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="operators", disable=not progress)
@@ -122,7 +128,7 @@ class _Steps:
         self.adapter, self.cache, self.membership, self.bank = adapter, cache, membership, bank
         self.config, self.layer, self.sketch = config, layer, sketch
         self.n = membership.num_examples
-        self.device = cache.states.device
+        self.device = cache.device
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows, their operators, and whether each row is a member (fidelity) or not (stability)."""

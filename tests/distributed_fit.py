@@ -1,6 +1,8 @@
 """Run by the distributed tests under torchrun: fit and attribute a tiny run, optionally killing one process mid-way.
 
     torchrun --standalone --nproc-per-node 2 distributed_fit.py MODEL TRAIN QUERIES RUN_DIR [KILL_RANK KILL_STEP]
+
+STATE_CACHE=disk in the environment keeps the states in a file every process maps.
 """
 
 import json
@@ -22,7 +24,8 @@ def main(model: str, train: str, queries: str, run_dir: str, kill_rank: int = -1
         if distributed.rank() == kill_rank and step == kill_step:
             os.kill(os.getpid(), signal.SIGKILL)  # a worker dies without a word, as an out-of-memory kill does
 
-    stride = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), run_dir, progress=False)
+    config = preset("cpu-smoke", **TINY, state_cache=os.environ.get("STATE_CACHE", "memory"))
+    stride = Stride.from_pretrained(model, config, run_dir, progress=False)
     stride.fit(read_documents([train]), on_step=on_step)
     stride.attribute(read_queries(queries))
     print(json.dumps({"rank": distributed.rank(), "world": distributed.world_size(), "first_step": steps[0] if steps else None}))

@@ -31,8 +31,8 @@ def inputs(tmp_path_factory):
     return model, train, queries, single
 
 
-def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), "OMP_NUM_THREADS": "1"}
+def _torchrun(*args: str, processes: int = 2, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), "OMP_NUM_THREADS": "1", **env_vars}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
@@ -51,13 +51,16 @@ def _assert_same_run(run: Path, single: Path) -> None:
     assert (run / "stages" / "scores-queries.json").is_file()
 
 
-def test_two_processes_train_the_operators_one_process_trains(inputs, tmp_path):
+@pytest.mark.parametrize("state_cache", ["memory", "disk"])
+def test_two_processes_train_the_operators_one_process_trains(inputs, tmp_path, state_cache):
     model, train, queries, single = inputs
-    result = _torchrun(str(HERE / "distributed_fit.py"), str(model), str(train), str(queries), str(tmp_path / "run"))
+    result = _torchrun(str(HERE / "distributed_fit.py"), str(model), str(train), str(queries), str(tmp_path / "run"),
+                       STATE_CACHE=state_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted((r["rank"], r["world"]) for r in _reports(result)) == [(0, 2), (1, 2)]
     _assert_same_run(tmp_path / "run", single)
     assert not list((tmp_path / "run").rglob("*.tmp*"))  # nothing half-written by two writers
+    assert not (tmp_path / "run" / "operators.partial").exists()  # the states' file went with it
 
 
 def test_a_worker_killed_mid_training_resumes_from_the_last_checkpoint(inputs, tmp_path):

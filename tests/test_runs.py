@@ -111,6 +111,29 @@ def test_resuming_an_interrupted_run_gives_the_same_scores(tiny_inputs, tmp_path
     assert store.top(k=20).select("query_id", "doc_id", "rank").equals(expected.top(k=20).select("query_id", "doc_id", "rank"))
 
 
+def test_states_kept_on_disk_train_the_same_operators(tiny_inputs, tmp_path):
+    """state_cache="disk" maps the states from a file instead of holding them: bit-identical operators and responses,
+    the file is gone once the operators are written, and the setting is no part of the run's fingerprint."""
+    model, train, queries = tiny_inputs
+    documents, query_set = read_documents([train]), read_queries(queries)
+    seen = []
+
+    def look(step):
+        if step == 1:
+            seen.extend(p.stat().st_size for p in (tmp_path / "disk" / "operators.partial").glob("states-*.bin"))
+
+    in_memory = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "memory", progress=False).fit(documents)
+    on_disk = Stride.from_pretrained(model, preset("cpu-smoke", **TINY, state_cache="disk"), tmp_path / "disk", progress=False)
+    on_disk.fit(documents, on_step=look)
+    assert len(seen) == 1 and seen[0] > 0
+    assert not (tmp_path / "disk" / "operators.partial").exists()
+    bank = "operators/bank.safetensors"
+    assert (tmp_path / "disk" / bank).read_bytes() == (tmp_path / "memory" / bank).read_bytes()
+    np.testing.assert_array_equal(on_disk.responses(query_set), in_memory.responses(query_set))
+    reopened = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "disk", progress=False)
+    reopened.fit(documents)  # the memory setting reuses the disk run's stages: nothing is stale
+
+
 def test_python_api_rejects_a_stale_stage(tiny_inputs, tmp_path):
     model, train, _ = tiny_inputs
     documents = read_documents([train])
