@@ -165,31 +165,34 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
-def chunk_documents(documents: Documents, tokenizer, chunk_length: int) -> Chunks:
-    """Tokenise every document (bos + text + eos where the tokenizer has them) and cut it into windows."""
+def chunk_documents(documents: Documents, tokenizer, chunk_length: int, batch_documents: int = 4096) -> Chunks:
+    """Tokenise every document (bos + text + eos where the tokenizer has them) and cut it into windows.
+
+    Documents are tokenised `batch_documents` at a time and each batch's windows packed into arrays at once: the
+    tokenizer's Python lists for the whole pool would take several times the arrays' memory."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    encoded = tokenizer(list(documents.texts), add_special_tokens=False)["input_ids"]
     pad_id = pad_token_id(tokenizer)
-    rows, lengths, doc_index, starts = [], [], [], []
-    for index, tokens in enumerate(encoded):
-        tokens = ([bos] if bos is not None else []) + list(tokens) + ([eos] if eos is not None else [])
-        for start in range(0, len(tokens), chunk_length):
-            window = tokens[start : start + chunk_length]
-            if len(window) < 2:  # nothing to predict
-                continue
-            rows.append(window + [pad_id] * (chunk_length - len(window)))
-            lengths.append(len(window))
-            doc_index.append(index)
-            starts.append(start)
-    if not rows:
+    parts: list[tuple[np.ndarray, ...]] = []
+    texts = list(documents.texts)
+    for first in range(0, len(texts), batch_documents):
+        encoded = tokenizer(texts[first:first + batch_documents], add_special_tokens=False)["input_ids"]
+        rows, lengths, doc_index, starts = [], [], [], []
+        for offset, tokens in enumerate(encoded):
+            tokens = ([bos] if bos is not None else []) + list(tokens) + ([eos] if eos is not None else [])
+            for start in range(0, len(tokens), chunk_length):
+                window = tokens[start : start + chunk_length]
+                if len(window) < 2:  # nothing to predict
+                    continue
+                rows.append(window + [pad_id] * (chunk_length - len(window)))
+                lengths.append(len(window))
+                doc_index.append(first + offset)
+                starts.append(start)
+        if rows:
+            parts.append(tuple(np.asarray(values, dtype=np.int64) for values in (rows, lengths, doc_index, starts)))
+    if not parts:
         raise CorpusError("no document produced a chunk of at least 2 tokens: the corpus is effectively empty")
-    return Chunks(
-        input_ids=np.asarray(rows, dtype=np.int64),
-        lengths=np.asarray(lengths, dtype=np.int64),
-        doc_index=np.asarray(doc_index, dtype=np.int64),
-        token_start=np.asarray(starts, dtype=np.int64),
-        pad_id=pad_id,
-    )
+    input_ids, lengths, doc_index, starts = (np.concatenate(column) for column in zip(*parts))
+    return Chunks(input_ids=input_ids, lengths=lengths, doc_index=doc_index, token_start=starts, pad_id=pad_id)
 
 
 def chunks_table(chunks: Chunks, documents: Documents) -> pl.DataFrame:

@@ -19,3 +19,7 @@ class ModelError(StrideError):
 
 class StageMismatchError(StrideError):
     """A run directory holds a finished stage built from a different configuration."""
+
+
+class OutOfMemory(StrideError):
+    """A stage that did not fit in the device's (or the machine's) memory; the message names the settings to lower."""

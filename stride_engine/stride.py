@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,10 +35,10 @@ from . import distributed
 from .adapters import Batch, ModelAdapter, load_causal_lm, move, select_rows
 from .artifacts import RunDirectory, Stage, atomic_path, fingerprint, remove_path
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
-from .corpus import Documents, Queries, chunk_documents, chunks_table, encode_queries, token_batch
+from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, encode_queries, pad_token_id, token_batch
 from .design import Membership, random_membership
 from .groups import cluster_examples, groups_file, pooled_states
-from .errors import ConfigError, StageMismatchError, StrideError
+from .errors import ConfigError, OutOfMemory, StageMismatchError, StrideError
 from .operators import SteeringBank
 from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
@@ -47,6 +48,7 @@ from .training import StateCache, new_bank, train_operators
 
 log = logging.getLogger(__name__)
 
+CHUNK_TOKENS = "chunks.tokens.npy"  # the chunks' token ids, row-aligned with chunks.parquet
 STAGES = ("chunks", "design", "operators", "groups", "responses", "scores")
 QUERY_STAGES = ("responses", "scores")  # one record per query set: responses-<set>, scores-<set>
 
@@ -88,8 +90,8 @@ class Stride:
 
     def fit(self, train: Documents | Examples, force: bool = False, on_step: Callable[[int], None] | None = None) -> "Stride":
         """Chunk the corpus, draw the design, train the operators (each stage skipped when already done)."""
-        examples = self._examples_from(train)
-        stages = self._training_stages(train, examples)
+        stages = self._training_stages(train)
+        examples = self._examples_from(train, stages["chunks"])
         membership = self._membership(examples, stages["design"])  # drawn (and checked) before anything is written
         with distributed.main_first():  # the others check once the first has written: they then read what it wrote
             self._check_stages(stages, force)
@@ -99,17 +101,40 @@ class Stride:
         if not distributed.is_main():
             membership = Membership.load(self.run.path("design.npz"))
         if not self.run.is_done(stages["operators"]):
-            self._train(examples, membership, stages["operators"], on_step)
+            with self._memory_advice("operator training"):
+                self._train(examples, membership, stages["operators"], on_step)
             distributed.barrier()  # the operators are written before any process reads them
         self._examples = examples
         self._operators_stage = stages["operators"]
         return self
 
+    @contextmanager
+    def _memory_advice(self, stage: str):
+        """An allocation failure becomes an error that names what to lower; what was written before stays."""
+        try:
+            yield
+        except RuntimeError as err:
+            if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err)):
+                raise
+            config = self.config
+            states = "" if config.state_cache == "disk" else (
+                "; keep the states at the cut off the device with state_cache=disk" if stage == "operator training" else "")
+            raise OutOfMemory(
+                f"{stage} ran out of memory on {self.device}: lower micro_batch (now {config.micro_batch})"
+                + (f" or loss_positions (now {config.loss_positions})" if config.form == "logit" and stage == "operator training" else "")
+                + f"{states}, or run fewer processes per device. The finished stages and the last checkpoint are kept: "
+                "a rerun with a lower micro_batch or state_cache=disk resumes from them."
+            ) from err
+
     def _write_training_inputs(self, train, examples: Examples, membership: Membership, stages: dict[str, Stage]) -> None:
         self.config.save(self.run.path("config.yaml"))
         if not self.run.is_done(stages["chunks"]):
             self._write_chunks(train, examples)
+            if isinstance(train, Documents):
+                self._write_chunk_tokens()
             self.run.finish(stages["chunks"], examples=len(examples), documents=len(examples.doc_ids))
+        elif isinstance(train, Documents) and not self.run.path(CHUNK_TOKENS).is_file():
+            self._write_chunk_tokens()  # a run fitted before the tokens were kept: kept from now on
         if not self.run.is_done(stages["design"]):
             membership.save(self.run.path("design.npz"))
             self.run.finish(stages["design"], subsets=membership.num_subsets, examples=membership.num_examples)
@@ -126,7 +151,8 @@ class Stride:
         path = self.run.path("responses", f"{name}.npy")
         if self.run.is_done(stage):
             return np.load(path)
-        values, base = self._measure(query_batch, query_ids)
+        with self._memory_advice("measuring the responses"):
+            values, base = self._measure(query_batch, query_ids)
         if distributed.is_main():
             self._write_responses(stage, name, values, base, query_ids)
         distributed.barrier()
@@ -261,15 +287,36 @@ class Stride:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _examples_from(self, train: Documents | Examples) -> Examples:
+    def _examples_from(self, train: Documents | Examples, chunks_stage: Stage | None = None) -> Examples:
+        """The training examples: given, or the corpus's chunks, read back from a finished chunks stage of this same
+        corpus and tokenizer (reopening a run does not tokenise the pool again), else tokenised now."""
         if isinstance(train, Examples):
             return train
         if self.tokenizer is None:
             raise StrideError("a text corpus needs a tokenizer: build Stride with tokenizer=... or use Stride.from_pretrained")
-        chunks = chunk_documents(train, self.tokenizer, self.config.chunk_length)
+        chunks = self._saved_chunks(chunks_stage) if chunks_stage is not None else None
+        if chunks is None:
+            chunks = chunk_documents(train, self.tokenizer, self.config.chunk_length)
         self._chunks = chunks
         batch = token_batch(chunks.input_ids, chunks.lengths, None)
         return Examples(batch, list(train.ids), chunks.doc_index, list(train.domains))
+
+    def _saved_chunks(self, stage: Stage) -> Chunks | None:
+        record, tokens = self.run.record(stage.name), self.run.path(CHUNK_TOKENS)
+        if record is None or record["fingerprint"] != stage.fingerprint or not tokens.is_file():
+            return None
+        table = pl.read_parquet(self.run.path("chunks.parquet"), columns=["doc_index", "token_start", "token_end"])
+        starts = table["token_start"].to_numpy().astype(np.int64)
+        return Chunks(input_ids=np.load(tokens).astype(np.int64), lengths=table["token_end"].to_numpy().astype(np.int64) - starts,
+                      doc_index=table["doc_index"].to_numpy().astype(np.int64), token_start=starts,
+                      pad_id=pad_token_id(self.tokenizer))
+
+    def _write_chunk_tokens(self) -> None:
+        """The chunks' token ids beside chunks.parquet (int32 where the vocabulary allows), for reopening the run."""
+        ids = self._chunks.input_ids
+        with atomic_path(self.run.path(CHUNK_TOKENS)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, ids.astype(np.int32) if ids.max(initial=0) < 2**31 else ids)
 
     def _membership(self, examples: Examples, design: Stage) -> Membership:
         """The saved design once its stage is done, else a fresh draw. Never a redraw of a finished design: another
@@ -285,8 +332,8 @@ class Stride:
             return Membership.load(path)
         return random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, self.config.seed)
 
-    def _training_stages(self, train: Documents | Examples, examples: Examples) -> dict[str, Stage]:
-        source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(examples.batch, examples.doc_ids)
+    def _training_stages(self, train: Documents | Examples) -> dict[str, Stage]:
+        source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(train.batch, train.doc_ids)
         tokenizer = _digest_tokenizer(self.tokenizer) if isinstance(train, Documents) else None
         chunks = Stage("chunks", {**stage_fields(self.config, "chunks"), "corpus": source, "tokenizer": tokenizer})
         design = Stage("design", {**stage_fields(self.config, "design"), "chunks": chunks.fingerprint})
@@ -340,6 +387,13 @@ class Stride:
             table.write_parquet(tmp)
 
     def _train(self, examples: Examples, membership: Membership, stage: Stage, on_step) -> None:
+        bank, training_log = self._trained_bank(examples, membership, stage, on_step)
+        if distributed.is_main():
+            self._write_operators(bank, training_log, stage)
+
+    def _trained_bank(self, examples: Examples, membership: Membership, stage: Stage, on_step):
+        """The trained bank and its curves. The state cache lives in this frame only: a frame that an exception
+        caught later keeps alive (plotting's imports do) would otherwise hold all n states until the run ends."""
         config = self.config
         checkpoints = self.run.path("operators.partial", stage.fingerprint)
         cache = self._state_cache(examples, self.run.path("operators.partial", f"states-{stage.fingerprint}.bin"))
@@ -348,9 +402,7 @@ class Stride:
         if config.form == "logit":
             out_dim = self.adapter.finish(probe_states, probe_batch, "logit", self.layer).shape[-1]
         bank = new_bank(config, membership.num_subsets, probe_states.shape[-1], out_dim).to(self.device)
-        training_log = train_operators(self.adapter, cache, membership, bank, config, self.layer, checkpoints, self.progress, on_step)
-        if distributed.is_main():
-            self._write_operators(bank, training_log, stage)
+        return bank, train_operators(self.adapter, cache, membership, bank, config, self.layer, checkpoints, self.progress, on_step)
 
     def _write_operators(self, bank: SteeringBank, training_log, stage: Stage) -> None:
         config = self.config

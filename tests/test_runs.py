@@ -5,10 +5,11 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from click.testing import CliRunner
 
 from curate.cli import main
-from stride_engine import ScoreStore, StageMismatchError, Stride, preset, read_documents, read_queries
+from stride_engine import OutOfMemory, ScoreStore, StageMismatchError, Stride, preset, read_documents, read_queries
 
 from tiny import random_texts, save_tiny_model, write_jsonl
 
@@ -132,6 +133,56 @@ def test_states_kept_on_disk_train_the_same_operators(tiny_inputs, tmp_path):
     np.testing.assert_array_equal(on_disk.responses(query_set), in_memory.responses(query_set))
     reopened = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "disk", progress=False)
     reopened.fit(documents)  # the memory setting reuses the disk run's stages: nothing is stale
+
+
+def test_a_finished_run_reopens_from_its_saved_chunks_without_tokenising(tiny_inputs, tmp_path, monkeypatch):
+    model, train, queries = tiny_inputs
+    documents, query_set = read_documents([train]), read_queries(queries)
+    config = preset("cpu-smoke", **TINY)
+    fitted = Stride.from_pretrained(model, config, tmp_path / "run", progress=False).fit(documents)
+    expected = fitted.attribute(query_set)
+    assert (tmp_path / "run" / "chunks.tokens.npy").is_file()
+
+    import stride_engine.stride as engine
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("a finished run was tokenised again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "chunk_documents", no_tokenising)
+        reopened = Stride.from_pretrained(model, config, tmp_path / "run", progress=False).fit(documents)
+        for key, value in fitted._examples.batch.items():
+            assert torch.equal(reopened._examples.batch[key], value), key
+        store = reopened.attribute(query_set, name="again")
+    assert store.top(k=20).select("query_id", "doc_id", "rank").equals(expected.top(k=20).select("query_id", "doc_id", "rank"))
+
+    # A run fitted before the tokens were kept is tokenised once more, and keeps them from then on; a changed corpus
+    # is still refused.
+    (tmp_path / "run" / "chunks.tokens.npy").unlink()
+    Stride.from_pretrained(model, config, tmp_path / "run", progress=False).fit(documents)
+    assert (tmp_path / "run" / "chunks.tokens.npy").is_file()
+    records = [{"id": i, "text": t} for i, t in zip(documents.ids, documents.texts)]
+    records[0]["text"] = "alpha beta gamma"
+    changed = read_documents([write_jsonl(tmp_path / "changed.jsonl", records)])
+    with pytest.raises(StageMismatchError):
+        Stride.from_pretrained(model, config, tmp_path / "run", progress=False).fit(changed)
+
+
+def test_running_out_of_memory_names_the_settings_to_lower_and_keeps_the_finished_stages(tiny_inputs, tmp_path, monkeypatch):
+    model, train, _ = tiny_inputs
+    documents = read_documents([train])
+    stride = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False)
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(stride.adapter, "capture", exhausted)
+    with pytest.raises(OutOfMemory, match=r"micro_batch \(now \d+\).*state_cache=disk"):
+        stride.fit(documents)
+    assert (tmp_path / "run" / "stages" / "design.json").is_file()  # the stages before it are kept
+    assert not (tmp_path / "run" / "stages" / "operators.json").exists()
+    monkeypatch.undo()
+    Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False).fit(documents)
 
 
 def test_python_api_rejects_a_stale_stage(tiny_inputs, tmp_path):
