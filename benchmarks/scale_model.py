@@ -4,12 +4,13 @@
 
 The pre-training setting's smoke data (200 documents of the shared four-domain corpus, 128 tokens each, 20 held-out
 queries) with Llamas of growing width and depth, each trained briefly (40 steps: cost does not depend on how well a
-model is trained). Every method runs in a fresh process, twice: on the first 5 queries and on all 20, so a method's
-cost splits into a fixed part (STRIDE's fit; the gradient methods' pass over the training set and their Hessian
-factors) and a part per query: per query = (t20 − t5) / 15, fixed = t5 − 5 · per query. Peak RSS is the process's
+model is trained). Every method runs in a fresh process. A gradient method runs twice, on the first 5 queries and
+on all 20, so its cost splits into a fixed part (the pass over the training set, the Hessian factors) and a part per
+query: per query = (t20 − t5) / 15, fixed = t5 − 5 · per query. STRIDE's stages are timed apart in one run on 20
+queries: fixed = the fit (chunks, design, states, operators), per query = (responses + recovery) / 20. Peak RSS is the process's
 whole peak, model included (`setting_rss_mb` is the peak before the method started). Needs ../shared/data.
-Methods and options are the full benchmark's for the pre-training LM (suites.LM_STRIDE, suites.LM_PEERS; the activation
-form cuts at the engine's default 0.65 of the depth); TracIn is
+Methods and options are the full benchmark's for the pre-training LM (suites.LM_STRIDE, suites.LM_PEERS; STRIDE in
+its logit form, the benchmark's main row); TracIn is
 dattri's TracInAttributor with the final checkpoint (`grad-dot`). Results: benchmarks/results/scale_model.{json,md,png}.
 """
 
@@ -47,7 +48,6 @@ def methods() -> list[Any]:
     peers = {spec.label: spec for spec in LM_PEERS}
     return [
         _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
-        _m("stride-activation", STRIDE, "stride", form="activation", **LM_STRIDE),  # cut at 0.65 of the depth
         peers["grad-dot"], peers["logra"], peers["ekfac"],
     ]
 
@@ -77,12 +77,29 @@ def _child(size: str, method, queries: int, threads: int, result_path: str) -> N
     result: dict[str, Any] = {"setting_rss_mb": peak(), "parameters": sum(p.numel() for p in model.parameters())}
     try:
         start = time.perf_counter()
-        scores = np.asarray(method.resolve()(setting, **method.options))
+        if method.group == "stride":
+            scores, result["fit_seconds"] = _stride_timed(setting, method.options)
+        else:
+            scores = np.asarray(method.resolve()(setting, **method.options))
         result.update(status="ok", seconds=round(time.perf_counter() - start, 2), peak_rss_mb=peak(),
                       finite=bool(np.isfinite(scores).all()), shape=list(scores.shape))
     except Exception as error:  # a peer failing at one size is a result to report
         result.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-2000:])
     Path(result_path).write_text(json.dumps(result))
+
+
+def _stride_timed(setting, options: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """benchmarks.methods.stride.stride with the fit timed apart from the queries' responses and recovery."""
+    from benchmarks.methods.stride import _examples, dense_scores
+    from stride_engine import Stride, preset
+
+    options = dict(options)
+    config = preset(options.pop("preset_name", "cpu-smoke"), **options)
+    with tempfile.TemporaryDirectory(prefix="stride-scale-") as folder:
+        start = time.perf_counter()
+        engine = Stride(setting.adapter(), config, folder, progress=False).fit(_examples(setting.train))
+        fit_seconds = round(time.perf_counter() - start, 2)
+        return dense_scores(engine, Path(folder), engine.responses(_examples(setting.queries))), fit_seconds
 
 
 def run_one(size: str, method, queries: int, threads: int) -> dict[str, Any]:
@@ -106,7 +123,11 @@ def split(rows: list[dict]) -> list[dict]:
         runs = {r["queries"]: r for r in rows if (r["size"], r["method"]) == key}
         few, many = runs.get(QUERY_COUNTS[0]), runs.get(QUERY_COUNTS[1])
         row = {"size": key[0], "method": key[1], "parameters": (few or many or {}).get("parameters")}
-        if few and many and few["status"] == many["status"] == "ok":
+        if many and many["status"] == "ok" and "fit_seconds" in many:  # STRIDE: its stages timed apart
+            per_query = (many["seconds"] - many["fit_seconds"]) / QUERY_COUNTS[1]
+            row.update(fixed_seconds=many["fit_seconds"], per_query_seconds=round(per_query, 3), seconds_20=many["seconds"],
+                       peak_rss_mb=many["peak_rss_mb"], model_rss_mb=many["setting_rss_mb"])
+        elif few and many and few["status"] == many["status"] == "ok":
             per_query = max(0.0, (many["seconds"] - few["seconds"]) / (QUERY_COUNTS[1] - QUERY_COUNTS[0]))
             row.update(fixed_seconds=round(max(0.0, few["seconds"] - QUERY_COUNTS[0] * per_query), 2),
                        per_query_seconds=round(per_query, 3), seconds_20=many["seconds"], peak_rss_mb=many["peak_rss_mb"],
@@ -127,7 +148,8 @@ def report(rows: list[dict], stamp: dict) -> str:
         f"Made with `{stamp['command']}` at {stamp['commit']} on {_machine(stamp['machine'])} ({stamp['total_seconds']} s in all).",
         "200 training documents of 128 tokens, the pre-training benchmark's options for every method; each run in a fresh "
         "process with 2 threads. Fixed: the part that does not grow with the queries (STRIDE's fit; the gradient methods' "
-        f"training-set pass and factors); per query: from runs with {QUERY_COUNTS[0]} and {QUERY_COUNTS[1]} queries.",
+        f"training-set pass and factors); per query: STRIDE's responses and recovery over {QUERY_COUNTS[1]} queries, the "
+        f"gradient methods' difference between runs with {QUERY_COUNTS[0]} and {QUERY_COUNTS[1]} queries.",
         "",
         "| model | parameters | method | fixed s | per query s | total s (20 queries) | peak RSS MB (model alone) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -178,14 +200,14 @@ def main() -> None:
     for size in args.sizes:
         setting_for(size).model()  # trained (and cached) before any clock starts
         for method in chosen:
-            for queries in QUERY_COUNTS:
+            for queries in QUERY_COUNTS[1:] if method.group == "stride" else QUERY_COUNTS:
                 outcome = run_one(size, method, queries, args.threads)
                 rows.append({"size": size, "method": method.label, "queries": queries, **outcome})
                 print({k: v for k, v in rows[-1].items() if k != "traceback"}, flush=True)
-    command = "python -m benchmarks.scale_model --sizes " + " ".join(args.sizes) + (
-        " --methods " + " ".join(args.methods) if args.methods else "")
-    write_study(args.out, rows, command, started, report)
-    plot(rows, args.out.with_suffix(".png"))
+        command = "python -m benchmarks.scale_model --sizes " + " ".join(args.sizes) + (
+            " --methods " + " ".join(args.methods) if args.methods else "")
+        write_study(args.out, rows, command, started, report)  # after every size: a long run keeps what it measured
+        plot(rows, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
