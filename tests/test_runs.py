@@ -185,6 +185,65 @@ def test_running_out_of_memory_names_the_settings_to_lower_and_keeps_the_finishe
     Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False).fit(documents)
 
 
+def test_a_full_disk_while_writing_the_operators_is_a_clear_error_and_a_rerun_resumes(tiny_inputs, tmp_path, monkeypatch):
+    import errno
+
+    import stride_engine.stride as engine
+
+    run_dir = tmp_path / "run"
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "operators"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "save_file", no_space)  # the training curves, written beside the bank
+        result = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir))
+    assert result.exit_code != 0 and "No space left on device" in result.output and "rerun the same command" in result.output
+    assert not isinstance(result.exception, OSError) or result.exit_code == 1  # a message, not a traceback
+    assert "Traceback" not in result.output
+    assert (run_dir / "stages" / "design.json").is_file() and not (run_dir / "stages" / "operators.json").exists()
+    assert not (run_dir / "operators").exists() and not list(run_dir.glob(".*.tmp"))  # nothing half-written
+    assert any((run_dir / "operators.partial").rglob("progress.json"))  # the last checkpoint is kept
+    again = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir))
+    assert again.exit_code == 0, again.output
+    assert (run_dir / "stages" / "scores-queries.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_when", ["stages/design.json", "operators.partial/*/progress.json", "stages/operators.json"])
+def test_a_run_killed_in_any_stage_finishes_with_the_scores_of_an_uninterrupted_one(tiny_inputs, tmp_path, kill_when):
+    """SIGKILL as soon as a stage's mark appears (during the states and training, after a checkpoint, during the
+    responses), then the same command again: the same responses and rankings as a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(run_dir):
+        return [sys.executable, "-m", "curate", *_attribute_args(tiny_inputs, run_dir, "--set=steps=60")]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run(command(tmp_path / "straight"), env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(command(run_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None and not list(run_dir.glob(kill_when)):
+        time.sleep(0.005)
+    killed = process.poll() is None
+    if killed:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert killed, f"the run finished before {kill_when} appeared"
+    assert not (run_dir / "stages" / "scores-queries.json").exists()
+    again = subprocess.run(command(run_dir), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    np.testing.assert_allclose(np.load(run_dir / "responses" / "queries.npy"),
+                               np.load(tmp_path / "straight" / "responses" / "queries.npy"), rtol=1e-5, atol=1e-7)
+    ranks = [ScoreStore(folder / "scores" / "queries").top(k=20).select("query_id", "doc_id", "rank") for folder in (run_dir, tmp_path / "straight")]
+    assert ranks[0].equals(ranks[1])
+
+
 def test_python_api_rejects_a_stale_stage(tiny_inputs, tmp_path):
     model, train, _ = tiny_inputs
     documents = read_documents([train])

@@ -8,6 +8,7 @@ it, and `--config FILE` reads them back as the command's defaults (options given
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -79,8 +80,16 @@ def saved_config_option(what: str, to_options: Callable[[dict], dict[str, Any]],
 
 
 def fail(err: Exception) -> click.ClickException:
-    """A curate or engine error as a one-line message (no traceback): bad input, named, with how to fix it."""
+    """A curate or engine error as a one-line message (no traceback): bad input, named, with how to fix it. A full
+    disk or an unwritable folder says so; every output is written atomically, so what was finished is kept."""
+    if isinstance(err, OSError) and not isinstance(err, (CurateError, StrideError)):
+        where = f" ({err.filename})" if err.filename else ""
+        advice = ""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+            advice = (". Nothing half-written was left and the stages finished before it are kept: free space or fix "
+                      "the folder's permissions, then rerun the same command to resume")
+        return click.ClickException(f"{err.strerror or err}{where}{advice}")
     return click.ClickException(str(err))
 
 
-USER_ERRORS = (CurateError, StrideError)
+USER_ERRORS = (CurateError, StrideError, OSError)
