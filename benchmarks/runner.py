@@ -122,10 +122,15 @@ def _cached_removal(setting, scores: np.ndarray, removal: RemovalPlan, baseline:
 
 def run_in_child(setting_name: str, scale: str, method: MethodSpec, threads: int) -> dict[str, Any]:
     """Time one method end to end in a fresh process; the setting (model, data) is built before the clock starts."""
+    return in_fresh_process(_child, setting_name, scale, method, threads)
+
+
+def in_fresh_process(target, *args) -> dict[str, Any]:
+    """`target(*args, result_path)` in a spawned process (a clean peak-memory reading); the JSON it wrote there."""
     context = multiprocessing.get_context("spawn")
     handle, result_path = tempfile.mkstemp(suffix=".json", prefix="bench-")
     os.close(handle)
-    child = context.Process(target=_child, args=(setting_name, scale, method, threads, result_path))
+    child = context.Process(target=target, args=(*args, result_path))
     child.start()
     child.join()
     text = Path(result_path).read_text()

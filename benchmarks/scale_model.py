@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import tempfile
 import time
 import traceback
@@ -103,17 +101,9 @@ def _stride_timed(setting, options: dict[str, Any]) -> tuple[np.ndarray, float]:
 
 
 def run_one(size: str, method, queries: int, threads: int) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    handle, path = tempfile.mkstemp(suffix=".json")
-    os.close(handle)
-    child = context.Process(target=_child, args=(size, method, queries, threads, path))
-    child.start()
-    child.join()
-    text = Path(path).read_text()
-    os.unlink(path)
-    if child.exitcode != 0 or not text:
-        return {"status": "failed", "error": f"child exited with code {child.exitcode} (killed for memory?)"}
-    return json.loads(text)
+    from benchmarks.runner import in_fresh_process
+
+    return in_fresh_process(_child, size, method, queries, threads)
 
 
 def split(rows: list[dict]) -> list[dict]:
