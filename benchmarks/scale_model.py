@@ -59,9 +59,9 @@ def setting_for(size: str):
 
 
 def _child(size: str, method, queries: int, threads: int, result_path: str) -> None:
-    import resource
-
     import torch
+
+    from benchmarks.runner import _peak_rss_mb as peak
 
     torch.set_num_threads(threads)
     setting = setting_for(size)
@@ -71,7 +71,6 @@ def _child(size: str, method, queries: int, threads: int, result_path: str) -> N
         setting.queries.texts[:queries] if setting.queries.texts else None,
         setting.queries.domains[:queries] if setting.queries.domains else None,
     )
-    peak = lambda: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # noqa: E731 (KiB on Linux)
     result: dict[str, Any] = {"setting_rss_mb": peak(), "parameters": sum(p.numel() for p in model.parameters())}
     try:
         start = time.perf_counter()

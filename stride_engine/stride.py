@@ -161,12 +161,7 @@ class Stride:
     def _measure(self, query_batch: Batch, query_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Responses and base measurements of every query; with several processes each measures its share."""
         bank = self._load_bank()
-        if distributed.world_size() == 1:
-            return measure_responses(
-                self.adapter, bank, query_batch, self.config.form, self.layer, self.config.micro_batch, self.device,
-                self.progress, measurement=self.config.measurement, query_ids=query_ids,
-            )
-        share = distributed.my_share(len(query_ids))
+        share = distributed.my_share(len(query_ids))  # every query when there is one process
         values = torch.zeros(len(query_ids), bank.coefficients.shape[0], dtype=torch.float64, device=self.device)
         base = torch.zeros(len(query_ids), dtype=torch.float64, device=self.device)
         if len(share):
@@ -287,14 +282,14 @@ class Stride:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _examples_from(self, train: Documents | Examples, chunks_stage: Stage | None = None) -> Examples:
+    def _examples_from(self, train: Documents | Examples, chunks_stage: Stage) -> Examples:
         """The training examples: given, or the corpus's chunks, read back from a finished chunks stage of this same
         corpus and tokenizer (reopening a run does not tokenise the pool again), else tokenised now."""
         if isinstance(train, Examples):
             return train
         if self.tokenizer is None:
             raise StrideError("a text corpus needs a tokenizer: build Stride with tokenizer=... or use Stride.from_pretrained")
-        chunks = self._saved_chunks(chunks_stage) if chunks_stage is not None else None
+        chunks = self._saved_chunks(chunks_stage)
         if chunks is None:
             chunks = chunk_documents(train, self.tokenizer, self.config.chunk_length)
         self._chunks = chunks

@@ -82,7 +82,7 @@ def saved_config_option(what: str, to_options: Callable[[dict], dict[str, Any]],
 def fail(err: Exception) -> click.ClickException:
     """A curate or engine error as a one-line message (no traceback): bad input, named, with how to fix it. A full
     disk or an unwritable folder says so; every output is written atomically, so what was finished is kept."""
-    if isinstance(err, OSError) and not isinstance(err, (CurateError, StrideError)):
+    if isinstance(err, OSError):
         where = f" ({err.filename})" if err.filename else ""
         advice = ""
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
