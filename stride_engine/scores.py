@@ -51,6 +51,12 @@ def chunk_to_document(scores: np.ndarray, doc_index: np.ndarray, num_docs: int, 
     return np.where(np.abs(lowest) > np.abs(highest), lowest, highest)
 
 
+# A score part (one worker's share of a query set; Stride.attribute_part) keeps its per-document sums instead of the
+# store's means, so that parts add up: merge_score_parts divides by the whole set's query count.
+PART_FILES = ("top.parquet", "chunk_scores.parquet", "queries.parquet", "document_sums.parquet")
+SUM_COLUMNS = ("score_sum", "standardized_sum", "positive_mass", "negative_mass", "nonzero_queries")
+
+
 def write_scores(
     folder: Path | str,
     batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -64,8 +70,75 @@ def write_scores(
     keep_all_nonzeros: bool,
 ) -> "ScoreStore":
     """Consume recovery batches (query indices, chunk scores, λ) and write the store atomically."""
-    num_docs = len(doc_ids)
-    top_rows, chunk_rows, query_rows = [], [], []
+    tally = _tally(batches, query_ids, base_losses, len(doc_ids), doc_index, aggregate, top_k, keep_all_nonzeros)
+    return _write_store(folder, tally, doc_ids, doc_domains, doc_index)
+
+
+def write_score_part(
+    folder: Path | str,
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    query_ids: list[str],
+    base_losses: np.ndarray,
+    num_docs: int,
+    doc_index: np.ndarray,
+    aggregate: str,
+    top_k: int,
+    keep_all_nonzeros: bool,
+) -> None:
+    """Like write_scores, for one share of a query set: its rows, and per-document sums (PART_FILES), atomically."""
+    tally = _tally(batches, query_ids, base_losses, num_docs, doc_index, aggregate, top_k, keep_all_nonzeros)
+    with atomic_path(Path(folder)) as tmp:
+        tmp.mkdir(parents=True)
+        tally.top.write_parquet(tmp / "top.parquet")
+        tally.chunks.write_parquet(tmp / "chunk_scores.parquet")
+        tally.queries.write_parquet(tmp / "queries.parquet")
+        pl.DataFrame(tally.sums).write_parquet(tmp / "document_sums.parquet")
+
+
+def merge_score_parts(
+    folder: Path | str, parts: list[Path], doc_ids: list[str], doc_domains: list[str | None], doc_index: np.ndarray,
+) -> "ScoreStore":
+    """One score store from the parts of a query set, in the order given (the queries' order)."""
+    missing = [str(part) for part in parts if not all((Path(part) / name).is_file() for name in PART_FILES)]
+    if missing:
+        raise StrideError(f"score parts are missing or unfinished: {', '.join(missing)}")
+    sums = {column: np.zeros(len(doc_ids), dtype=np.int64 if column == "nonzero_queries" else np.float64) for column in SUM_COLUMNS}
+    for part in parts:
+        part_sums = pl.read_parquet(Path(part) / "document_sums.parquet")
+        if len(part_sums) != len(doc_ids):
+            raise StrideError(f"score part {part} has {len(part_sums)} documents, the run has {len(doc_ids)}: it was "
+                              "written for another corpus; remove it and rerun its worker")
+        for column in SUM_COLUMNS:
+            sums[column] += part_sums[column].to_numpy()
+    tally = _Tally(
+        top=pl.concat([pl.read_parquet(Path(part) / "top.parquet") for part in parts]),
+        chunks=pl.concat([pl.read_parquet(Path(part) / "chunk_scores.parquet") for part in parts]),
+        queries=pl.concat([pl.read_parquet(Path(part) / "queries.parquet") for part in parts]),
+        sums=sums,
+    )
+    duplicated = tally.queries["query_id"].is_duplicated()
+    if duplicated.any():
+        raise StrideError(f"score parts overlap: query {tally.queries.filter(duplicated)['query_id'][0]!r} is in two of them")
+    return _write_store(folder, tally, doc_ids, doc_domains, doc_index)
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """What one pass over recovery batches leaves: rows per query, and sums per document (SUM_COLUMNS)."""
+
+    top: pl.DataFrame
+    chunks: pl.DataFrame
+    queries: pl.DataFrame
+    sums: dict[str, np.ndarray]
+
+
+_QUERY_SCHEMA = {"query_id": pl.String, "lambda": pl.Float64, "base_loss": pl.Float64, "nonzero_chunks": pl.Int64,
+                 "nonzero_documents": pl.Int64, "score_std": pl.Float64}
+
+
+def _tally(batches, query_ids: list[str], base_losses: np.ndarray, num_docs: int, doc_index: np.ndarray, aggregate: str,
+           top_k: int, keep_all_nonzeros: bool) -> _Tally:
+    top_rows, chunk_rows, query_rows = [_ranked("", np.zeros(0), 0)], [_chunk_entries("", np.zeros(0), 0, True)], []
     doc_sum = np.zeros(num_docs)
     doc_standardized = np.zeros(num_docs)
     doc_positive = np.zeros(num_docs)
@@ -89,23 +162,30 @@ def write_scores(
                 "nonzero_documents": int(np.count_nonzero(doc_scores[row])),
                 "score_std": float(spread[row]),
             })
-    num_queries = max(1, len(query_rows))
+    sums = dict(zip(SUM_COLUMNS, (doc_sum, doc_standardized, doc_positive, doc_negative, doc_nonzero)))
+    return _Tally(pl.concat(top_rows), pl.concat(chunk_rows), pl.DataFrame(query_rows, schema=_QUERY_SCHEMA), sums)
+
+
+def _write_store(folder: Path | str, tally: _Tally, doc_ids: list[str], doc_domains: list[str | None],
+                 doc_index: np.ndarray) -> "ScoreStore":
+    num_queries = max(1, len(tally.queries))
+    sums = tally.sums
     documents = pl.DataFrame({
         "doc_id": doc_ids,
         "domain": doc_domains,
-        "mean_score": doc_sum / num_queries,
-        "mean_standardized_score": doc_standardized / num_queries,
-        "positive_mass": doc_positive,
-        "negative_mass": doc_negative,
-        "nonzero_queries": doc_nonzero,
-        "chunks": np.bincount(doc_index, minlength=num_docs).astype(np.int64),
+        "mean_score": sums["score_sum"] / num_queries,
+        "mean_standardized_score": sums["standardized_sum"] / num_queries,
+        "positive_mass": sums["positive_mass"],
+        "negative_mass": sums["negative_mass"],
+        "nonzero_queries": sums["nonzero_queries"],
+        "chunks": np.bincount(doc_index, minlength=len(doc_ids)).astype(np.int64),
     })
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
-        pl.concat(top_rows).write_parquet(tmp / "top.parquet")
-        pl.concat(chunk_rows).write_parquet(tmp / "chunk_scores.parquet")
+        tally.top.write_parquet(tmp / "top.parquet")
+        tally.chunks.write_parquet(tmp / "chunk_scores.parquet")
         documents.write_parquet(tmp / "documents.parquet")
-        pl.DataFrame(query_rows).write_parquet(tmp / "queries.parquet")
+        tally.queries.write_parquet(tmp / "queries.parquet")
     return ScoreStore(Path(folder))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from .operators import SteeringBank
 from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
 from .responses import measure_responses
-from .scores import ScoreStore, write_scores
+from .scores import ScoreStore, merge_score_parts, write_score_part, write_scores
 from .training import StateCache, new_bank, train_operators
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,7 @@ class Stride:
         responses/<name>.npy."""
         self._require_fit()
         query_batch, query_ids = self._query_batch(queries)
-        stage = Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint, "queries": _digest_batch(query_batch, query_ids),
-                                            **stage_fields(self.config, "responses")})
+        stage = self._responses_stage(name, query_batch, query_ids)
         with distributed.main_first():
             self._check_stages({stage.name: stage}, force)
         path = self.run.path("responses", f"{name}.npy")
@@ -204,30 +204,35 @@ class Stride:
         response_stage = self.run.record(f"responses-{name}")
         if response_stage is None:
             raise StrideError(f"no responses named {name!r} in {self.run.root}: run responses(queries, name={name!r}) first")
-        stage = Stage(f"scores-{name}", {**stage_fields(self.config, "scores"), "responses": response_stage["fingerprint"]})
+        stage = self._scores_stage(name, response_stage["fingerprint"])
         self._check_stages({stage.name: stage}, force)
         folder = self.run.path("scores", name)
         if self.run.is_done(stage) and ScoreStore(folder).is_current():
             return ScoreStore(folder)  # a store an older version wrote is rewritten below: recovery is cheap, responses are kept
         values = np.load(self.run.path("responses", f"{name}.npy"))
         queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
-        membership = Membership.load(self.run.path("design.npz"))
         examples = self._examples
         store = write_scores(
-            folder,
-            recover(membership.matrix, values, self.recovery_settings(), device=str(self.device), progress=self.progress,
-                    groups=self._groups()),
-            query_ids=queries["query_id"].to_list(),
-            base_losses=queries["base_loss"].to_numpy(),
-            doc_ids=examples.doc_ids,
-            doc_domains=examples.domains,
-            doc_index=examples.doc_index,
-            aggregate=self.config.aggregate,
-            top_k=self.config.top_k,
+            folder, self._recovered(values), query_ids=queries["query_id"].to_list(), base_losses=queries["base_loss"].to_numpy(),
+            doc_ids=examples.doc_ids, doc_domains=examples.domains, doc_index=examples.doc_index, **self._store_settings(),
+        )
+        return self._finish_scores(stage, store)
+
+    def _recovered(self, values: np.ndarray):
+        membership = Membership.load(self.run.path("design.npz"))
+        return recover(membership.matrix, values, self.recovery_settings(), device=str(self.device), progress=self.progress,
+                       groups=self._groups())
+
+    def _store_settings(self) -> dict:
+        return dict(
+            aggregate=self.config.aggregate, top_k=self.config.top_k,
             # grouped scores are dense: keep the top chunks per query, not every non-zero
             keep_all_nonzeros=self.config.solver == "lasso" and not self.config.groups,
         )
-        unscored = int((store.queries()["nonzero_chunks"] == 0).sum())
+
+    def _finish_scores(self, stage: Stage, store: ScoreStore) -> ScoreStore:
+        queries = store.queries()
+        unscored = int((queries["nonzero_chunks"] == 0).sum())
         if unscored:  # a user would otherwise read "no influential example" for them
             log.warning("%d of %d queries got no score: their responses do not tell the subsets apart (the model may "
                         "already predict them with certainty; measurement='log-odds' does not saturate%s)", unscored,
@@ -279,6 +284,102 @@ class Stride:
     def attribute(self, queries: Queries | Examples, name: str = "queries", force: bool = False) -> ScoreStore:
         self.responses(queries, name, force)
         return self.recover(name, force)
+
+    # ------------------------------------------------------------------- a query set in parts, for separate workers
+
+    def attribute_part(self, queries: Queries | Examples, name: str, part: int, parts: int) -> None:
+        """One of `parts` workers that share no process group (datatrove tasks, separate jobs): measures and recovers
+        its share of the query set into parts/<name>/; `merge_parts` then makes the set's responses and score store.
+
+        The shares follow the batches `attribute` measures and recovers in, so every number is the one `attribute`
+        gives (the per-document aggregates up to the order of a float64 sum). A finished part is skipped on a rerun.
+        """
+        self._require_fit()
+        if distributed.world_size() > 1:
+            raise ConfigError("attribute_part is for workers launched separately; under torchrun call attribute(), "
+                              "which shares the queries among the processes itself")
+        if not 0 <= part < parts:
+            raise ConfigError(f"part {part} is not one of the {parts} parts (0..{parts - 1})")
+        query_batch, query_ids = self._query_batch(queries)
+        responses, scores = self._query_stages(name, query_batch, query_ids)
+        if self.run.is_done(scores) and ScoreStore(self.run.path("scores", name)).is_current():
+            return
+        folder = self._part_folder(name, part, parts)
+        if self._part_is_done(folder, scores):
+            return
+        rows = self._part_rows(len(query_ids), part, parts)
+        if self.run.is_done(responses):  # measured before (attribute, or an earlier merge): only recovery is left
+            values = np.load(self.run.path("responses", f"{name}.npy"))[rows]
+            base = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))["base_loss"].to_numpy()[rows]
+        else:
+            with self._memory_advice("measuring the responses"):
+                values, base = measure_responses(
+                    self.adapter, self._load_bank(), select_rows(query_batch, rows), self.config.form, self.layer,
+                    self.config.micro_batch, self.device, self.progress, measurement=self.config.measurement,
+                    query_ids=query_ids[rows],
+                )
+        batches = self._recovered(values) if len(values) else iter(())
+        with atomic_path(folder) as tmp:
+            tmp.mkdir(parents=True)
+            write_score_part(tmp / "scores", batches, query_ids[rows], base, len(self._examples.doc_ids),
+                             self._examples.doc_index, **self._store_settings())
+            with open(tmp / "responses.npy", "wb") as handle:
+                np.save(handle, values)
+            (tmp / "part.json").write_text(json.dumps({"scores": scores.fingerprint, "rows": [rows.start, rows.stop]}))
+
+    def merge_parts(self, queries: Queries | Examples, name: str, parts: int) -> ScoreStore:
+        """The query set's responses and score store from its `parts` finished parts (attribute_part); the parts are
+        removed once both are written."""
+        self._require_fit()
+        query_batch, query_ids = self._query_batch(queries)
+        responses, scores = self._query_stages(name, query_batch, query_ids)
+        folder = self.run.path("scores", name)
+        if self.run.is_done(scores) and ScoreStore(folder).is_current():
+            return ScoreStore(folder)
+        folders = [self._part_folder(name, part, parts) for part in range(parts)]
+        unfinished = [f.name for f in folders if not self._part_is_done(f, scores)]
+        if unfinished:
+            raise StrideError(f"{len(unfinished)} of the {parts} parts of query set {name!r} are not finished "
+                              f"({', '.join(unfinished[:5])}): run attribute_part for them first")
+        if not self.run.is_done(responses):
+            values = np.concatenate([np.load(f / "responses.npy") for f in folders])
+            base = np.concatenate([pl.read_parquet(f / "scores" / "queries.parquet")["base_loss"].to_numpy() for f in folders])
+            self._write_responses(responses, name, values, base, query_ids)
+        examples = self._examples
+        store = merge_score_parts(folder, [f / "scores" for f in folders], examples.doc_ids, examples.domains, examples.doc_index)
+        store = self._finish_scores(scores, store)
+        remove_path(self.run.path("parts", name))
+        return store
+
+    def _query_stages(self, name: str, query_batch: Batch, query_ids: list[str]) -> tuple[Stage, Stage]:
+        responses = self._responses_stage(name, query_batch, query_ids)
+        scores = self._scores_stage(name, responses.fingerprint)
+        self._check_stages({responses.name: responses, scores.name: scores}, force=False)
+        return responses, scores
+
+    def _responses_stage(self, name: str, query_batch: Batch, query_ids: list[str]) -> Stage:
+        return Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint,
+                                           "queries": _digest_batch(query_batch, query_ids), **stage_fields(self.config, "responses")})
+
+    def _scores_stage(self, name: str, responses_fingerprint: str) -> Stage:
+        return Stage(f"scores-{name}", {**stage_fields(self.config, "scores"), "responses": responses_fingerprint})
+
+    def _part_folder(self, name: str, part: int, parts: int) -> Path:
+        return self.run.path("parts", name, f"{part:05d}-of-{parts:05d}")
+
+    @staticmethod
+    def _part_is_done(folder: Path, scores: Stage) -> bool:
+        """A part written for these very scores (an older configuration's part is recomputed, not merged)."""
+        record = folder / "part.json"
+        return record.is_file() and json.loads(record.read_text())["scores"] == scores.fingerprint
+
+    def _part_rows(self, num_queries: int, part: int, parts: int) -> slice:
+        """A part's contiguous queries, cut at whole measurement micro-batches and recovery batches, so that each part
+        measures and solves exactly the batches a single `attribute` would."""
+        unit = math.lcm(self.config.micro_batch, self.recovery_settings().query_batch)
+        units = -(-num_queries // unit)
+        first, last = part * units // parts, (part + 1) * units // parts
+        return slice(min(first * unit, num_queries), min(last * unit, num_queries))
 
     # ------------------------------------------------------------------------------------------ helpers
 

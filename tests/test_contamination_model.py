@@ -63,8 +63,9 @@ def test_an_audit_with_a_run_points_each_seen_item_at_the_documents_that_state_i
     bench = tmp_path / "facts.jsonl"
     bench.write_text("".join(json.dumps({"id": i.id, "question": i.question, "answer": i.answer}) + "\n" for i in seen + unseen))
     request = AuditRequest(benchmarks=(str(bench),), train=(str(demo_assets.corpus_path),), out=str(tmp_path / "audit"),
-                           run=str(fitted_run), attribution_z=None)
-    run_audit(request)
+                           run=str(fitted_run), attribution_z=None, tasks=2, workers=1)
+    run_audit(request)  # two tasks share the items' attribution, one merges it (curate.core.attribution)
+    assert not any((fitted_run / "parts").iterdir())
     items = pl.read_parquet(tmp_path / "audit" / "items.parquet")
     assert {"attribution_z", "concentration", "loss", "min_k_pp"} <= set(items.columns)
     pairs = pl.read_parquet(tmp_path / "audit" / ".work" / "attribution_pairs.parquet")

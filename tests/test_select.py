@@ -423,7 +423,7 @@ def test_slurm_stages_chain_and_pickle(fitted_run, fact_target, tmp_path):
     request = _request(fitted_run, target, tmp_path / "out", executor="slurm", tasks=4, workers=2,
                        executor_options={"partition": "cpu", "time": "00:30:00"})
     executors = selection_executors(request, selection_pipelines(request, []))
-    assert [e.tasks for e in executors] == [4, 1, 4, 1]
+    assert [e.tasks for e in executors] == [4, 1, 4, 1, 4, 1]  # attribute, merge, score, threshold, filter, report
     assert all(e.depends is before for e, before in zip(executors[1:], executors))
     for executor in executors:
         dill.loads(dill.dumps(executor.pipeline))
@@ -444,7 +444,7 @@ def test_a_selection_submitted_to_slurm_runs_as_its_nodes_would_run_it(fitted_ru
     assert not (tmp_path / "slurm-out" / "manifest.json").exists()
     jobs = slurm.run_jobs()
     stages = [job for job in jobs if "launch_pickled_pipeline" in job.script]
-    assert [len(job.array) for job in stages] == [2, 1, 2, 1]  # score, threshold, filter, report
+    assert [len(job.array) for job in stages] == [2, 1, 2, 1, 2, 1]  # attribute, merge, score, threshold, filter, report
     assert all(job.directives["partition"] == "cpu" and job.directives["time"] == "00:30:00" for job in stages)
     assert stages[0].directives["array"] == "0-1%2"
     assert all(later.depends_on == [earlier.id] for earlier, later in zip(stages, stages[1:]))
@@ -535,3 +535,21 @@ def test_grouped_recovery_rescores_a_fitted_run_without_refitting(fitted_run, de
     for group in positive:
         share = 60 * group["value"] * group["pool_documents"] / total
         assert abs(group["selected_documents"] - min(share, group["pool_documents"])) <= 2, spread["per_group"]
+
+
+def test_the_target_attributed_by_several_tasks_selects_what_one_task_selects(demo_run, demo_assets, tmp_path):
+    """Three tasks share the target's responses and recovery (curate.core.attribution), then one merges them: the same
+    store and the same selection as a single task's. 130 queries: recovery's batches of 64 give two tasks work."""
+    target = write_jsonl(tmp_path / "pool-sample.jsonl",
+                         [{"id": f"t{i}", "text": doc["text"][:160]} for i, doc in enumerate(demo_assets.documents[:130])])
+    chosen = {}
+    for tasks in (1, 3):
+        run = tmp_path / f"run-{tasks}"
+        shutil.copytree(demo_run, run)
+        manifest = run_selection(_request(run, target, tmp_path / f"out-{tasks}", tasks=tasks, workers=1))
+        chosen[tasks] = [row["id"] for row in manifest["selected_documents"]]
+        assert not (run / "parts").exists() or not any((run / "parts").iterdir())  # merged, then removed
+    stores = [ScoreStore(next((tmp_path / f"run-{tasks}" / "scores").glob("target-pool-sample-*"))) for tasks in (1, 3)]
+    assert stores[0].queries().equals(stores[1].queries()) and len(stores[0].queries()) == 130
+    np.testing.assert_allclose(stores[1].documents()["mean_score"].to_numpy(), stores[0].documents()["mean_score"].to_numpy(), rtol=1e-12)
+    assert chosen[3] == chosen[1]

@@ -11,10 +11,13 @@ The run must have been fit on the audited corpus: its documents are the ones the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import polars as pl
+
+from stride_engine import Queries
 
 from ..core.run import Run
 from ..errors import CurateError
@@ -63,6 +66,16 @@ def attribution_scores(run: Run, items: Sequence[BenchmarkItem], top_k: int = 10
         on="query_id", how="left",
     ).drop("query_id")
     return per_item, pairs
+
+
+@dataclass(frozen=True)
+class ItemQuerySets:
+    """The audit's one query set (its benchmark items), for the attribution stage (curate.core.attribution)."""
+
+    items: tuple[BenchmarkItem, ...]
+
+    def sets(self, run: Run) -> dict[str, Queries]:
+        return {_store_name(self.items): item_queries(self.items, run.tokenizer, run.window)}
 
 
 def _store_name(items: Sequence[BenchmarkItem]) -> str:

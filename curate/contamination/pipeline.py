@@ -1,6 +1,7 @@
 """An audit as datatrove pipelines (index, scan, report, and the clean copy when asked) and their executors.
 
-The scan and the clean copy work document by document and run as many tasks; the index and the report as one. The
+The scan and the clean copy work document by document and run as many tasks, and so does the attribution of the items
+with a run (curate.core.attribution); the index, the attribution's merge, the signals and the report run as one. The
 same pipelines run under the local, Slurm and Ray executors (curate.core.executors).
 """
 
@@ -10,15 +11,18 @@ from pathlib import Path
 
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
+from ..core import attribution
+from ..core.attribution import attribution_pipelines
 from ..core.executors import chain_executors
 from ..core.readers import pool_readers
+from .attribution import ItemQuerySets
 from .items import BenchmarkItem
 from .model_signals import ModelSignals
 from .report import AuditReport
 from .request import AuditRequest
 from .steps import ContaminationFilter, ContaminationIndex, ContaminationScorer
 
-GLOBAL_STAGES = ("index", "signals", "report")
+GLOBAL_STAGES = ("index", *attribution.SINGLE_TASK, "signals", "report")
 
 
 def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest: dict) -> dict[str, list]:
@@ -29,6 +33,8 @@ def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest:
         "index": [ContaminationIndex(items, str(work), request.lexical(), request.fuzzy_settings())],
         "scan": [*readers(), ContaminationScorer(str(work))],
     }
+    if request.run:  # the items' attribution, shared by the tasks, before the signals read it
+        pipelines |= attribution_pipelines(request.run, ItemQuerySets(tuple(items)), request.execution().tasks)
     if request.run or request.model:
         pipelines["signals"] = [ModelSignals(str(work), request.run, request.model, request.reference_model, request.top_k,
                                              request.min_k, request.device)]

@@ -88,6 +88,10 @@ def parse_budget(text: str) -> Budget:
     return Budget(kind, float(int(value)), str(text))
 
 
+NO_GROUPS = ("proportional allocation spends the budget across the run's recovery groups, and this run has none: "
+             "rescore it with groups (`curate fit ... --set groups=16 --overwrite` keeps its operators)")
+
+
 def check_allocation(allocation: str, table: pl.DataFrame | None = None) -> None:
     """A known allocation, and for "proportional" a table whose documents carry the run's recovery groups."""
     if allocation not in ALLOCATIONS:
@@ -95,10 +99,7 @@ def check_allocation(allocation: str, table: pl.DataFrame | None = None) -> None
     if allocation == "proportional" and table is not None and (
         "group" not in table.columns or table["group"].null_count() == len(table)
     ):
-        raise CurateError(
-            "proportional allocation spends the budget across the run's recovery groups, and this run has none: "
-            "rescore it with groups (`curate fit ... --set groups=16 --overwrite` keeps its operators)"
-        )
+        raise CurateError(NO_GROUPS)
     if allocation == "balanced" and table is not None and not part_columns(table):
         raise CurateError(
             "balanced allocation shares the budget across the target's parts, and this table has no per-part scores: "

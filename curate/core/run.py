@@ -116,6 +116,23 @@ class Run:
             except StrideError as err:
                 raise CurateError(f"cannot attribute target {name!r}: {err}") from err
 
+    def attribute_part(self, name: str, queries: Queries, part: int, parts: int) -> None:
+        """Part `part` of `parts` of the query set's responses and recovery, for one of several tasks (Stride.attribute_part)."""
+        try:
+            with self.lock():  # the run's recovery groups are clustered once, before any part recovers with them
+                self.engine.groups()
+            self.engine.attribute_part(queries, name, part, parts)
+        except StrideError as err:
+            raise CurateError(f"cannot attribute part {part} of {parts} of {name!r}: {err}") from err
+
+    def merge_parts(self, name: str, queries: Queries, parts: int) -> ScoreStore:
+        """The query set's score store from its `parts` finished parts (Stride.merge_parts)."""
+        with self.lock():
+            try:
+                return self.engine.merge_parts(queries, name, parts)
+            except StrideError as err:
+                raise CurateError(f"cannot merge the parts of {name!r}: {err}") from err
+
     def responses(self, name: str, queries: Queries) -> np.ndarray:
         """The query set's (queries, operators) responses, measured once with its score store and kept in the run."""
         self.score_store(name, queries)
@@ -125,6 +142,14 @@ class Run:
 
     def chunks(self) -> pl.DataFrame:
         return pl.read_parquet(self.root / "chunks.parquet")
+
+    @cached_property
+    def document_count(self) -> int:
+        """Documents in the pool, those too short to make a chunk included (from the chunks stage's record)."""
+        record = self.root / "stages" / "chunks.json"
+        if record.is_file():
+            return int(json.loads(record.read_text())["documents"])
+        return len(self.documents)
 
     def document_tokens(self) -> pl.DataFrame:
         """Tokens per document as the run's model sees them (bos/eos included), from the run's chunk table."""

@@ -180,3 +180,21 @@ def part_sets(target: Target) -> dict[str, tuple[str, Queries]]:
         digest = hashlib.sha1(json.dumps([label, queries.ids]).encode()).hexdigest()[:6]
         sets[label] = (f"{target.name}-part-{_safe(label)[:40]}-{digest}", queries)
     return sets
+
+
+@dataclass(frozen=True)
+class TargetQuerySets:
+    """The query sets a job attributes for a target, as a picklable description (the attribution stage's input): the
+    whole target's, or with `by_part` each part's (part_sets). Loaded in the worker, for the run it opens there."""
+
+    spec: str
+    task_dirs: tuple[str, ...] = ()
+    limit: int | None = None
+    part_field: str = "part"
+    by_part: bool = False
+
+    def sets(self, run: Run) -> dict[str, Queries]:
+        target = target_for_run(run, self.spec, [Path(d) for d in self.task_dirs], self.limit, self.part_field)
+        if self.by_part:
+            return dict(part_sets(target).values())
+        return {target.name: target.queries}

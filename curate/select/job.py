@@ -22,7 +22,7 @@ from typing import Any
 from stride_engine.artifacts import atomic_write_text
 
 from ..core.baselines import METHODS
-from ..core.budget import check_allocation, parse_budget
+from ..core.budget import NO_GROUPS, check_allocation, parse_budget
 from ..core.executors import run_chain
 from ..core.outputs import finished_rerun, replacing
 from ..core.readers import pool_readers
@@ -53,10 +53,15 @@ def check_request(request: SelectionRequest, overwrite: bool = False) -> tuple[T
     run = Run(request.run)
     task_dirs = [Path(d) for d in request.task_dirs]
     target = target_for_run(run, request.target, task_dirs, request.target_limit, request.part_field)
+    if request.method == "stride":  # attributed by the pipeline's first stages, on the executor's tasks
+        budget.limit(run.document_count, int(run.document_tokens()["tokens"].sum()))  # a budget larger than the pool fails here
+        if request.allocation == "proportional" and not run.config.groups:
+            raise CurateError(NO_GROUPS)
+        return target, finished
     table = influence_table(run, request.target, request.rule, request.k, task_dirs, request.target_limit,
                             request.method, request.seed, request.allocation == "balanced",
-                            request.part_field)  # computed here, reused by the stages
-    budget.limit(len(table), int(table["tokens"].sum()))  # a budget larger than the pool fails here
+                            request.part_field)  # a model-free baseline's scores: computed here, reused by the stages
+    budget.limit(len(table), int(table["tokens"].sum()))
     check_allocation(request.allocation, table)
     return target, finished
 

@@ -1,6 +1,8 @@
-"""A selection as four datatrove pipelines (score, threshold, filter, report) and their executors.
+"""A selection as datatrove pipelines (the target's attribution, score, threshold, filter, report) and their executors.
 
-The per-document stages (score, filter) run as many tasks; the global ones (threshold, report) as one. The same
+The per-document stages (score, filter) and the attribution (curate.core.attribution: each task measures and
+recovers a share of the target's queries) run as many tasks; the global ones (the attribution's merge, threshold,
+report) as one. The same
 pipelines run under the local, Slurm and Ray executors (curate.core.executors).
 """
 
@@ -10,12 +12,14 @@ from pathlib import Path
 
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
+from ..core import attribution
+from ..core.attribution import attribution_pipelines
 from ..core.executors import chain_executors
-from ..core.targets import Target
+from ..core.targets import Target, TargetQuerySets
 from .request import SelectionRequest, describe_request
 from .steps import BudgetThreshold, InfluenceFilter, InfluenceScorer, SelectionReport
 
-GLOBAL_STAGES = ("threshold", "report")
+GLOBAL_STAGES = (*attribution.SINGLE_TASK, "threshold", "report")
 
 
 def selection_pipelines(request: SelectionRequest, readers: list, target: Target | None = None) -> dict[str, list]:
@@ -26,7 +30,12 @@ def selection_pipelines(request: SelectionRequest, readers: list, target: Target
     scorer = dict(run_dir=request.run, target=request.target, rule=request.rule, k=request.k, task_dirs=list(request.task_dirs),
                   target_limit=request.target_limit, method=request.method, seed=request.seed,
                   by_part=request.allocation == "balanced", part_field=request.part_field)
-    return {
+    pipelines = {}
+    if request.method == "stride":  # the target's attribution, shared by the tasks, before anything reads it
+        query_sets = TargetQuerySets(request.target, tuple(map(str, request.task_dirs)), request.target_limit,
+                                     request.part_field, by_part=request.allocation == "balanced")
+        pipelines |= attribution_pipelines(request.run, query_sets, request.execution().tasks)
+    return pipelines | {
         "score": [*readers, InfluenceScorer(**scorer, scores_folder=str(work / "scores"))],
         "threshold": [BudgetThreshold(str(work / "scores"), str(out), request.budget, request.domain_floor, request.allocation)],
         "filter": [

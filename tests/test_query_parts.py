@@ -1,0 +1,91 @@
+"""A query set attributed in parts by separate workers, then merged: the same store as one `attribute` call."""
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from stride_engine import ConfigError, Queries, ScoreStore, StrideError, Stride, preset, read_documents
+
+from tiny import random_texts, save_tiny_model, write_jsonl
+
+TINY = dict(chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=12, checkpoint_every=6,
+            operators_per_step=4, linearity_every=6, linearity_operators=12, top_k=20, micro_batch=16)
+QUERIES = 150  # recovery solves 64 queries at a time: three batches, the last one short
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    texts = random_texts(90, seed=11)
+    model = save_tiny_model(root / "model", "llama", texts)
+    train = write_jsonl(root / "train.jsonl", [{"id": f"doc{i}", "text": t} for i, t in enumerate(texts)])
+    run = root / "run"
+    config = preset("cpu-smoke", **TINY)
+    Stride.from_pretrained(model, config, run, progress=False).fit(read_documents([train]))
+    words = [" ".join(text.split()[:8]) for text in random_texts(QUERIES, seed=12)]
+    queries = Queries(ids=[f"q{i}" for i in range(QUERIES)], prompts=[""] * QUERIES, completions=words)
+    return model, train, run, config, queries
+
+
+def _reopened(fitted, run):
+    model, train, _, config, _ = fitted
+    return Stride.from_pretrained(model, config, run, progress=False).fit(read_documents([train]))
+
+
+def test_parts_merge_into_the_store_one_call_writes(fitted, tmp_path):
+    _, _, run, _, queries = fitted
+    whole_run, parted_run = tmp_path / "whole", tmp_path / "parted"
+    shutil.copytree(run, whole_run)
+    shutil.copytree(run, parted_run)
+    whole = _reopened(fitted, whole_run).attribute(queries, name="target")
+
+    workers = [_reopened(fitted, parted_run) for _ in range(4)]  # four workers; one of them gets no whole batch
+    for part in (3, 1, 0):
+        workers[part].attribute_part(queries, "target", part, 4)
+    with pytest.raises(StrideError, match=r"1 of the 4 parts of query set 'target' are not finished \(00002-of-00004\)"):
+        workers[0].merge_parts(queries, "target", 4)
+    assert not (parted_run / "scores" / "target").exists()  # nothing half-merged
+    workers[2].attribute_part(queries, "target", 2, 4)
+    merged = workers[0].merge_parts(queries, "target", 4)
+
+    assert np.array_equal(np.load(parted_run / "responses" / "target.npy"), np.load(whole_run / "responses" / "target.npy"))
+    for name in ("top.parquet", "chunk_scores.parquet", "queries.parquet"):
+        assert pl.read_parquet(merged.folder / name).equals(pl.read_parquet(whole.folder / name)), name
+    ours, theirs = merged.documents(), whole.documents()
+    assert ours.select("doc_id", "domain", "nonzero_queries", "chunks").equals(theirs.select("doc_id", "domain", "nonzero_queries", "chunks"))
+    for column in ("mean_score", "mean_standardized_score", "positive_mass", "negative_mass"):
+        np.testing.assert_allclose(ours[column].to_numpy(), theirs[column].to_numpy(), rtol=1e-12, atol=1e-15)
+    assert not (parted_run / "parts").joinpath("target").exists()  # the parts go once merged
+
+    # The merged set is a finished stage: attribute reuses it, and a late worker finds nothing to do.
+    again = _reopened(fitted, parted_run)
+    assert again.attribute(queries, name="target").documents().equals(ours)
+    again.attribute_part(queries, "target", 1, 4)
+    assert not (parted_run / "parts").joinpath("target").exists()
+
+
+def test_a_part_is_kept_and_a_stale_one_recomputed(fitted, tmp_path):
+    _, _, run, _, queries = fitted
+    parted_run = tmp_path / "parted"
+    shutil.copytree(run, parted_run)
+    worker = _reopened(fitted, parted_run)
+    worker.attribute_part(queries, "target", 0, 2)
+    record = parted_run / "parts" / "target" / "00000-of-00002" / "part.json"
+    written = record.stat().st_mtime_ns
+    worker.attribute_part(queries, "target", 0, 2)  # a rerun (a datatrove task retried) skips the finished part
+    assert record.stat().st_mtime_ns == written
+
+    record.write_text(record.read_text().replace('"scores": "', '"scores": "stale'))  # a part of another configuration
+    with pytest.raises(StrideError, match="00000-of-00002"):
+        worker.merge_parts(queries, "target", 2)
+    worker.attribute_part(queries, "target", 0, 2)
+    worker.attribute_part(queries, "target", 1, 2)
+    assert len(worker.merge_parts(queries, "target", 2).queries()) == QUERIES
+
+
+def test_a_part_outside_the_parts_is_refused(fitted):
+    _, _, run, _, queries = fitted
+    with pytest.raises(ConfigError, match=r"part 2 is not one of the 2 parts \(0..1\)"):
+        _reopened(fitted, run).attribute_part(queries, "target", 2, 2)
