@@ -1,6 +1,6 @@
 """Time and peak memory of every stage of a run against corpus size, with the demo's small model.
 
-    python -m benchmarks.scale_corpus --sizes 10000 50000 200000 --state-cache memory disk
+    python -m benchmarks.scale_corpus --sizes 10000 50000 200000 --state-cache memory disk recompute
 
 For each size a corpus of that many documents is generated the way the demo's is (its planted facts plus filler
 documents of its four domains), and one fresh process runs the stages a user runs: read the corpus, chunk it and
@@ -9,7 +9,8 @@ depend on n), measure 50 queries' responses, recover the scores, and select 10% 
 job (local executor). A thread samples the process's resident memory every 20 ms; each stage reports its wall time,
 the peak RSS while it ran, and the peak of its anonymous part (RSS less file-backed pages: with state_cache="disk"
 the states are file pages the OS can drop, which RSS counts while they are mapped). Each size runs with the states
-held in memory and, with `--state-cache disk`, mapped from a file. Results: benchmarks/results/scale_corpus.{json,md,png}.
+held in memory, with `--state-cache disk` mapped from a file, and with `recompute` not held at all (the prefix runs
+on the rows each step reads). Results: benchmarks/results/scale_corpus.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -167,14 +168,14 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for cache, style in (("memory", "-"), ("disk", "--")):
+    for cache, style in (("memory", "-"), ("disk", "--"), ("recompute", ":")):
         mine = [row for row in rows if row["state_cache"] == cache]
         sizes = [row["documents"] for row in mine]
         for color, stage in enumerate(STAGES):
             label = f"{stage} ({cache})" if cache == "memory" or stage == "states" else None
             left.plot(sizes, [row[f"{stage}_seconds"] for row in mine], style, color=f"C{color}", marker="o", label=label)
             right.plot(sizes, [row[f"{stage}_peak_anon_mb"] for row in mine], style, color=f"C{color}", marker="o")
-    for axis, label in ((left, "wall time (s); dashed: states on disk"), (right, "peak anonymous memory during the stage (MB)")):
+    for axis, label in ((left, "wall time (s); dashed: states on disk, dotted: recomputed"), (right, "peak anonymous memory during the stage (MB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("documents")
@@ -187,7 +188,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 200000])
-    parser.add_argument("--state-cache", nargs="+", default=["memory"], choices=["memory", "disk"])
+    parser.add_argument("--state-cache", nargs="+", default=["memory"], choices=["memory", "disk", "recompute"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process measuring one size
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

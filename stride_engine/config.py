@@ -89,6 +89,9 @@ class StrideConfig:
     # Where the states at the cut live while the operators train: "memory" (on the device) or "disk" (a file in the
     # run's operators.partial/, mapped into memory: the OS pages it in and out, so a pool whose states do not fit in
     # RAM still trains; each micro-batch's rows are gathered and moved to the device). Same results either way.
+    # "recompute" holds no states: each micro-batch's are computed from its tokens when training reads them, which
+    # costs less than caching once a step count x batch rows is below the pool's size (a large pool; results equal
+    # the cached ones within float rounding, docs/scaling.md).
     state_cache: str = "memory"
 
     def __post_init__(self) -> None:
@@ -199,7 +202,7 @@ _CHOICES = {
     "lambda_rule": ("cv", "fixed"),
     "aggregate": ("max", "sum"),
     "measurement": ("loss", "log-odds"),
-    "state_cache": ("memory", "disk"),
+    "state_cache": ("memory", "disk", "recompute"),
 }
 
 _POSITIVE = (

@@ -45,7 +45,7 @@ from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
 from .responses import measure_responses
 from .scores import ScoreStore, merge_score_parts, write_score_part, write_scores
-from .training import StateCache, new_bank, train_operators
+from .training import RecomputedStates, StateCache, new_bank, train_operators
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ class Stride:
             if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err)):
                 raise
             config = self.config
-            states = "" if config.state_cache == "disk" else (
-                "; keep the states at the cut off the device with state_cache=disk" if stage == "operator training" else "")
+            states = "" if config.state_cache == "recompute" or stage != "operator training" else (
+                "; hold no states at the cut with state_cache=recompute" if config.state_cache == "disk" else
+                "; keep the states at the cut off the device with state_cache=disk, or hold none with state_cache=recompute")
             raise OutOfMemory(
                 f"{stage} ran out of memory on {self.device}: lower micro_batch (now {config.micro_batch})"
                 + (f" or loss_positions (now {config.loss_positions})" if config.form == "logit" and stage == "operator training" else "")
@@ -512,10 +513,12 @@ class Stride:
         gains = training_log.curves["fidelity_gain"]
         self.run.finish(stage, final_fidelity_gain=float(np.mean(gains[-20:])) if gains else None, steps=config.steps)
 
-    def _state_cache(self, examples: Examples, state_file: Path) -> StateCache:
+    def _state_cache(self, examples: Examples, state_file: Path) -> StateCache | RecomputedStates:
         """The frozen prefix's states for every example, written into one preallocated tensor (on the device, or in
         `state_file` with state_cache="disk"). Several processes each compute their share of the micro-batches."""
         batch = move(examples.batch, self.device)
+        if self.config.state_cache == "recompute":
+            return RecomputedStates(self.adapter, batch, self.config.form, self.layer)
         starts = range(0, len(examples), self.config.micro_batch)
 
         def capture(start: int) -> torch.Tensor:

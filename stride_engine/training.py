@@ -55,10 +55,42 @@ class StateCache:
         states = self.states[index.to(self.states.device)].to(self.device)
         return trim_padding(states, select_rows(self.batch, index))
 
+    @property
+    def sequence(self) -> bool:
+        """Whether a row's states are a sequence (one per token), so that loss positions can be drawn."""
+        return self.states.dim() >= 3
+
     def width(self, rows: np.ndarray) -> int:
         """The sequence length `rows(rows)` returns, without gathering the states."""
         if "attention_mask" not in self.batch or self.states.dim() < 3:
             return self.states.shape[1] if self.states.dim() >= 3 else 1
+        return int(self.batch["attention_mask"][torch.as_tensor(rows, device=self.device)].sum(dim=1).max())
+
+
+class RecomputedStates:
+    """StateCache's interface without the states (state_cache="recompute"): the rows training reads are run through
+    the frozen prefix when it reads them. Nothing of size n x length x d exists; each step pays the prefix's forward
+    pass for its rows instead."""
+
+    def __init__(self, adapter, batch: Batch, form: str, layer: int):
+        self.adapter, self.batch, self.form, self.layer = adapter, batch, form, layer
+        self.sequence = self.rows(np.arange(1))[0].dim() >= 3
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.batch.values())).device
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, Batch]:
+        batch = select_rows(self.batch, torch.as_tensor(rows, device=self.device))
+        if "attention_mask" in batch:  # cut the shared right-padding first: the prefix never runs on it
+            width = int(batch["attention_mask"].sum(dim=1).max())
+            batch = {key: value[:, :width] if value.dim() >= 2 else value for key, value in batch.items()}
+        with torch.no_grad():
+            return self.adapter.capture(batch, self.form, self.layer), batch
+
+    def width(self, rows: np.ndarray) -> int:
+        if "attention_mask" not in self.batch:
+            return 1
         return int(self.batch["attention_mask"][torch.as_tensor(rows, device=self.device)].sum(dim=1).max())
 
 
@@ -184,7 +216,7 @@ class _Steps:
         """`loss_positions` random positions of these rows' sequences (the same for the whole micro-batch), or None
         for all of them."""
         count = self.config.loss_positions
-        if not count or self.cache.states.dim() < 3:
+        if not count or not self.cache.sequence:
             return None
         width = self.cache.width(rows)
         if count >= width - 1:

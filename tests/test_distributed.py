@@ -51,7 +51,7 @@ def _assert_same_run(run: Path, single: Path) -> None:
     assert (run / "stages" / "scores-queries.json").is_file()
 
 
-@pytest.mark.parametrize("state_cache", ["memory", "disk"])
+@pytest.mark.parametrize("state_cache", ["memory", "disk", "recompute"])
 def test_two_processes_train_the_operators_one_process_trains(inputs, tmp_path, state_cache):
     model, train, queries, single = inputs
     result = _torchrun(str(HERE / "distributed_fit.py"), str(model), str(train), str(queries), str(tmp_path / "run"),

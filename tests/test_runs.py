@@ -135,6 +135,31 @@ def test_states_kept_on_disk_train_the_same_operators(tiny_inputs, tmp_path):
     reopened.fit(documents)  # the memory setting reuses the disk run's stages: nothing is stale
 
 
+def test_states_recomputed_per_batch_train_the_operators_the_cache_trains(tiny_inputs, tmp_path, monkeypatch):
+    """state_cache="recompute" holds no states: the prefix runs on the rows a step reads, never on the whole pool at
+    once, and the operators equal the cached run's within float rounding (the same scores for the queries)."""
+    from safetensors.numpy import load_file
+
+    from stride_engine.adapters import CausalLMAdapter
+
+    model, train, queries = tiny_inputs
+    documents, query_set = read_documents([train]), read_queries(queries)
+    cached = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "memory", progress=False).fit(documents)
+    rows_seen = []
+    capture = CausalLMAdapter.capture
+    monkeypatch.setattr(CausalLMAdapter, "capture", lambda self, batch, *a: rows_seen.append(len(batch["input_ids"])) or capture(self, batch, *a))
+    recomputed = Stride.from_pretrained(model, preset("cpu-smoke", **TINY, state_cache="recompute"), tmp_path / "recompute", progress=False)
+    recomputed.fit(documents)
+    monkeypatch.setattr(CausalLMAdapter, "capture", capture)
+    assert rows_seen and max(rows_seen) < len(recomputed._examples)  # never the whole pool in one go
+    assert not (tmp_path / "recompute" / "operators.partial").exists()
+    ours = load_file(tmp_path / "recompute" / "operators" / "bank.safetensors")
+    theirs = load_file(tmp_path / "memory" / "operators" / "bank.safetensors")
+    for name, values in theirs.items():
+        np.testing.assert_allclose(ours[name], values, rtol=1e-3, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(recomputed.responses(query_set), cached.responses(query_set), rtol=1e-3, atol=1e-6)
+
+
 def test_a_finished_run_reopens_from_its_saved_chunks_without_tokenising(tiny_inputs, tmp_path, monkeypatch):
     model, train, queries = tiny_inputs
     documents, query_set = read_documents([train]), read_queries(queries)
