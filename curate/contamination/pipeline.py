@@ -33,7 +33,8 @@ def audit_pipelines(request: AuditRequest, items: list[BenchmarkItem], manifest:
         "index": [ContaminationIndex(items, str(work), request.lexical(), request.fuzzy_settings())],
         "scan": [*readers(), ContaminationScorer(str(work))],
     }
-    if request.run:  # the items' attribution, shared by the tasks, before the signals read it
+    if request.run and request.execution().tasks > 1:  # the items' attribution, shared by the tasks (one task: the
+        # signals stage attributes them itself, a stage fewer that reopens the run)
         pipelines |= attribution_pipelines(request.run, ItemQuerySets(tuple(items)), request.execution().tasks)
     if request.run or request.model:
         pipelines["signals"] = [ModelSignals(str(work), request.run, request.model, request.reference_model, request.top_k,

@@ -31,7 +31,8 @@ def selection_pipelines(request: SelectionRequest, readers: list, target: Target
                   target_limit=request.target_limit, method=request.method, seed=request.seed,
                   by_part=request.allocation == "balanced", part_field=request.part_field)
     pipelines = {}
-    if request.method == "stride":  # the target's attribution, shared by the tasks, before anything reads it
+    if request.method == "stride" and request.execution().tasks > 1:  # the target's attribution, shared by the tasks
+        # (with one task, the scorer attributes the target itself: a stage fewer that reopens the run)
         query_sets = TargetQuerySets(request.target, tuple(map(str, request.task_dirs)), request.target_limit,
                                      request.part_field, by_part=request.allocation == "balanced")
         pipelines |= attribution_pipelines(request.run, query_sets, request.execution().tasks)
