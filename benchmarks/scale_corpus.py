@@ -83,10 +83,12 @@ def measure(size: int, state_cache: str) -> dict:
 
     model_dir, corpus_path, queries_path = corpus_for(size)
     run_dir = CACHE / "runs" / f"{size}-{state_cache}"
-    if run_dir.exists():
-        import shutil
+    selected = run_dir.parent / f"{size}-{state_cache}-selected"
+    import shutil
 
-        shutil.rmtree(run_dir)
+    for earlier in (run_dir, selected):  # an earlier run's selection would be found finished and not measured
+        if earlier.exists():
+            shutil.rmtree(earlier)
     sampler = MemorySampler()
     sampler.start()
     marks = {"start": sampler.sample()}
@@ -104,7 +106,7 @@ def measure(size: int, state_cache: str) -> dict:
     marks["responses"] = sampler.sample()
     stride.recover()
     marks["recover"] = sampler.sample()
-    run_selection(SelectionRequest(run=str(run_dir), target=str(queries_path), budget="10%", out=str(run_dir.parent / f"{size}-{state_cache}-selected")))
+    run_selection(SelectionRequest(run=str(run_dir), target=str(queries_path), budget="10%", out=str(selected)))
     marks["select"] = sampler.sample()
     sampler.stopped.set()
     sampler.join()
