@@ -89,9 +89,7 @@ def write_score_part(
     tally = _tally(batches, query_ids, base_losses, num_docs, doc_index, aggregate, top_k, keep_all_nonzeros)
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
-        tally.top.write_parquet(tmp / "top.parquet")
-        tally.chunks.write_parquet(tmp / "chunk_scores.parquet")
-        tally.queries.write_parquet(tmp / "queries.parquet")
+        _write_rows(tmp, tally)
         pl.DataFrame(tally.sums).write_parquet(tmp / "document_sums.parquet")
 
 
@@ -182,11 +180,16 @@ def _write_store(folder: Path | str, tally: _Tally, doc_ids: list[str], doc_doma
     })
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
-        tally.top.write_parquet(tmp / "top.parquet")
-        tally.chunks.write_parquet(tmp / "chunk_scores.parquet")
+        _write_rows(tmp, tally)
         documents.write_parquet(tmp / "documents.parquet")
-        tally.queries.write_parquet(tmp / "queries.parquet")
     return ScoreStore(Path(folder))
+
+
+def _write_rows(folder: Path, tally: _Tally) -> None:
+    """The per-query files a store and a part both hold."""
+    tally.top.write_parquet(folder / "top.parquet")
+    tally.chunks.write_parquet(folder / "chunk_scores.parquet")
+    tally.queries.write_parquet(folder / "queries.parquet")
 
 
 _TOP_SCHEMA = {"query_id": pl.String, "direction": pl.String, "rank": pl.Int64, "doc_index": pl.Int64, "score": pl.Float64}

@@ -1,7 +1,8 @@
 """An audit as datatrove pipelines (index, scan, report, and the clean copy when asked) and their executors.
 
-The scan and the clean copy work document by document and run as many tasks, and so does the attribution of the items
-with a run (curate.core.attribution); the index, the attribution's merge, the signals and the report run as one. The
+The scan and the clean copy work document by document and run as many tasks, and with a run and more than one task,
+so does the items' attribution (curate.core.attribution); the index, the attribution's merge, the signals and the
+report run as one. The
 same pipelines run under the local, Slurm and Ray executors (curate.core.executors).
 """
 

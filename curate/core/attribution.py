@@ -24,8 +24,7 @@ from stride_engine import Queries
 from ..errors import CurateError
 from .run import Run
 
-STAGES = ("attribute", "merge")
-SINGLE_TASK = ("merge",)
+SINGLE_TASK = ("merge",)  # of the two stages, the one that runs as a single task
 
 
 class QuerySets(Protocol):

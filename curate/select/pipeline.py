@@ -1,9 +1,9 @@
 """A selection as datatrove pipelines (the target's attribution, score, threshold, filter, report) and their executors.
 
-The per-document stages (score, filter) and the attribution (curate.core.attribution: each task measures and
-recovers a share of the target's queries) run as many tasks; the global ones (the attribution's merge, threshold,
-report) as one. The same
-pipelines run under the local, Slurm and Ray executors (curate.core.executors).
+The per-document stages (score, filter) run as many tasks, and with more than one, so does the target's attribution
+(curate.core.attribution: each task measures and recovers a share of its queries); the global ones (the
+attribution's merge, threshold, report) run as one. The same pipelines run under the local, Slurm and Ray executors
+(curate.core.executors).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def selection_pipelines(request: SelectionRequest, readers: list, target: Target
     if request.method == "stride" and request.execution().tasks > 1:  # the target's attribution, shared by the tasks
         # (with one task, the scorer attributes the target itself: a stage fewer that reopens the run)
         query_sets = TargetQuerySets(request.target, tuple(map(str, request.task_dirs)), request.target_limit,
-                                     request.part_field, by_part=request.allocation == "balanced")
+                                     request.part_field, by_part=scorer["by_part"])
         pipelines |= attribution_pipelines(request.run, query_sets, request.execution().tasks)
     return pipelines | {
         "score": [*readers, InfluenceScorer(**scorer, scores_folder=str(work / "scores"))],
