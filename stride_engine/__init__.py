@@ -7,7 +7,7 @@ from .adapters import CausalLMAdapter, ModelAdapter, SequentialClassifierAdapter
 from .config import PRESETS, StrideConfig, preset
 from .corpus import Documents, Queries, read_documents, read_queries
 from .design import Membership, random_membership
-from .errors import ConfigError, CorpusError, ModelError, OutOfMemory, StageMismatchError, StrideError
+from .errors import ConfigError, CorpusError, ModelError, OutOfMemory, RunFormatError, StageMismatchError, StrideError
 from .scores import ScoreStore
 from .stride import Examples, Stride
 
@@ -16,6 +16,6 @@ __all__ = [
     "PRESETS", "StrideConfig", "preset",
     "Documents", "Queries", "read_documents", "read_queries",
     "Membership", "random_membership",
-    "ConfigError", "CorpusError", "ModelError", "OutOfMemory", "StageMismatchError", "StrideError",
+    "ConfigError", "CorpusError", "ModelError", "OutOfMemory", "RunFormatError", "StageMismatchError", "StrideError",
     "ScoreStore", "Examples", "Stride",
 ]

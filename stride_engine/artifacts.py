@@ -5,6 +5,9 @@ outputs were moved into place, so an interrupted stage never looks finished. The
 everything the stage was built from (its configuration fields and its inputs' fingerprints). Rerunning a
 finished stage with the same fingerprint skips it; a different fingerprint is a `StageMismatchError`, never a
 silent reuse.
+
+`format.json` holds the layout's version (RUN_FORMAT). A folder written by a version this one cannot read is refused
+before anything in it is touched, naming both versions; a folder without the file predates it and has layout 1.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import StageMismatchError
+from .errors import RunFormatError, StageMismatchError
+
+
+# The run folder's layout. Raise it when a change means an older version would misread a newer folder; move
+# OLDEST_RUN_FORMAT up with it when this version can no longer read (or upgrade in place) the older layout.
+RUN_FORMAT = 1
+OLDEST_RUN_FORMAT = 1
+FORMAT_FILE = "format.json"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -97,6 +107,31 @@ class RunDirectory:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    def check_format(self) -> None:
+        """Refuse a folder whose layout this version cannot read; a folder without format.json is new or has layout 1."""
+        path = self.path(FORMAT_FILE)
+        if not path.is_file():
+            return
+        try:
+            found = int(json.loads(path.read_text())["format"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise RunFormatError(f"{path} does not say which run format the folder has ({err}): restore it from the "
+                                 "run's copy, or fit into a new folder") from err
+        if found > RUN_FORMAT:
+            raise RunFormatError(
+                f"run {self.root} was written by a newer version of stride_engine (run format {found}; this version "
+                f"reads formats {OLDEST_RUN_FORMAT} to {RUN_FORMAT}): upgrade curate to open it. Nothing in it was changed.")
+        if found < OLDEST_RUN_FORMAT:
+            raise RunFormatError(
+                f"run {self.root} was written by an older version of stride_engine (run format {found}; this version "
+                f"reads formats {OLDEST_RUN_FORMAT} to {RUN_FORMAT}): fit it again into a new folder, or open it with the "
+                "version that wrote it. Nothing in it was changed.")
+
+    def mark_format(self) -> None:
+        """Record this version's layout (a folder that has one keeps it: check_format has accepted it)."""
+        if not self.path(FORMAT_FILE).is_file():
+            atomic_write_text(self.path(FORMAT_FILE), json.dumps({"format": RUN_FORMAT}) + "\n")
 
     def record_path(self, name: str) -> Path:
         return self.path("stages", f"{name}.json")

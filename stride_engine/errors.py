@@ -23,3 +23,7 @@ class StageMismatchError(StrideError):
 
 class OutOfMemory(StrideError):
     """A stage that did not fit in the device's (or the machine's) memory; the message names the settings to lower."""
+
+
+class RunFormatError(StrideError):
+    """A run directory laid out by another version of the engine than this one can read."""

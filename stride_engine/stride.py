@@ -73,6 +73,7 @@ class Stride:
         self.tokenizer = tokenizer
         self.config = config
         self.run = RunDirectory(Path(run_dir))
+        self.run.check_format()  # before anything reads or writes the folder
         self.device = _device(config.device)
         distributed.ensure_process_group(self.device)
         self.progress = progress and distributed.is_main()
@@ -129,6 +130,7 @@ class Stride:
             ) from err
 
     def _write_training_inputs(self, train, examples: Examples, membership: Membership, stages: dict[str, Stage]) -> None:
+        self.run.mark_format()
         self.config.save(self.run.path("config.yaml"))
         if not self.run.is_done(stages["chunks"]):
             self._write_chunks(train, examples)

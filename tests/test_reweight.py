@@ -429,3 +429,35 @@ def test_the_ray_executor_writes_the_same_mixture(fitted_run, demo_assets, tmp_p
     assert on_ray["weights"]["domains"] == local["weights"]["domains"]
     assert on_ray["sampled"] == local["sampled"]
     assert _written_ids(tmp_path / "ray-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
+
+
+def test_the_target_attributed_by_several_tasks_gives_the_weights_one_task_gives(demo_run, demo_assets, tmp_path, monkeypatch):
+    """With two tasks the target's parts are measured and recovered by both (curate.core.attribution) and merged,
+    before the weights stage reads them: the same weights as one task. The submitting process attributes nothing:
+    its checks read only the run's chunk table and the target's items."""
+    import shutil
+
+    from curate.core.run import Run
+    from curate.reweight import check_request
+
+    rng = random.Random(3)
+    facts = [{"id": q["id"], "prompt": q["prompt"], "completion": q["completion"], "part": "facts"} for q in demo_assets.queries[:70]]
+    sums = [{"id": f"sum-{i}", "text": _arithmetic(rng), "part": "sums"} for i in range(70)]
+    target = write_jsonl(tmp_path / "mixed.jsonl", facts + sums)  # two parts of 70: recovery's batches of 64 split each
+    weights = {}
+    for tasks in (1, 2):
+        run = tmp_path / f"run-{tasks}"
+        shutil.copytree(demo_run, run)
+        request = ReweightRequest(run=str(run), target=str(target), out=str(tmp_path / f"out-{tasks}"), mode="average",
+                                  tasks=tasks, workers=1)
+        with monkeypatch.context() as patched:
+            for method in ("score_store", "responses", "attribute_part", "merge_parts"):
+                patched.setattr(Run, method, lambda *a, **k: pytest.fail("the submitting process attributed the target"))
+            check_request(request)
+        assert not (tmp_path / f"out-{tasks}").exists()
+        manifest = run_reweight(request)
+        weights[tasks] = [(d["domain"], d["weight"]) for d in manifest["weights"]["domains"]]
+        assert set(manifest["weights"]["parts"]) == {"target", "facts", "sums"}
+        assert not (run / "parts").exists() or not any((run / "parts").iterdir())  # merged, then removed
+    assert [d for d, _ in weights[2]] == [d for d, _ in weights[1]]
+    np.testing.assert_allclose([w for _, w in weights[2]], [w for _, w in weights[1]], rtol=1e-9)

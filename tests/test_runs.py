@@ -287,3 +287,30 @@ def test_changed_solver_is_refused_before_the_saved_config_is_rewritten(tiny_inp
     # A value no stage depends on (the micro-batch size) changes nothing that was computed.
     same = CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir, "--set", "micro_batch=32"))
     assert same.exit_code == 0, same.output
+
+
+def _folder_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("found, says", [(2, "newer version"), (0, "older version"), ("two", "does not say")])
+def test_a_run_folder_another_version_laid_out_is_refused_untouched(tiny_inputs, tmp_path, found, says):
+    """A fitted run records its layout (format.json). A folder whose layout this version cannot read is refused by
+    every command that opens it, naming the versions, and nothing in it changes; one without the file (written before
+    the layout was recorded) still opens."""
+    from curate.core.run import Run
+
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(main, _attribute_args(tiny_inputs, run_dir)).exit_code == 0
+    assert json.loads((run_dir / "format.json").read_text()) == {"format": 1}
+    (run_dir / "format.json").unlink()
+    Run(run_dir).config  # a run from before the file opens as layout 1
+    (run_dir / "format.json").write_text(json.dumps({"format": found}))
+    before = _folder_bytes(run_dir)
+    _, _, queries = tiny_inputs
+    for args in (_attribute_args(tiny_inputs, run_dir), _attribute_args(tiny_inputs, run_dir, "--overwrite"),
+                 ["top", str(run_dir), "--query", "q1"],
+                 ["select", "--run", str(run_dir), "--target", str(queries), "--budget", "10", "--out", str(tmp_path / "sel")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0 and says in result.output and "format" in result.output, (args, result.output)
+    assert _folder_bytes(run_dir) == before and not (tmp_path / "sel").exists()

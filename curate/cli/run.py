@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from stride_engine import PRESETS, distributed, Queries, ScoreStore, Stride, StrideConfig, StrideError, preset, read_documents, read_queries
+from stride_engine.artifacts import RunDirectory
 
 from ..core.run import Run, RunInputs
 from ..core.targets import LONG_TEXT, fit_to_window
@@ -147,6 +148,7 @@ def top(run_argument, run_option, query_id, k, name, least):
         raise click.UsageError("give the run once: --run RUN (or RUN as the first argument)")
     run_dir = Path(run_option or run_argument)
     try:
+        RunDirectory(run_dir).check_format()
         store = ScoreStore(run_dir / "scores" / name)
         table = store.top(query_id, k=k, direction="negative" if least else "positive")
     except StrideError as err:

@@ -19,7 +19,7 @@ import polars as pl
 from filelock import FileLock
 
 from stride_engine import Documents, Queries, ScoreStore, Stride, StrideConfig, StrideError, read_documents
-from stride_engine.artifacts import atomic_write_text
+from stride_engine.artifacts import RunDirectory, atomic_write_text
 from stride_engine.groups import groups_file
 
 from ..errors import CurateError
@@ -55,6 +55,7 @@ class Run:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.inputs = RunInputs.load(self.root)  # refuses a folder that is not a run
+        RunDirectory(self.root).check_format()  # and one another version laid out, before its config is read
         self.config = StrideConfig.load(self.root / "config.yaml")
 
     def __repr__(self) -> str:

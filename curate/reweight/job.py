@@ -9,8 +9,9 @@ corpus resampled to them.
     OUT/manifest.json    the request, the weights and the sampled counts (written last: OUT is then finished)
     OUT_DATA/            with --out-data, the resampled dataset (datatrove writer)
 
-Everything is checked, and the weights computed once, before OUT is created: a domain missing on some documents, a
-domain without tokens, a budget the epoch cap cannot hold, a bad setting or output folder stop here. Reruns follow
+Everything is checked before OUT is created: a domain missing on some documents, a domain without tokens, a budget
+the epoch cap cannot hold, a target without items, a bad setting or output folder stop here. The target's attribution
+and the weights are computed by the pipeline's stages (curate.reweight.pipeline), never in the submitting process. Reruns follow
 the house's rule (curate.core.outputs.finished_rerun).
 """
 
@@ -25,15 +26,16 @@ from stride_engine.artifacts import atomic_write_text
 from ..core.executors import run_chain
 from ..core.outputs import check_data_folder, finished_rerun, replacing
 from ..errors import CurateError
-from .mixture import compute_mixture
+from ..core.run import Run
+from .mixture import check_mixture
 from .pipeline import reweight_executors, reweight_pipelines
 from .domain_effects import DOMAIN_REGRESSION
 from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, RULES, SIGNALS, ReweightRequest
 
 
-def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bool, dict[str, str] | None]:
-    """Every check; returns whether OUT holds this very reweighting, finished, and (with --domain-field groups) each
-    document's group for the sampler."""
+def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bool, dict[str, str] | None, bool]:
+    """Every check; returns whether OUT holds this very reweighting, finished, (with --domain-field groups) each
+    document's group for the sampler, and whether the target has several parts (each is then attributed alone)."""
     request.mixture_rule().check()
     request.execution().check()
     if (request.target is None) == (request.weights is None):
@@ -54,17 +56,18 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
     if request.out_data:
         check_data_folder(request.out_data, request.out, Path(request.out) / REQUEST_FILE, finished, overwrite,
                           "resampled dataset", "--out-data")
-    # every problem of the data, the target and the budget shows here, before OUT exists
-    _, _, documents = compute_mixture(request)
+    # every problem of the data, the target and the budget shows here, before OUT exists; the target's attribution and
+    # the weights are the pipeline's work (its first stages, on the executor's tasks)
+    documents, by_part = check_mixture(Run(request.run), request)
     domains_of = None
     if request.out_data and request.domain_field == GROUPS_AS_DOMAINS:
         domains_of = dict(zip(documents["doc_id"], documents["domain"]))
-    return finished, domains_of
+    return finished, domains_of, by_part
 
 
 def run_reweight(request: ReweightRequest, overwrite: bool = False) -> dict[str, Any]:
     """Check everything, then run the stages; returns the manifest ({} when Slurm only submitted the jobs)."""
-    finished, domains_of = check_request(request, overwrite)
+    finished, domains_of, by_part = check_request(request, overwrite)
     out = Path(request.out)
     manifest = out / "manifest.json"
     if finished and not request.out_data:
@@ -73,5 +76,5 @@ def run_reweight(request: ReweightRequest, overwrite: bool = False) -> dict[str,
     with replacing(*replaced):
         (out / REQUEST_FILE).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / REQUEST_FILE, json.dumps(request.fingerprint(), indent=2))
-        run_chain(reweight_executors(request, reweight_pipelines(request, domains_of)), request.execution())
+        run_chain(reweight_executors(request, reweight_pipelines(request, domains_of, by_part)), request.execution())
     return json.loads(manifest.read_text()) if manifest.is_file() else {}

@@ -1,5 +1,6 @@
 """A run's documents grouped into domains, their influence on the target, and the mixture the rule makes of it.
 
+    check_mixture      every check that needs no attribution (the submitting process runs it before OUT exists)
     domain_documents   one row per training document: doc_id, domain, tokens, influence (and per part of the target)
     compute_mixture    the weights record that OUT/weights.json holds (curate.reweight.weights has the rule)
 """
@@ -17,11 +18,11 @@ import polars as pl
 from ..core.budget import PART_SCORE
 from ..core.influence import influence_table
 from ..core.run import Run
-from ..core.targets import target_for_run
+from ..core.targets import Target, target_for_run
 from ..errors import CurateError
 from .domain_effects import DOMAIN_REGRESSION, design_influence, own_domain_check, pooled_z, trusts_domain_reading
 from .request import AUTO, AUTO_FALLBACK, GROUPS_AS_DOMAINS, ReweightRequest
-from .weights import (WHOLE_TARGET, DomainInfluence, check_user_weights, domain_influence, mixture_weights,
+from .weights import (WHOLE_TARGET, DomainInfluence, cap_epochs, check_user_weights, domain_influence, mixture_weights,
                       prior_weights)
 
 _TOKENS = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<scale>[kmb]?)\s*(-?\s*tokens?)?\s*$", re.I)
@@ -55,21 +56,47 @@ class DomainReading:
     own_domain_check: pl.DataFrame | None = None
 
 
-def domain_documents(run: Run, request: ReweightRequest) -> DomainReading:
-    stride = request.method == "stride"
-    if request.weights is not None or (stride and request.rule in (AUTO, DOMAIN_REGRESSION)):
-        table = run.document_tokens().join(run.document_domains(), on="doc_id", how="left")
-        groups = run.document_groups()
-        table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
-        table = table.sort("doc_id")  # one order for the table and the domains computed from it
-        table = table.with_columns(_domains(run, request, table).alias("domain"))
-        if request.weights is not None:
-            return DomainReading(table)
+def documents_with_domains(run: Run, request: ReweightRequest) -> pl.DataFrame:
+    """doc_id, tokens, domain (the request's field, or the run's group) and group of every training document."""
+    table = run.document_tokens().join(run.document_domains(), on="doc_id", how="left")
+    groups = run.document_groups()
+    table = table.join(groups, on="doc_id", how="left") if groups is not None else table.with_columns(group=pl.lit(None, dtype=pl.Int64))
+    table = table.sort("doc_id")  # one order for the table and the domains computed from it
+    return table.with_columns(_domains(run, request, table).alias("domain"))
+
+
+def request_target(run: Run, request: ReweightRequest) -> tuple[Target, bool]:
+    """The target in the run and whether it has several parts, checked against the mode."""
     target = target_for_run(run, request.target, [Path(d) for d in request.task_dirs], request.target_limit, request.part_field)
     by_part = len(dict.fromkeys(target.parts)) > 1
     if request.mode != "target" and not by_part:
         raise CurateError(f"mode {request.mode!r} weighs the target's parts, and target {request.target} has one part: "
                           f"give its items a {request.part_field!r} field, or use --mode target")
+    return target, by_part
+
+
+def check_mixture(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, bool]:
+    """Everything about the data, the budget and the target that needs no attribution: a domain missing on some
+    documents, a domain without tokens, a budget the epoch cap cannot hold, a bad given mixture, a target without
+    items or with one part for a mode that weighs parts. Returns the documents with their domains and whether the
+    target has several parts (False for a given mixture)."""
+    documents = documents_with_domains(run, request)
+    influence = domain_influence(documents, {})
+    budget = parse_tokens(request.tokens, int(influence.tokens.sum()))
+    if request.weights is not None:
+        given_mixture(request.weights, influence, budget)
+        return documents, False
+    cap_epochs(prior_weights(influence.tokens, request.prior), influence.tokens, budget, request.max_epochs)
+    return documents, request_target(run, request)[1]
+
+
+def domain_documents(run: Run, request: ReweightRequest) -> DomainReading:
+    stride = request.method == "stride"
+    if request.weights is not None or (stride and request.rule in (AUTO, DOMAIN_REGRESSION)):
+        table = documents_with_domains(run, request)
+        if request.weights is not None:
+            return DomainReading(table)
+    target, by_part = request_target(run, request)
     rule, check = request.rule, None
     if rule == AUTO and stride:
         check = own_domain_check(run, table)
