@@ -12,8 +12,8 @@ or scores: that set's alone). Everything is validated before the first file is w
 query checks before a fit.
 
 Under torchrun (distributed.py) every process runs the same calls: the first writes the run directory, every process
-trains its share of each step and measures its share of the queries, and the others wait wherever they read what the
-first wrote.
+trains its share of each step, measures its share of the queries and recovers its share of their scores (merged by the
+first), and the others wait wherever they read what the first wrote.
 """
 
 from __future__ import annotations
@@ -197,17 +197,45 @@ class Stride:
         return self.responses(queries, name)
 
     def recover(self, name: str = "queries", force: bool = False) -> ScoreStore:
-        """Sparse recovery of per-example scores from the responses; written as a score store (by the first process,
-        which the others wait for)."""
-        with distributed.main_first():
-            return self._recover(name, force)
+        """Sparse recovery of per-example scores from the responses; written as a score store. Under torchrun every
+        process recovers its share of the queries (a part, as attribute_part writes) and the first merges them."""
+        if distributed.world_size() > 1:
+            return self._recover_shared(name, force)
+        return self._recover(name, force)
 
-    def _recover(self, name: str, force: bool) -> ScoreStore:
+    def _recover_shared(self, name: str, force: bool) -> ScoreStore:
         self._require_fit()
+        folder = self.run.path("scores", name)
+        with distributed.main_first():  # the first drops a stale store (force); the others then see what it left
+            stage = self._scores_stage_of(name)
+            self._check_stages({stage.name: stage}, force)
+            done = self.run.is_done(stage) and ScoreStore(folder).is_current()
+        if done:
+            return ScoreStore(folder)
+        self.groups()  # clustered once, by the first process, before any share is solved with them
+        values = np.load(self.run.path("responses", f"{name}.npy"))
+        queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
+        query_ids, base = queries["query_id"].to_list(), queries["base_loss"].to_numpy()
+        rank, world = distributed.rank(), distributed.world_size()
+        part = self._part_folder(name, rank, world)
+        if not self._part_is_done(part, stage):
+            rows = self._part_rows(len(query_ids), rank, world)
+            self._write_part(part, stage, rows, values[rows], base[rows], query_ids[rows])
+        distributed.barrier()  # every share is written before the first merges them
+        if distributed.is_main():
+            self._merge_part_scores(name, stage, world)
+        distributed.barrier()
+        return ScoreStore(folder)
+
+    def _scores_stage_of(self, name: str) -> Stage:
         response_stage = self.run.record(f"responses-{name}")
         if response_stage is None:
             raise StrideError(f"no responses named {name!r} in {self.run.root}: run responses(queries, name={name!r}) first")
-        stage = self._scores_stage(name, response_stage["fingerprint"])
+        return self._scores_stage(name, response_stage["fingerprint"])
+
+    def _recover(self, name: str, force: bool) -> ScoreStore:
+        self._require_fit()
+        stage = self._scores_stage_of(name)
         self._check_stages({stage.name: stage}, force)
         folder = self.run.path("scores", name)
         if self.run.is_done(stage) and ScoreStore(folder).is_current():
@@ -233,7 +261,7 @@ class Stride:
             keep_all_nonzeros=self.config.solver == "lasso" and not self.config.groups,
         )
 
-    def _finish_scores(self, stage: Stage, store: ScoreStore) -> ScoreStore:
+    def _finish_scores(self, stage: Stage, store: ScoreStore, parts: int = 1) -> ScoreStore:
         queries = store.queries()
         unscored = int((queries["nonzero_chunks"] == 0).sum())
         if unscored:  # a user would otherwise read "no influential example" for them
@@ -241,7 +269,7 @@ class Stride:
                         "already predict them with certainty; measurement='log-odds' does not saturate%s)", unscored,
                         len(queries), "" if self.config.lambda_rule == "fixed" else "; with lambda_rule='cv' a query "
                         "gets none when no fit predicts held-out subsets better than its mean")
-        self.run.finish(stage, queries=len(queries), queries_without_scores=unscored)
+        self.run.finish(stage, queries=len(queries), queries_without_scores=unscored, parts=parts)
         return store
 
     def recovery_settings(self) -> RecoverySettings:
@@ -321,10 +349,15 @@ class Stride:
                     self.config.micro_batch, self.device, self.progress, measurement=self.config.measurement,
                     query_ids=query_ids[rows],
                 )
+        self._write_part(folder, scores, rows, values, base, query_ids[rows])
+
+    def _write_part(self, folder: Path, scores: Stage, rows: slice, values: np.ndarray, base: np.ndarray,
+                    query_ids: list[str]) -> None:
+        """A part's recovered scores (per-document sums) and responses, and last its record."""
         batches = self._recovered(values) if len(values) else iter(())
         with atomic_path(folder) as tmp:
             tmp.mkdir(parents=True)
-            write_score_part(tmp / "scores", batches, query_ids[rows], base, len(self._examples.doc_ids),
+            write_score_part(tmp / "scores", batches, query_ids, base, len(self._examples.doc_ids),
                              self._examples.doc_index, **self._store_settings())
             with open(tmp / "responses.npy", "wb") as handle:
                 np.save(handle, values)
@@ -348,9 +381,14 @@ class Stride:
             values = np.concatenate([np.load(f / "responses.npy") for f in folders])
             base = np.concatenate([pl.read_parquet(f / "scores" / "queries.parquet")["base_loss"].to_numpy() for f in folders])
             self._write_responses(responses, name, values, base, query_ids)
+        return self._merge_part_scores(name, scores, parts)
+
+    def _merge_part_scores(self, name: str, scores: Stage, parts: int) -> ScoreStore:
+        folders = [self._part_folder(name, part, parts) for part in range(parts)]
         examples = self._examples
-        store = merge_score_parts(folder, [f / "scores" for f in folders], examples.doc_ids, examples.domains, examples.doc_index)
-        store = self._finish_scores(scores, store)
+        store = merge_score_parts(self.run.path("scores", name), [f / "scores" for f in folders], examples.doc_ids,
+                                  examples.domains, examples.doc_index)
+        store = self._finish_scores(scores, store, parts=parts)
         remove_path(self.run.path("parts", name))
         return store
 

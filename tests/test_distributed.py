@@ -3,6 +3,7 @@ a worker killed mid-training resumes, and only the first process writes or speak
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,8 @@ def _torchrun(*args: str, processes: int = 2, **env_vars: str) -> subprocess.Com
 
 
 def _reports(result: subprocess.CompletedProcess) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    """Each process's closing line; two that finish together can share a line of torchrun's output."""
+    return [json.loads(report) for report in re.findall(r"\{[^{}]*\}", result.stdout)]
 
 
 def _assert_same_run(run: Path, single: Path) -> None:
@@ -94,3 +96,32 @@ def test_a_world_size_without_a_launcher_is_refused(inputs, tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="torchrun"):
         Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_two_processes_share_the_recovery_and_write_the_store_one_process_writes(inputs, tmp_path):
+    """Under torchrun each process solves its share of the queries (cut at whole recovery batches, as
+    Stride.attribute_part cuts them) and the first merges them: on the same operators and responses, the store one
+    process writes. 130 queries: recovery's batches of 64 give both processes work."""
+    import shutil
+
+    import polars as pl
+
+    from stride_engine import ScoreStore
+
+    model, train, _, _ = inputs
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"id": f"q{i}", "text": " ".join(t.split()[:8])} for i, t in enumerate(random_texts(130, seed=11))])
+    one = tmp_path / "one"
+    stride = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), one, progress=False).fit(read_documents([train]))
+    stride.responses(read_queries(queries))
+    shutil.copytree(one, tmp_path / "two")  # the same operators and responses: only the recovery is left
+    stride.recover()
+    result = _torchrun(str(HERE / "distributed_fit.py"), str(model), str(train), str(queries), str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "stages" / "scores-queries.json").read_text())
+    assert record["parts"] == 2 and record["queries"] == 130
+    assert not (tmp_path / "two" / "parts").exists() or not any((tmp_path / "two" / "parts").iterdir())
+    single, shared = ScoreStore(one / "scores" / "queries"), ScoreStore(tmp_path / "two" / "scores" / "queries")
+    for table in ("queries", "chunk_scores"):
+        assert getattr(shared, table)().equals(getattr(single, table)()), table
+    assert pl.read_parquet(tmp_path / "two" / "scores" / "queries" / "top.parquet").equals(pl.read_parquet(one / "scores" / "queries" / "top.parquet"))
+    np.testing.assert_allclose(shared.documents()["mean_score"].to_numpy(), single.documents()["mean_score"].to_numpy(), rtol=1e-12)
