@@ -156,6 +156,8 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
             _m("stride-activation", STRIDE, "stride", form="activation", layer=1, **LM_STRIDE),
             # responses measured by the completion tokens' log-odds instead of their loss (issue: queries without scores)
             _m("stride-logit log-odds", STRIDE, "ablation", False, form="logit", measurement="log-odds", **LM_STRIDE),
+            # each a_k d_model x r, its edit through the frozen output head: the bank for a real vocabulary (issue: scale-out)
+            _m("stride-logit head-bank", STRIDE, "ablation", False, form="logit", logit_bank="head", **LM_STRIDE),
             *LM_PEERS,
             *combined({**LM_STRIDE, "form": "logit"}, dict(proj_dim=1024), fused_ensemble=False),
             *variants,

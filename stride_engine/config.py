@@ -61,6 +61,10 @@ class StrideConfig:
     # of all of them (0 = all). The vocabulary-wide outputs dominate a step's cost, so a step costs about
     # loss_positions / chunk_length as much, and the saving buys more rows or steps.
     loss_positions: int = 0
+    # Logit form: where each a_k writes. "full": a_k is (outputs × r), the bank K × V × r (8 GB at K = 1000, a 128k
+    # vocabulary and r = 16, tripled by Adam). "head": a_k is (d_model × r) and its edit goes through the model's frozen
+    # output head, õ = head(h + a_k·B_θ(h)): the bank is K × d × r, and each steered row costs one more head pass.
+    logit_bank: str = "full"
     micro_batch: int = 64  # rows per forward pass (TRAPS: ~64 rows is fastest on CPU)
     checkpoint_every: int = 100  # steps between resumable checkpoints of operator training
     # --- responses (METHOD step 3, measurement) -------------------------------------------------------
@@ -174,7 +178,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
         "fidelity_batch", "stability_batch", "full_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
         "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
-        "sketch_ridge", "seed", "loss_positions",
+        "sketch_ridge", "seed", "loss_positions", "logit_bank",
     ),
     "responses": ("measurement",),
     "scores": (
@@ -186,7 +190,8 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
-ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False}
+ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False,
+                                 "logit_bank": "full"}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -203,6 +208,7 @@ _CHOICES = {
     "aggregate": ("max", "sum"),
     "measurement": ("loss", "log-odds"),
     "state_cache": ("memory", "disk", "recompute"),
+    "logit_bank": ("full", "head"),
 }
 
 _POSITIVE = (
@@ -242,6 +248,8 @@ def _validate(config: StrideConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+    if config.logit_bank != "full" and config.form != "logit":
+        raise ConfigError(f"logit_bank={config.logit_bank!r} needs form='logit' (the activation form's edit is at the cut)")
     if config.loss_positions and config.form != "logit":
         raise ConfigError("loss_positions needs form='logit': in the activation form positions interact in the layers after the cut")
     for name in ("learning_rate", "ridge_alpha", "solver_tol", "sketch_ridge", "group_ridge"):

@@ -2,7 +2,8 @@
 
 edit_k(z) = a_k · B_θ(z), with B_θ: R^{in} -> R^r shared by all operators and a_k ∈ R^{out×r}.
 - activation form: ẑ = z + edit_k(z) at the cut, then the frozen rest of the model (out = in = d_model);
-- logit form: õ = o + edit_k(h) on the output features h (out = number of outputs).
+- logit form: õ = o + edit_k(h) on the output features h (out = number of outputs); with the `head` readout
+  õ = head(h + edit_k(h)) (out = in: the edit lives in the head's input space, a bank of K × d × r, not K × V × r).
 The a_k start at zero, so every operator starts as the base model and the stability term starts at zero.
 Rows of one batch may use different operators: one forward pass serves many operators at once.
 """
@@ -19,14 +20,18 @@ from .adapters import Batch, ModelAdapter
 
 
 class SteeringBank(nn.Module):
-    def __init__(self, num_operators: int, in_dim: int, out_dim: int, rank: int, basis: str = "linear", hidden: int = 64):
+    def __init__(self, num_operators: int, in_dim: int, out_dim: int, rank: int, basis: str = "linear", hidden: int = 64,
+                 readout: str = "full"):
         super().__init__()
+        self.readout = readout  # logit form: "full" (edits the outputs) or "head" (edits the head's input)
         if basis == "linear":
             self.basis = nn.Linear(in_dim, rank)
         else:
             self.basis = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, rank))
         self.coefficients = nn.Parameter(torch.zeros(num_operators, out_dim, rank))
         self.shape = dict(num_operators=num_operators, in_dim=in_dim, out_dim=out_dim, rank=rank, basis=basis, hidden=hidden)
+        if readout != "full":  # bank.json of a full bank stays as it was
+            self.shape["readout"] = readout
 
     def edit(self, states: torch.Tensor, operator_ids: torch.Tensor) -> torch.Tensor:
         """a_k · B_θ(z) for each row's operator; `states` is (rows, ..., in_dim), `operator_ids` (rows,)."""
@@ -47,7 +52,7 @@ def steered_logits(
 ) -> torch.Tensor:
     """The steered model's outputs. In the logit form the base outputs do not depend on the operator: pass them as
     `base_logits` when they are already computed, so the output head runs once per row, not once more."""
-    if form == "activation":
+    if form == "activation" or bank.readout == "head":
         return adapter.finish(states + bank.edit(states, operator_ids), batch, form, layer)
     logits = base_logits if base_logits is not None else adapter.finish(states, batch, form, layer)
     return logits + bank.edit(states, operator_ids)

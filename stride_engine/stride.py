@@ -536,7 +536,7 @@ class Stride:
         cache = self._state_cache(examples, self.run.path("operators.partial", f"states-{stage.fingerprint}.bin"))
         probe_states, probe_batch = cache.rows(np.arange(1))
         out_dim = probe_states.shape[-1]
-        if config.form == "logit":
+        if config.form == "logit" and config.logit_bank == "full":
             out_dim = self.adapter.finish(probe_states, probe_batch, "logit", self.layer).shape[-1]
         bank = new_bank(config, membership.num_subsets, probe_states.shape[-1], out_dim).to(self.device)
         return bank, train_operators(self.adapter, cache, membership, bank, config, self.layer, checkpoints, self.progress, on_step)
@@ -593,7 +593,8 @@ class Stride:
 
     def _load_bank(self) -> SteeringBank:
         shape = json.loads(self.run.path("operators", "bank.json").read_text())
-        bank = SteeringBank(shape["num_operators"], shape["in_dim"], shape["out_dim"], shape["rank"], shape["basis"], shape["hidden"])
+        bank = SteeringBank(shape["num_operators"], shape["in_dim"], shape["out_dim"], shape["rank"], shape["basis"], shape["hidden"],
+                            shape.get("readout", "full"))
         return bank.load(self.run.path("operators", "bank.safetensors")).to(self.device).eval()
 
     def _query_batch(self, queries: Queries | Examples) -> tuple[Batch, list[str]]:

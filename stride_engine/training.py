@@ -114,6 +114,8 @@ class TrainingLog:
 def new_bank(config: StrideConfig, num_operators: int, in_dim: int, out_dim: int) -> SteeringBank:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        if config.form == "logit" and config.logit_bank == "head":
+            return SteeringBank(num_operators, in_dim, in_dim, config.rank, config.basis, config.basis_hidden, readout="head")
         return SteeringBank(num_operators, in_dim, out_dim, config.rank, config.basis, config.basis_hidden)
 
 
