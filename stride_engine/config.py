@@ -97,6 +97,10 @@ class StrideConfig:
     # costs less than caching once a step count x batch rows is below the pool's size (a large pool; results equal
     # the cached ones within float rounding, docs/scaling.md).
     state_cache: str = "memory"
+    # How the cached states are stored ("memory" and "disk"): "float32", or "bfloat16" (half the memory or file; each
+    # micro-batch is widened back to the model's precision when training reads it, so only the stored values are
+    # rounded, to 8 significant bits). Part of the operators' fingerprint when not float32.
+    state_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -178,7 +182,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
         "fidelity_batch", "stability_batch", "full_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
         "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
-        "sketch_ridge", "seed", "loss_positions", "logit_bank",
+        "sketch_ridge", "seed", "loss_positions", "logit_bank", "state_dtype",
     ),
     "responses": ("measurement",),
     "scores": (
@@ -191,7 +195,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
 ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False,
-                                 "logit_bank": "full"}
+                                 "logit_bank": "full", "state_dtype": "float32"}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -209,6 +213,7 @@ _CHOICES = {
     "measurement": ("loss", "log-odds"),
     "state_cache": ("memory", "disk", "recompute"),
     "logit_bank": ("full", "head"),
+    "state_dtype": ("float32", "bfloat16"),
 }
 
 _POSITIVE = (
@@ -248,6 +253,9 @@ def _validate(config: StrideConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+    if config.state_dtype != "float32" and config.state_cache == "recompute":
+        raise ConfigError(f"state_dtype={config.state_dtype!r} is how cached states are stored, and state_cache='recompute' "
+                          "caches none: use state_cache='memory' or 'disk', or leave state_dtype at float32")
     if config.logit_bank != "full" and config.form != "logit":
         raise ConfigError(f"logit_bank={config.logit_bank!r} needs form='logit' (the activation form's edit is at the cut)")
     if config.loss_positions and config.form != "logit":

@@ -567,10 +567,11 @@ class Stride:
         first = capture(0)
         shape = (len(examples), *first.shape[1:])
         on_disk = self.config.state_cache == "disk"
+        stored = torch.bfloat16 if self.config.state_dtype == "bfloat16" else first.dtype
         if on_disk:
-            states = self._state_file(state_file, shape, first.dtype)
+            states = self._state_file(state_file, shape, stored)
         else:
-            states = torch.zeros(shape, dtype=first.dtype, device=first.device)
+            states = torch.zeros(shape, dtype=stored, device=first.device)
         for index in distributed.my_share(len(starts)):
             start = starts[index]
             states[start:start + self.config.micro_batch] = (first if start == 0 else capture(start)).to(states.device)
@@ -579,7 +580,7 @@ class Stride:
         else:
             # several processes: each filled its share of a zeroed tensor, so the sum is exact
             distributed.sum_across(states)
-        return StateCache(states, batch)
+        return StateCache(states, batch, first.dtype)
 
     def _state_file(self, path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A CPU tensor backed by the file at `path` (removed with operators.partial/ once the operators are written),

@@ -45,6 +45,7 @@ class StateCache:
 
     states: torch.Tensor  # (n, ...): on the compute device, or on the CPU backed by a file
     batch: Batch  # row-aligned tensors for all n examples, on the compute device
+    compute_dtype: torch.dtype | None = None  # what `rows` returns, when the states are stored narrower (bfloat16)
 
     @property
     def device(self) -> torch.device:
@@ -52,7 +53,7 @@ class StateCache:
 
     def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, Batch]:
         index = torch.as_tensor(rows, device=self.device)
-        states = self.states[index.to(self.states.device)].to(self.device)
+        states = self.states[index.to(self.states.device)].to(self.device, self.compute_dtype or self.states.dtype)
         return trim_padding(states, select_rows(self.batch, index))
 
     @property

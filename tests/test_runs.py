@@ -314,3 +314,30 @@ def test_a_run_folder_another_version_laid_out_is_refused_untouched(tiny_inputs,
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0 and says in result.output and "format" in result.output, (args, result.output)
     assert _folder_bytes(run_dir) == before and not (tmp_path / "sel").exists()
+
+
+def test_states_stored_in_bfloat16_take_half_the_file_and_train_nearly_the_same_operators(tiny_inputs, tmp_path):
+    """state_dtype="bfloat16": the cached states take half the bytes (here the disk cache's file), the operators
+    train on them widened back to float32, and the queries' responses stay those of a float32 cache up to the
+    rounding of the stored states. The setting is part of the operators' fingerprint; with nothing cached it is refused."""
+    from stride_engine import ConfigError
+    from stride_engine.config import stage_fields
+
+    model, train, queries = tiny_inputs
+    documents, query_set = read_documents([train]), read_queries(queries)
+    sizes = {}
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        def look(step, dtype=dtype):
+            if step == 1:
+                sizes[dtype] = sum(p.stat().st_size for p in (tmp_path / dtype / "operators.partial").glob("states-*.bin"))
+        config = preset("cpu-smoke", **TINY, state_cache="disk", state_dtype=dtype)
+        runs[dtype] = Stride.from_pretrained(model, config, tmp_path / dtype, progress=False).fit(documents, on_step=look)
+    assert sizes["bfloat16"] * 2 == sizes["float32"] > 0
+    full, narrow = runs["float32"].responses(query_set), runs["bfloat16"].responses(query_set)
+    assert np.corrcoef(full.ravel(), narrow.ravel())[0, 1] > 0.99, np.corrcoef(full.ravel(), narrow.ravel())
+    assert np.abs(narrow - full).max() < 0.1 * np.abs(full).max()
+    assert "state_dtype" not in stage_fields(runs["float32"].config, "operators")
+    assert stage_fields(runs["bfloat16"].config, "operators")["state_dtype"] == "bfloat16"
+    with pytest.raises(ConfigError, match="caches none"):
+        preset("cpu-smoke", state_cache="recompute", state_dtype="bfloat16")
