@@ -1,5 +1,6 @@
 """The datatrove steps of a reweighting: one task computes the weights, many resample the corpus, one reports.
 
+    (with more than one task, curate.core.attribution's two stages attribute the target first, shared by the tasks)
     stage 1  [DomainWeights(run, request, OUT)]                      one task: OUT/weights.json, domains.parquet, weights.png
     stage 2  [reader, MixtureSampler(OUT, domain_field, seed), writer]   many tasks: the resampled dataset (with --out-data)
     stage 3  [ReweightReport(OUT, request)]                          one task: OUT/report.md, OUT/manifest.json (last)
