@@ -30,35 +30,67 @@ def groups_file(run_root: Path | str, count: int) -> Path:
     return Path(run_root) / "groups" / f"{count}.parquet"
 
 
+# k-means runs on at most this many examples (a seeded sample); every example is then given its nearest centre, in
+# batches. A pool of at most this many chunks is clustered whole, exactly as before the cap existed. At 10M chunks and
+# d = 2,048 the whole pool in float64 would be 160 GB; the sample is 1.6 GB and its k-means time does not grow with n.
+KMEANS_SAMPLE = 100_000
+ASSIGN_BATCH = 65_536
+
+
 @torch.no_grad()
 def pooled_states(adapter: ModelAdapter, batch: Batch, form: str, layer: int, micro_batch: int, device) -> np.ndarray:
-    """One vector per example: its states at the cut, averaged over real tokens (as is, for non-sequence states)."""
+    """One float32 vector per example: its states at the cut, averaged over real tokens (as is, for non-sequence
+    states), written into one preallocated array (no second copy of the pool's states)."""
     batch = move(batch, device)
     rows = len(next(iter(batch.values())))
-    pooled = []
+    pooled = None
     for start in range(0, rows, micro_batch):
         part = select_rows(batch, slice(start, start + micro_batch))
         states = adapter.capture(part, form, layer).float()
         if states.dim() >= 3 and "attention_mask" in part:
             mask = part["attention_mask"].to(states.dtype).reshape(*states.shape[:2], *[1] * (states.dim() - 2))
             states = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        pooled.append(states.reshape(len(states), -1).cpu())
-    return torch.cat(pooled).numpy().astype(np.float64)
+        states = states.reshape(len(states), -1).cpu().numpy()
+        if pooled is None:
+            pooled = np.empty((rows, states.shape[1]), dtype=np.float32)
+        pooled[start:start + len(states)] = states
+    return pooled
 
 
 def _standardiser(features: np.ndarray):
+    features = np.asarray(features, dtype=np.float64)
     scale = features.std(axis=0)
     mean, scale = features.mean(axis=0), np.where(scale > 0, scale, 1.0)
-    return lambda values: (values - mean) / scale
+    return lambda values: (np.asarray(values, dtype=np.float64) - mean) / scale
+
+
+def _sample_rows(n: int, seed: int) -> np.ndarray:
+    """Every row when the pool fits the cap; else a seeded sample of KMEANS_SAMPLE rows, in order."""
+    if n <= KMEANS_SAMPLE:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 12]).choice(n, KMEANS_SAMPLE, replace=False))
+
+
+def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of each point's nearest centre (squared distance, expanded: no points x centres x d array)."""
+    distances = (centres ** 2).sum(axis=1)[None, :] - 2.0 * points @ centres.T
+    return distances.argmin(axis=1)
 
 
 def cluster_examples(features: np.ndarray, num_groups: int, seed: int) -> np.ndarray:
-    """k-means (k-means++ start, seeded) on standardised features; returns each example's group, 0..C−1."""
+    """k-means (k-means++ start, seeded) on standardised features; returns each example's group, 0..C−1. Beyond
+    KMEANS_SAMPLE examples the centres come from a seeded sample (standardised by its own mean and spread) and every
+    example, in batches, joins its nearest centre."""
     n = len(features)
     if num_groups > n:
         raise ConfigError(f"groups={num_groups} exceeds the number of training examples ({n}); use fewer groups")
-    whitened = _standardiser(features)(features)
-    _, labels = scipy.cluster.vq.kmeans2(whitened, num_groups, minit="++", seed=np.random.default_rng([seed, 11]))
+    sample = _sample_rows(n, seed)
+    points = np.asarray(features[sample], dtype=np.float64)
+    standardise = _standardiser(points)
+    centres, labels = scipy.cluster.vq.kmeans2(standardise(points), num_groups, minit="++", seed=np.random.default_rng([seed, 11]))
+    if len(sample) < n:
+        labels = np.concatenate([_nearest(standardise(features[start:start + ASSIGN_BATCH]), centres)
+                                 for start in range(0, n, ASSIGN_BATCH)])
     # k-means can leave a group empty; renumber so the groups in use are 0..C'−1
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
@@ -66,14 +98,16 @@ def cluster_examples(features: np.ndarray, num_groups: int, seed: int) -> np.nda
 def nearest_group(features: np.ndarray, groups: np.ndarray, new: np.ndarray) -> np.ndarray:
     """The group of each `new` row: the nearest group centre, in the space the groups were clustered in (the
     training examples' `features`, standardised as cluster_examples does). Places text that is not in the training
-    set, such as a target's queries, among the run's groups."""
+    set, such as a target's queries, among the run's groups. The centres are summed in batches of the features."""
     if new.shape[1:] != features.shape[1:]:
         raise ConfigError(f"new features have shape {new.shape[1:]} per row, the groups' {features.shape[1:]}")
-    standardise = _standardiser(features)
-    points = standardise(features)
-    centres = np.stack([points[groups == g].mean(axis=0) for g in range(int(groups.max()) + 1)])
-    distances = ((standardise(new)[:, None, :] - centres[None]) ** 2).sum(axis=-1)
-    return distances.argmin(axis=1).astype(np.int64)
+    standardise = _standardiser(features[_sample_rows(len(features), 0)])
+    count = int(groups.max()) + 1
+    sums = np.zeros((count, features.shape[1]))
+    for start in range(0, len(features), ASSIGN_BATCH):
+        np.add.at(sums, groups[start:start + ASSIGN_BATCH], standardise(features[start:start + ASSIGN_BATCH]))
+    centres = sums / np.maximum(np.bincount(groups, minlength=count), 1)[:, None]
+    return _nearest(standardise(new), centres).astype(np.int64)
 
 
 def group_design(membership: scipy.sparse.spmatrix, groups: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

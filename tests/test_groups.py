@@ -86,6 +86,32 @@ def test_clusters_follow_the_features_and_the_seed():
         nearest_group(features, labels, new[:, :3])
 
 
+def test_a_pool_beyond_the_sample_is_clustered_from_a_sample_and_every_example_joins_its_nearest_centre(monkeypatch):
+    """Beyond KMEANS_SAMPLE examples k-means sees a seeded sample and the rest are assigned in batches: the planted
+    clusters are still found, for every example, and the same seed gives the same groups. A pool within the cap is
+    clustered whole, as k-means on all of it."""
+    import scipy.cluster.vq
+
+    from stride_engine import groups as grouping
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 10, (4, 6))
+    truth = np.repeat(np.arange(4), 300)
+    features = (centres[truth] + rng.normal(0, 0.5, (1200, 6))).astype(np.float32)  # pooled states are float32
+    whole = cluster_examples(features, 4, seed=0)
+    points = features.astype(np.float64)
+    points = (points - points.mean(axis=0)) / points.std(axis=0)
+    _, direct = scipy.cluster.vq.kmeans2(points, 4, minit="++", seed=np.random.default_rng([0, 11]))
+    np.testing.assert_array_equal(whole, np.unique(direct, return_inverse=True)[1])
+    monkeypatch.setattr(grouping, "KMEANS_SAMPLE", 100)
+    monkeypatch.setattr(grouping, "ASSIGN_BATCH", 128)
+    sampled = cluster_examples(features, 4, seed=0)
+    assert len(sampled) == 1200 and len(set(zip(truth, sampled))) == 4  # every example in its planted cluster's group
+    np.testing.assert_array_equal(sampled, cluster_examples(features, 4, seed=0))
+    new = centres[[3, 1]] + rng.normal(0, 0.5, (2, 6))
+    np.testing.assert_array_equal(nearest_group(features, sampled, new), sampled[[900, 300]])
+
+
 def test_a_run_clusters_its_chunks_once_and_rescoring_keeps_the_operators(tmp_path):
     texts = random_texts(120, seed=1)
     model = save_tiny_model(tmp_path / "model", "llama", texts)

@@ -101,6 +101,7 @@ def test_sampled_loss_positions_give_the_same_losses_and_still_steer(stable, dem
     assert (gaps > 0).sum() >= 7 and gaps.mean() > 0.1, gaps
 
 
+@pytest.mark.slow
 def test_a_bank_written_through_the_output_head_is_vocabulary_free_and_still_steers(stable, demo_assets, tmp_path):
     """`logit_bank: head`: each a_k is d_model × r and its edit goes through the frozen output head, so the bank does not
     grow with the vocabulary; it is the full bank whose a_k is the head's weight times it, and its operators still

@@ -431,6 +431,7 @@ def test_the_ray_executor_writes_the_same_mixture(fitted_run, demo_assets, tmp_p
     assert _written_ids(tmp_path / "ray-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
 
 
+@pytest.mark.slow
 def test_the_target_attributed_by_several_tasks_gives_the_weights_one_task_gives(demo_run, demo_assets, tmp_path, monkeypatch):
     """With two tasks the target's parts are measured and recovered by both (curate.core.attribution) and merged,
     before the weights stage reads them: the same weights as one task. The submitting process attributes nothing:
