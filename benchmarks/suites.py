@@ -158,6 +158,8 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
             _m("stride-logit log-odds", STRIDE, "ablation", False, form="logit", measurement="log-odds", **LM_STRIDE),
             # each a_k d_model x r, its edit through the frozen output head: the bank for a real vocabulary (issue: scale-out)
             _m("stride-logit head-bank", STRIDE, "ablation", False, form="logit", logit_bank="head", **LM_STRIDE),
+            _m("stride-logit head-bank lr=0.01", STRIDE, "ablation", False, form="logit", logit_bank="head",
+               **{**LM_STRIDE, "learning_rate": 0.01}),
             # the cached states stored in bfloat16, widened to float32 when read: half the state cache (issue: scale-out)
             _m("stride-logit bf16 states", STRIDE, "ablation", False, form="logit", state_dtype="bfloat16", **LM_STRIDE),
             *LM_PEERS,
