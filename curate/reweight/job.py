@@ -11,8 +11,8 @@ corpus resampled to them.
 
 Everything is checked before OUT is created: a domain missing on some documents, a domain without tokens, a budget
 the epoch cap cannot hold, a target without items, a bad setting or output folder stop here. The target's attribution
-and the weights are computed by the pipeline's stages (curate.reweight.pipeline), never in the submitting process. Reruns follow
-the house's rule (curate.core.outputs.finished_rerun).
+and the weights are computed by the pipeline's stages (curate.reweight.pipeline), never in the submitting process.
+Reruns follow the house's rule (curate.core.outputs.finished_rerun).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from stride_engine.artifacts import atomic_write_text
 
 from ..core.executors import run_chain
 from ..core.outputs import check_data_folder, finished_rerun, replacing
-from ..errors import CurateError
 from ..core.run import Run
+from ..errors import CurateError
 from .mixture import check_mixture
 from .pipeline import reweight_executors, reweight_pipelines
 from .domain_effects import DOMAIN_REGRESSION
