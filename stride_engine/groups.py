@@ -38,9 +38,11 @@ ASSIGN_BATCH = 65_536
 
 
 @torch.no_grad()
-def pooled_states(adapter: ModelAdapter, batch: Batch, form: str, layer: int, micro_batch: int, device) -> np.ndarray:
+def pooled_states(adapter: ModelAdapter, batch: Batch, form: str, layer: int, micro_batch: int, device,
+                  out_file: Path | None = None) -> np.ndarray:
     """One float32 vector per example: its states at the cut, averaged over real tokens (as is, for non-sequence
-    states), written into one preallocated array (no second copy of the pool's states)."""
+    states), written into one preallocated array (no second copy of the pool's states); with `out_file`, an .npy file
+    mapped into memory, so the pool's pooled states are file pages the OS can drop, not held memory."""
     batch = move(batch, device)
     rows = len(next(iter(batch.values())))
     pooled = None
@@ -52,7 +54,9 @@ def pooled_states(adapter: ModelAdapter, batch: Batch, form: str, layer: int, mi
             states = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         states = states.reshape(len(states), -1).cpu().numpy()
         if pooled is None:
-            pooled = np.empty((rows, states.shape[1]), dtype=np.float32)
+            shape = (rows, states.shape[1])
+            pooled = (np.lib.format.open_memmap(out_file, mode="w+", dtype=np.float32, shape=shape) if out_file is not None
+                      else np.empty(shape, dtype=np.float32))
         pooled[start:start + len(states)] = states
     return pooled
 

@@ -294,7 +294,18 @@ class Stride:
         path = groups_file(self.run.root, count)
         if self.run.is_done(stage):
             return pl.read_parquet(path)["group"].to_numpy()
-        groups = cluster_examples(self.pooled_states(), count, self.config.seed)
+        if self.config.state_cache == "memory":
+            groups = cluster_examples(self.pooled_states(), count, self.config.seed)
+        else:  # bounded memory asked for: the pooled states go to a file mapped into memory, removed once clustered
+            scratch = self.run.path("groups", f".pooled-{count}.npy")
+            scratch.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                features = pooled_states(self.adapter, self._examples.batch, self.config.form, self.layer,
+                                         self.config.micro_batch, self.device, out_file=scratch)
+                groups = cluster_examples(features, count, self.config.seed)
+                del features
+            finally:
+                scratch.unlink(missing_ok=True)
         with atomic_path(path) as tmp:
             pl.DataFrame({"chunk_id": np.arange(len(groups)), "group": groups}).write_parquet(tmp)
         self.run.finish(stage, groups=int(groups.max()) + 1, sizes=np.bincount(groups).tolist())

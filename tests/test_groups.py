@@ -222,3 +222,27 @@ def test_held_out_label_effects_need_a_query_of_every_label():
         held_out_label_effects(membership, labels, np.ones(100), np.zeros((2, 32)), np.array([0, 1]), np.arange(100))
     with pytest.raises(ConfigError, match="one response per query"):
         held_out_label_effects(membership, labels, np.ones(100), np.zeros((3, 31)), np.array([0, 1, 2]), np.arange(100))
+
+
+def test_with_bounded_state_memory_the_pooled_states_are_clustered_from_a_file_and_give_the_same_groups(tmp_path, monkeypatch):
+    """state_cache disk or recompute: the groups stage maps the pooled states from a scratch file (removed after)
+    instead of holding them, and the groups are those of the in-memory run."""
+    from stride_engine import stride as engine
+
+    texts = random_texts(120, seed=2)
+    model = save_tiny_model(tmp_path / "model", "llama", texts)
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": f"doc{i}", "text": t} for i, t in enumerate(texts)])
+    tiny = dict(chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=6, operators_per_step=4,
+                linearity_every=6, linearity_operators=12, top_k=20, groups=3)
+    documents = read_documents([train])
+    seen = []
+    cluster = engine.cluster_examples
+    monkeypatch.setattr(engine, "cluster_examples", lambda features, *a: seen.append(type(features)) or cluster(features, *a))
+    groups = {}
+    for cache in ("memory", "recompute"):
+        run = tmp_path / cache
+        Stride.from_pretrained(model, preset("cpu-smoke", **tiny, state_cache=cache), run, progress=False).fit(documents).groups()
+        groups[cache] = pl.read_parquet(run / "groups" / "3.parquet")["group"].to_numpy()
+        assert sorted(p.name for p in (run / "groups").iterdir()) == ["3.parquet"]  # the scratch file is gone
+    assert seen == [np.ndarray, np.memmap]
+    np.testing.assert_array_equal(groups["recompute"], groups["memory"])
