@@ -101,8 +101,9 @@ def cluster_examples(features: np.ndarray, num_groups: int, seed: int) -> np.nda
 
 def nearest_group(features: np.ndarray, groups: np.ndarray, new: np.ndarray) -> np.ndarray:
     """The group of each `new` row: the nearest group centre, in the space the groups were clustered in (the
-    training examples' `features`, standardised as cluster_examples does). Places text that is not in the training
-    set, such as a target's queries, among the run's groups. The centres are summed in batches of the features."""
+    training examples' `features`, standardised by their mean and spread: of all of them, or beyond KMEANS_SAMPLE of a
+    sample, as cluster_examples does). Places text that is not in the training set, such as a target's queries, among
+    the run's groups. The centres are summed in batches of the features."""
     if new.shape[1:] != features.shape[1:]:
         raise ConfigError(f"new features have shape {new.shape[1:]} per row, the groups' {features.shape[1:]}")
     standardise = _standardiser(features[_sample_rows(len(features), 0)])

@@ -213,14 +213,14 @@ class Stride:
         if done:
             return ScoreStore(folder)
         self.groups()  # clustered once, by the first process, before any share is solved with them
-        values = np.load(self.run.path("responses", f"{name}.npy"))
+        values = np.load(self.run.path("responses", f"{name}.npy"), mmap_mode="r")  # each process reads its rows only
         queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
         query_ids, base = queries["query_id"].to_list(), queries["base_loss"].to_numpy()
         rank, world = distributed.rank(), distributed.world_size()
         part = self._part_folder(name, rank, world)
         if not self._part_is_done(part, stage):
             rows = self._part_rows(len(query_ids), rank, world)
-            self._write_part(part, stage, rows, values[rows], base[rows], query_ids[rows])
+            self._write_part(part, stage, rows, np.asarray(values[rows]), base[rows], query_ids[rows])
         distributed.barrier()  # every share is written before the first merges them
         if distributed.is_main():
             self._merge_part_scores(name, stage, world)
@@ -294,29 +294,27 @@ class Stride:
         path = groups_file(self.run.root, count)
         if self.run.is_done(stage):
             return pl.read_parquet(path)["group"].to_numpy()
-        if self.config.state_cache == "memory":
-            groups = cluster_examples(self.pooled_states(), count, self.config.seed)
-        else:  # bounded memory asked for: the pooled states go to a file mapped into memory, removed once clustered
-            scratch = self.run.path("groups", f".pooled-{count}.npy")
-            scratch.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                features = pooled_states(self.adapter, self._examples.batch, self.config.form, self.layer,
-                                         self.config.micro_batch, self.device, out_file=scratch)
-                groups = cluster_examples(features, count, self.config.seed)
-                del features
-            finally:
+        # with bounded state memory asked for, the pooled states go to a file mapped into memory, removed once clustered
+        scratch = None if self.config.state_cache == "memory" else self.run.path("groups", f".pooled-{count}.npy")
+        try:
+            if scratch is not None:
+                scratch.parent.mkdir(parents=True, exist_ok=True)
+            groups = cluster_examples(self.pooled_states(out_file=scratch), count, self.config.seed)
+        finally:
+            if scratch is not None:
                 scratch.unlink(missing_ok=True)
         with atomic_path(path) as tmp:
             pl.DataFrame({"chunk_id": np.arange(len(groups)), "group": groups}).write_parquet(tmp)
         self.run.finish(stage, groups=int(groups.max()) + 1, sizes=np.bincount(groups).tolist())
         return groups
 
-    def pooled_states(self, queries: Queries | Examples | None = None) -> np.ndarray:
+    def pooled_states(self, queries: Queries | Examples | None = None, out_file: Path | None = None) -> np.ndarray:
         """The states at the cut, mean-pooled: one row per training chunk (no argument), the features the recovery
-        groups are clustered from, or one row per query (to place them among the groups: groups.nearest_group)."""
+        groups are clustered from, or one row per query (to place them among the groups: groups.nearest_group);
+        with `out_file`, written to that .npy file and mapped from it."""
         self._require_fit()
         batch = self._examples.batch if queries is None else self._query_batch(queries)[0]
-        return pooled_states(self.adapter, batch, self.config.form, self.layer, self.config.micro_batch, self.device)
+        return pooled_states(self.adapter, batch, self.config.form, self.layer, self.config.micro_batch, self.device, out_file)
 
     def check_queries(self, queries: Queries | Examples) -> None:
         """Raise the error responses() would raise on these queries (tokenisation, the model's window), without the
