@@ -125,6 +125,16 @@ LM_ABLATIONS = {
     **OPTIMIZER_STUDY,
 }
 
+# More operators at the same cost, on both LM settings (results/recovery_ceiling.md: at K = 256 even exact responses
+# give back only about half of a peer's LDS on pre-training): the 512 rows of the "rows x4" step spread over 2x or 4x
+# the operators, so each operator still sees its members about 11 times.
+LM_SUBSET_VARIANTS = {
+    "K=512 steps=1000 positions=32 ops=32 rows x2": dict(
+        num_subsets=512, steps=1000, loss_positions=32, operators_per_step=32, fidelity_batch=8, stability_batch=8),
+    "K=1024 steps=1000 positions=32 ops=64": dict(
+        num_subsets=1024, steps=1000, loss_positions=32, operators_per_step=64),
+}
+
 
 COMBINED = "benchmarks.methods.combined"
 
@@ -146,8 +156,8 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
     """Both language-model settings: 64 retrains on 30% subsets (the paper's protocol), STRIDE in both forms, every peer."""
     variants = tuple(
         _m(f"stride-logit {name}", STRIDE, "ablation", False, **{**LM_STRIDE, "form": "logit", **change})
-        for name, change in LM_ABLATIONS.items()
-    ) if ablate else ()
+        for name, change in {**(LM_ABLATIONS if ablate else {}), **LM_SUBSET_VARIANTS}.items()
+    )
     return SettingPlan(
         setting, "full", lds_subsets=64, fraction=0.3,
         methods=(
