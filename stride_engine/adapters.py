@@ -101,6 +101,23 @@ class ModelAdapter(ABC):
     def to(self, device: str) -> "ModelAdapter":
         return self
 
+    def cast(self, dtype: torch.dtype) -> "ModelAdapter":
+        """The frozen model in `dtype` (StrideConfig.model_dtype). `capture` then still returns float32 states and
+        `finish` narrows what it is given to `dtype`, so operators and losses stay float32. An adapter that does not
+        override this runs its model as it is, and refuses any other precision."""
+        if dtype != torch.float32:
+            raise ConfigError(f"{type(self).__name__} does not implement cast(), so it runs its model as given: "
+                              "leave model_dtype at float32, or override ModelAdapter.cast")
+        return self
+
+
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _cast_frozen(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
+    model.to(dtype)
+    return dtype
+
 
 MEASUREMENTS = ("loss", "log-odds")
 
@@ -182,9 +199,14 @@ class CausalLMAdapter(ModelAdapter):
         self.layers_path, self.layers = _find_layers(model, layers_path)
         self.num_layers = len(self.layers)
         self._returns_tuple: bool | None = None
+        self.dtype = next(self.model.parameters()).dtype
 
     def to(self, device: str) -> "CausalLMAdapter":
         self.model.to(device)
+        return self
+
+    def cast(self, dtype: torch.dtype) -> "CausalLMAdapter":
+        self.dtype = _cast_frozen(self.model, dtype)
         return self
 
     @property
@@ -221,9 +243,10 @@ class CausalLMAdapter(ModelAdapter):
             pass
         finally:
             handle.remove()
-        return captured[0].detach()
+        return captured[0].detach().float()  # the operators read float32 states whatever the model's precision
 
     def finish(self, states: torch.Tensor, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        states = states.to(self.dtype)
         if form == "logit":
             return self.model.get_output_embeddings()(states)
         if self._returns_tuple is None:
@@ -298,8 +321,11 @@ def _find_layers(model: nn.Module, layers_path: str | None) -> tuple[str, nn.Mod
     )
 
 
-def load_causal_lm(model_dir: Path | str, device: str = "cpu", layers_path: str | None = None):
-    """Load a local Hugging Face causal LM folder (safetensors) and its tokenizer; returns (adapter, tokenizer)."""
+def load_causal_lm(model_dir: Path | str, device: str = "cpu", layers_path: str | None = None, dtype: str = "float32"):
+    """Load a local Hugging Face causal LM folder (safetensors) and its tokenizer; returns (adapter, tokenizer).
+    `dtype` (MODEL_DTYPES): the precision the weights are loaded in."""
+    if dtype not in MODEL_DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of {list(MODEL_DTYPES)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -309,7 +335,7 @@ def load_causal_lm(model_dir: Path | str, device: str = "cpu", layers_path: str 
         raise ModelError(f"{model_dir} is not a Hugging Face model folder: it has no config.json")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=MODEL_DTYPES[dtype])
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"could not load the model in {model_dir}: {err}") from err
     return CausalLMAdapter(model, layers_path).to(device), tokenizer
@@ -334,19 +360,26 @@ class SequentialClassifierAdapter(ModelAdapter):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.num_layers = len(model)
+        self.dtype = next(self.model.parameters()).dtype
 
     def to(self, device: str) -> "SequentialClassifierAdapter":
         self.model.to(device)
         return self
 
+    def cast(self, dtype: torch.dtype) -> "SequentialClassifierAdapter":
+        self.dtype = _cast_frozen(self.model, dtype)
+        return self
+
     @torch.no_grad()
     def capture(self, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        x = batch["x"].to(self.dtype)
         if form == "logit":
-            return self.model[:-1](batch["x"])
+            return self.model[:-1](x).float()
         self.check_layer(layer)
-        return self.model[: layer + 1](batch["x"])
+        return self.model[: layer + 1](x).float()
 
     def finish(self, states: torch.Tensor, batch: Batch, form: str, layer: int) -> torch.Tensor:
+        states = states.to(self.dtype)
         return self.model[-1:](states) if form == "logit" else self.model[layer + 1 :](states)
 
     def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -98,9 +98,16 @@ class StrideConfig:
     # the cached ones within float rounding, docs/scaling.md).
     state_cache: str = "memory"
     # How the cached states are stored ("memory" and "disk"): "float32", or "bfloat16" (half the memory or file; each
-    # micro-batch is widened back to the model's precision when training reads it, so only the stored values are
+    # micro-batch is widened back to float32 when training reads it, so only the stored values are
     # rounded, to 8 significant bits). Part of the operators' fingerprint when not float32.
     state_dtype: str = "float32"
+    # The frozen model's precision: "float32", or "bfloat16" (half its memory, and the precision large models are
+    # trained in; loaded in it, never materialised in float32). The operators, their edits and every loss stay float32:
+    # the states at the cut are widened when captured and narrowed to the model's precision where the frozen rest of
+    # the model reads them, so the logit form's full bank adds its edit in float32 after the head, while in the
+    # activation form and the head bank the edit passes through bfloat16 layers. Part of the operators' fingerprint
+    # when not float32.
+    model_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -182,7 +189,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
         "fidelity_batch", "stability_batch", "full_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
         "linearity_weight", "linearity_every", "linearity_operators", "linearity_batch", "sketch_dim",
-        "sketch_ridge", "seed", "loss_positions", "logit_bank", "state_dtype",
+        "sketch_ridge", "seed", "loss_positions", "logit_bank", "state_dtype", "model_dtype",
     ),
     "responses": ("measurement",),
     "scores": (
@@ -195,7 +202,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
 ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False,
-                                 "logit_bank": "full", "state_dtype": "float32"}
+                                 "logit_bank": "full", "state_dtype": "float32", "model_dtype": "float32"}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -214,6 +221,7 @@ _CHOICES = {
     "state_cache": ("memory", "disk", "recompute"),
     "logit_bank": ("full", "head"),
     "state_dtype": ("float32", "bfloat16"),
+    "model_dtype": ("float32", "bfloat16"),
 }
 
 _POSITIVE = (

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import distributed
-from .adapters import Batch, ModelAdapter, load_causal_lm, move, select_rows
+from .adapters import MODEL_DTYPES, Batch, ModelAdapter, load_causal_lm, move, select_rows
 from .artifacts import RunDirectory, Stage, atomic_path, fingerprint, remove_path
 from .config import STAGE_FIELDS, StrideConfig, stage_fields
 from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, encode_queries, pad_token_id, token_batch
@@ -77,7 +77,7 @@ class Stride:
         self.device = _device(config.device)
         distributed.ensure_process_group(self.device)
         self.progress = progress and distributed.is_main()
-        adapter.to(self.device)
+        adapter.to(self.device).cast(MODEL_DTYPES[config.model_dtype])
         self.layer = config.layer if config.layer is not None else adapter.default_layer(config.layer_fraction)
         if config.form == "activation" or config.layer is not None:
             adapter.check_layer(self.layer)  # an explicit layer is checked even where the logit form ignores it
@@ -85,7 +85,7 @@ class Stride:
 
     @classmethod
     def from_pretrained(cls, model_dir: Path | str, config: StrideConfig, run_dir: Path | str, layers_path: str | None = None, progress: bool = True) -> "Stride":
-        adapter, tokenizer = load_causal_lm(model_dir, "cpu", layers_path)
+        adapter, tokenizer = load_causal_lm(model_dir, "cpu", layers_path, dtype=config.model_dtype)
         return cls(adapter, config, run_dir, tokenizer=tokenizer, progress=progress)
 
     # ------------------------------------------------------------------------------------------- stages

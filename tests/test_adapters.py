@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from stride_engine import CausalLMAdapter, ConfigError, ModelError, SequentialClassifierAdapter, load_causal_lm
+from stride_engine import CausalLMAdapter, ConfigError, ModelAdapter, ModelError, SequentialClassifierAdapter, load_causal_lm
 from stride_engine.corpus import token_batch
 
 from tiny import random_texts, save_tiny_model, tiny_model, tiny_tokenizer
@@ -63,6 +63,33 @@ def test_saved_model_loads_from_its_folder_with_identical_logits(tmp_path):
     with torch.no_grad():
         direct = adapter.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(adapter.finish(states, batch, "activation", 1), direct, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_loaded_in_bfloat16_hands_float32_states_to_the_operators(tmp_path):
+    """load_causal_lm(dtype="bfloat16") keeps the weights in bfloat16 (never a float32 copy); the states at the cut
+    come out float32, and finishing from them is the bfloat16 model's own forward."""
+    folder = save_tiny_model(tmp_path / "model")
+    adapter, tokenizer = load_causal_lm(folder, dtype="bfloat16")
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.bfloat16}
+    batch = _batch(tokenizer, random_texts(3, seed=1))
+    for form in ("activation", "logit"):
+        states = adapter.capture(batch, form, 1)
+        assert states.dtype == torch.float32
+        with torch.no_grad():
+            direct = adapter.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(adapter.finish(states, batch, form, 1), direct)
+    with pytest.raises(ConfigError, match="float16"):
+        load_causal_lm(folder, dtype="float16")
+
+
+def test_an_adapter_without_cast_refuses_another_precision():
+    class Plain(SequentialClassifierAdapter):
+        cast = ModelAdapter.cast
+
+    adapter = Plain(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    assert adapter.cast(torch.float32) is adapter
+    with pytest.raises(ConfigError, match="Plain does not implement cast"):
+        adapter.cast(torch.bfloat16)
 
 
 def test_missing_model_folder_is_named(tmp_path):

@@ -341,3 +341,29 @@ def test_states_stored_in_bfloat16_take_half_the_file_and_train_nearly_the_same_
     assert stage_fields(runs["bfloat16"].config, "operators")["state_dtype"] == "bfloat16"
     with pytest.raises(ConfigError, match="caches none"):
         preset("cpu-smoke", state_cache="recompute", state_dtype="bfloat16")
+
+
+def test_a_model_run_in_bfloat16_keeps_float32_operators_and_follows_the_float32_responses(tiny_inputs, tmp_path):
+    """model_dtype="bfloat16": the frozen model is loaded in bfloat16 (half the memory of its weights), while the
+    operators, their saved bank and the responses stay float32 and follow a float32 model's. It is part of the
+    operators' fingerprint: a float32 run reopened in bfloat16 is refused as stale, never mixed."""
+    from safetensors.torch import load_file
+
+    from stride_engine.config import stage_fields
+
+    model, train, queries = tiny_inputs
+    documents, query_set = read_documents([train]), read_queries(queries)
+    runs = {dtype: Stride.from_pretrained(model, preset("cpu-smoke", **TINY, model_dtype=dtype), tmp_path / dtype,
+                                          progress=False).fit(documents) for dtype in ("float32", "bfloat16")}
+    narrow_model = runs["bfloat16"].adapter.model
+    assert {p.dtype for p in narrow_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in runs["float32"].adapter.model.parameters()} == {torch.float32}
+    bank = load_file(str(tmp_path / "bfloat16" / "operators" / "bank.safetensors"))
+    assert {t.dtype for t in bank.values()} == {torch.float32}
+    full, narrow = runs["float32"].responses(query_set), runs["bfloat16"].responses(query_set)
+    assert narrow.dtype == full.dtype and np.isfinite(narrow).all() and np.ptp(narrow) > 0
+    assert np.corrcoef(full.ravel(), narrow.ravel())[0, 1] > 0.99, np.corrcoef(full.ravel(), narrow.ravel())
+    assert "model_dtype" not in stage_fields(runs["float32"].config, "operators")
+    with pytest.raises(StageMismatchError, match="stage 'operators'.*model_dtype"):
+        Stride.from_pretrained(model, preset("cpu-smoke", **TINY, model_dtype="bfloat16"), tmp_path / "float32",
+                               progress=False).fit(documents)
