@@ -118,17 +118,17 @@ LM_ABLATIONS = {
     "groups=16 lambda 0.1": dict(groups=16),
     "steps=1000 groups=16": dict(steps=1000, groups=16, lambda_rule="cv"),
     "lambda cv": dict(lambda_rule="cv"),
-    # The cheaper step (loss_positions): losses on 32 of the 128 positions, the saving spent on 4x the steps, or on
-    # 4x the rows per step; both cost about what steps=1000 on every position does.
+    # The cheaper step (loss_positions): losses on 32 of the 128 positions, the saving spent on 4x the steps (here) or
+    # on 4x the rows per step ("rows x4", below); both cost about what steps=1000 on every position does.
     "steps=4000 positions=32": dict(steps=4000, loss_positions=32),
-    "steps=1000 positions=32 rows x4": dict(steps=1000, loss_positions=32, fidelity_batch=16, stability_batch=16),
     **OPTIMIZER_STUDY,
 }
 
 # More operators at the same cost, on both LM settings (results/recovery_ceiling.md: at K = 256 even exact responses
-# give back only about half of a peer's LDS on pre-training): the 512 rows of the "rows x4" step spread over 2x or 4x
-# the operators, so each operator still sees its members about 11 times.
+# give back only about half of a peer's LDS on pre-training): the cheaper step's 512 rows ("rows x4", K = 256) spread
+# over 2x or 4x the operators, so each operator still sees its members about 11 times.
 LM_SUBSET_VARIANTS = {
+    "steps=1000 positions=32 rows x4": dict(steps=1000, loss_positions=32, fidelity_batch=16, stability_batch=16),
     "K=512 steps=1000 positions=32 ops=32 rows x2": dict(
         num_subsets=512, steps=1000, loss_positions=32, operators_per_step=32, fidelity_batch=8, stability_batch=8),
     "K=1024 steps=1000 positions=32 ops=64": dict(
