@@ -49,6 +49,36 @@ def test_operator_lowers_loss_on_its_own_subset_more_than_elsewhere(stable):
     assert gaps.mean() > 0.1
 
 
+@pytest.mark.parametrize("measurement", ["loss", "log-odds"])
+def test_responses_at_scored_positions_equal_the_row_by_row_measurement(stable, monkeypatch, measurement):
+    """The logit form measures only the scored positions, all of a chunk of operators in one product: the same
+    responses as steering every (query, operator) row through steered_logits, on queries with padding and with a
+    prompt whose positions do not count, for any micro-batch."""
+    import stride_engine.responses as responses_module
+
+    lengths = stable._examples.batch["attention_mask"].sum(dim=1)
+    padded, full = torch.nonzero((lengths > 16) & (lengths < lengths.max()))[:, 0], torch.nonzero(lengths == lengths.max())[:, 0]
+    rows = torch.cat([padded[:12], full[:8]])
+    batch = dict(select_rows(stable._examples.batch, rows))
+    batch["target_mask"] = batch["target_mask"].clone()
+    batch["target_mask"][:, :8] = 0  # the first 8 tokens of each query are a prompt
+    batch["target_mask"][0, -1] = 0  # a query whose last position is not scored either
+    assert (batch["attention_mask"] == 0).any(), "the queries should include padding"
+    bank = stable._load_bank()
+
+    def measure(micro_batch):
+        return measure_responses(stable.adapter, bank, batch, "logit", stable.layer, micro_batch, progress=False,
+                                 measurement=measurement)
+
+    fast = {size: measure(size) for size in (3, 64)}
+    monkeypatch.setattr(responses_module, "_scored_positions", lambda *args: None)  # every (query, operator) row
+    slow, slow_base = measure(7)
+    for values, base in fast.values():
+        np.testing.assert_array_equal(base, slow_base)
+        np.testing.assert_allclose(values, slow, rtol=1e-4, atol=1e-6 * np.abs(slow).max())
+    assert np.ptp(slow) > 0
+
+
 @torch.no_grad()
 def _outside_kl(stride, owner, rows):
     bank = stride._load_bank()
