@@ -114,11 +114,6 @@ class ModelAdapter(ABC):
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def _cast_frozen(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
-    model.to(dtype)
-    return dtype
-
-
 MEASUREMENTS = ("loss", "log-odds")
 
 
@@ -206,7 +201,8 @@ class CausalLMAdapter(ModelAdapter):
         return self
 
     def cast(self, dtype: torch.dtype) -> "CausalLMAdapter":
-        self.dtype = _cast_frozen(self.model, dtype)
+        self.model.to(dtype)
+        self.dtype = dtype
         return self
 
     @property
@@ -367,7 +363,8 @@ class SequentialClassifierAdapter(ModelAdapter):
         return self
 
     def cast(self, dtype: torch.dtype) -> "SequentialClassifierAdapter":
-        self.dtype = _cast_frozen(self.model, dtype)
+        self.model.to(dtype)
+        self.dtype = dtype
         return self
 
     @torch.no_grad()

@@ -77,7 +77,8 @@ class Stride:
         self.device = _device(config.device)
         distributed.ensure_process_group(self.device)
         self.progress = progress and distributed.is_main()
-        adapter.to(self.device).cast(MODEL_DTYPES[config.model_dtype])
+        adapter.to(self.device)
+        adapter.cast(MODEL_DTYPES[config.model_dtype])
         self.layer = config.layer if config.layer is not None else adapter.default_layer(config.layer_fraction)
         if config.form == "activation" or config.layer is not None:
             adapter.check_layer(self.layer)  # an explicit layer is checked even where the logit form ignores it
