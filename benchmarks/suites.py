@@ -198,6 +198,26 @@ FULL = Suite("full", (
     ),
     _lm_plan("pretrain", ablate=True),
     _lm_plan("finetune"),
+    # A deeper LM no STRIDE configuration was chosen on (settings/deep.py: 4 layers, another sample of the corpus).
+    # The rows were fixed before its ground truth existed: the main LM row, the K = 1,024 row picked on the two
+    # 2-layer settings, the activation form cut after the last layer (as on the 2-layer models) and at half depth,
+    # and the peers that came closest elsewhere.
+    SettingPlan(
+        "deep", "full", lds_subsets=64, fraction=0.3,
+        methods=(
+            _m("random", "benchmarks.methods.baselines:random_scores", "baseline"),
+            _m("stride-logit", STRIDE, "stride", form="logit", **LM_STRIDE),
+            _m("stride-activation", STRIDE, "stride", form="activation", layer=3, **LM_STRIDE),
+            _m("stride-activation layer=1", STRIDE, "ablation", False, form="activation", layer=1, **LM_STRIDE),
+            *(_m(f"stride-logit {name}", STRIDE, "ablation", False, **{**LM_STRIDE, "form": "logit", **change})
+              for name, change in LM_SUBSET_VARIANTS.items()),
+            _m("grad-dot", f"{GRADIENTS}:grad_dot", train_batch_size=64, query_batch_size=120, grad_chunk=16),
+            _m("trak", f"{GRADIENTS}:trak", proj_dim=512, train_batch_size=128),
+            _m("logra", f"{GRADIENTS}:logra", proj_dim=1024),
+            _m("ekfac", f"{GRADIENTS}:ekfac"),
+            _m("bm25", f"{TEXT}:bm25"),
+        ),
+    ),
     # A classifier no STRIDE configuration was tuned on (settings/cancer.py): the digits configuration carried over,
     # the `default` preset as a new user would run it, each with the loss and with the log-odds measured.
     SettingPlan(

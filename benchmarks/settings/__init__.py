@@ -11,6 +11,7 @@ SETTINGS = {
     "cancer": "benchmarks.settings.cancer:CancerSetting",
     "pretrain": "benchmarks.settings.pretrain:PretrainSetting",
     "finetune": "benchmarks.settings.finetune:FinetuneSetting",
+    "deep": "benchmarks.settings.deep:DeepPretrainSetting",
 }
 
 
