@@ -146,3 +146,19 @@ def test_finetune_model_and_retrain(finetune):
     full = query_losses(model, finetune.queries.tensors)
     again = finetune.retrain(np.ones((1, n), dtype=bool), [finetune.seed])
     np.testing.assert_allclose(again[0], full, rtol=0, atol=1e-5)
+
+
+def test_deep_setting_is_a_four_layer_model_on_another_sample(pretrain):
+    from benchmarks.settings import build_setting
+    from benchmarks.settings.deep import DeepPretrainSetting
+    from benchmarks.settings.pretrain import query_losses
+
+    deep = DeepPretrainSetting("smoke", cache=pretrain.cache, data=SHARED_DATA)
+    assert build_setting("deep", "smoke").name == deep.name == "deep" and deep.folder != pretrain.folder
+    assert set(deep.train.ids) != set(pretrain.train.ids) and not set(deep.train.ids) & set(deep.queries.ids)
+    model = deep.model()
+    assert model.config.num_hidden_layers == 4
+    # the full mask retrains the attributed model: ground truth and attribution see the same training recipe
+    full = query_losses(model, deep.queries.tensors)
+    again = deep.retrain(np.ones((1, len(deep.train)), dtype=bool), [deep.seed])
+    np.testing.assert_allclose(again[0], full, rtol=0, atol=1e-5)

@@ -67,6 +67,20 @@ def _rows(method_bpb: dict[str, list[float]], target: str = "t") -> list[dict]:
             for m, values in method_bpb.items() for s, v in enumerate(values)]
 
 
+def test_the_transfer_check_ranks_the_grid_mixtures_at_both_scales():
+    from curate.reweight.study_report import grid_transfer_line
+
+    def grid(bpb):
+        return [{"target": "t", "method": "grid", "grid_point": p, "seed": 0, "target_bpb": v} for p, v in enumerate(bpb)]
+
+    small = grid([1.0, 1.1, 1.2, 1.3, 1.4])
+    # the larger proxy keeps the order but for its best two, swapped: the small scale's best mixture ranks 2nd there
+    line = grid_transfer_line(small, grid([2.1, 2.0, 2.2, 2.3, 2.4]), "t")
+    assert "rho = 0.90 over 5 mixtures" in line and "best mixture ranks 2 of 5" in line and "best ranks 2 at the small" in line
+    assert "rho = -1.00" in grid_transfer_line(small, grid([2.4, 2.3, 2.2, 2.1, 2.0]), "t")
+    assert grid_transfer_line(small, grid([2.0, 2.1]), "t") is None  # two shared mixtures give no rank correlation
+
+
 def test_a_method_beats_a_reference_only_beyond_seed_noise():
     natural = [1.00, 1.02, 0.99, 1.01, 1.00]
     better = paired({s: v - 0.05 for s, v in enumerate(natural)}, dict(enumerate(natural)))
@@ -101,7 +115,9 @@ def test_the_smoke_study_trains_every_arm_at_equal_tokens_on_the_mixture_it_name
     assert {r["task"] for r in everything} == {"reweight"}
     rows = [r for r in everything if "diagnostic" not in r and r.get("scale") != "transfer"]
     transfer = [r for r in everything if r.get("scale") == "transfer"]
-    assert {r["method"] for r in transfer} == {r["method"] for r in rows} - {"grid"}  # every arm at the larger proxy
+    assert {r["method"] for r in transfer} == {r["method"] for r in rows}  # every arm at the larger proxy, and the grid
+    assert {r["grid_point"] for r in transfer if r["method"] == "grid"} == {r["grid_point"] for r in rows if r["method"] == "grid"}
+    assert "Grid: Spearman's rho" in path.with_suffix(".md").read_text()
     stability = {r["method"]: r for r in everything if r.get("diagnostic") == "stability"}
     assert set(stability) == {"stride", "similarity", "doremi", "doge"}
     assert all(0 <= r["max_weight_difference"] <= 1 for r in stability.values())

@@ -282,16 +282,17 @@ class _Plan:
     # -------------------------------------------------------------------- the transfer check
 
     def transfer(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Every arm's mixture (not the grid's) again at a larger proxy (reweight.transfer.model: the same tokenizer,
-        more layers and width) for reweight.transfer.seeds, on the same datasets: whether weights found at proxy
-        scale keep their order at the next scale. Rows tagged `scale: transfer`."""
+        """Every arm's mixture again at a larger proxy (reweight.transfer.model: the same tokenizer, more layers and
+        width) for reweight.transfer.seeds, on the same datasets, and with reweight.transfer.grid every grid mixture
+        too: whether weights found at proxy scale keep their order at the next scale, and whether the grid's ranking
+        of mixtures (the oracle every regret is read against) does. Rows tagged `scale: transfer`."""
         spec = self.study.recipe["reweight"].get("transfer")
         if not spec:
             return []
         base = self.transfer_base(spec["model"])
         made = []
         for row in rows:
-            if row["method"] == "grid" or row["seed"] not in spec.get("seeds", [0]):
+            if (row["method"] == "grid" and not spec.get("grid")) or row["seed"] not in spec.get("seeds", [0]):
                 continue
             mixture = row["job"].split("/")[1]
             data = self.out / "mixtures" / mixture / "data"

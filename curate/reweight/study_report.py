@@ -145,7 +145,7 @@ def markdown(rows: list[dict], recipe: dict) -> str:
         lines.append("")
     lines += ["## The goals, for STRIDE's weights (`stride`, mode target)", "", *goals(table), ""]
     if transfer:
-        lines += transfer_lines(table, summary(transfer), recipe)
+        lines += transfer_lines(table, summary(transfer), recipe, rows, transfer)
     stability = [r for r in diagnostics if r["diagnostic"] == "stability"]
     if stability:
         lines += ["## Stability of the weights", "", "The largest change of any domain's weight when the method's input changes "
@@ -164,15 +164,48 @@ def markdown(rows: list[dict], recipe: dict) -> str:
     return "\n".join(lines)
 
 
-def transfer_lines(small: dict[str, dict[str, dict]], large: dict[str, dict[str, dict]], recipe: dict) -> list[str]:
-    """The arms at the larger proxy beside the small one, and the rank correlation of their order across scales."""
+def grid_points(rows: list[dict], target: str) -> dict[int, float]:
+    """Each grid mixture's mean target bpb over its seeds."""
+    points: dict[int, list[float]] = {}
+    for r in rows:
+        if r["target"] == target and r["method"] == "grid":
+            points.setdefault(r["grid_point"], []).append(r["target_bpb"])
+    return {point: float(np.mean(values)) for point, values in points.items()}
+
+
+def grid_transfer_line(small_rows: list[dict], large_rows: list[dict], target: str) -> str | None:
+    """Spearman's rho across the grid mixtures between the scales, and where each scale's best mixture ranks at the other."""
     from scipy.stats import spearmanr
+
+    small, large = grid_points(small_rows, target), grid_points(large_rows, target)
+    shared = sorted(set(small) & set(large))
+    if len(shared) < 3:
+        return None
+    a, b = np.array([small[p] for p in shared]), np.array([large[p] for p in shared])
+    rho = spearmanr(a, b).statistic
+    rank_in_large = int((b < b[int(np.argmin(a))]).sum()) + 1  # the small scale's best mixture, ranked at the larger
+    rank_in_small = int((a < a[int(np.argmin(b))]).sum()) + 1
+    return (f"Grid: Spearman's rho = {rho:.2f} over {len(shared)} mixtures between the scales; the small proxy's best mixture "
+            f"ranks {rank_in_large} of {len(shared)} at the larger one, whose best ranks {rank_in_small} at the small one.")
+
+
+def transfer_lines(small: dict[str, dict[str, dict]], large: dict[str, dict[str, dict]], recipe: dict,
+                   small_rows: list[dict] | None = None, large_rows: list[dict] | None = None) -> list[str]:
+    """The arms at the larger proxy beside the small one, the rank correlation of their order across scales and, where
+    the grid was trained at both, the rank correlation across the grid's mixtures."""
+    from scipy.stats import spearmanr
+
+    small_rows, large_rows = small_rows or [], large_rows or []
 
     model = (recipe.get("reweight", {}).get("transfer") or {}).get("model", {})
     lines = ["## Transfer to a larger proxy", "",
              f"Every arm's mixture (the same datasets) trained at {', '.join(f'{k} {v}' for k, v in model.items())}, the same "
-             "steps; Spearman's rho between the arms' mean target bpb at the two scales.", ""]
+             "steps; Spearman's rho between the arms' mean target bpb at the two scales"
+             + (", and between the grid mixtures' (the grid at the transfer seeds)." if any(r["method"] == "grid" for r in large_rows) else "."), ""]
     for target, entries in large.items():
+        grid_line = grid_transfer_line(small_rows, large_rows, target)
+        if grid_line:
+            lines += [grid_line, ""]
         methods = [m for m in entries if m in small.get(target, {})]
         rho = spearmanr([small[target][m]["bpb"] for m in methods], [entries[m]["bpb"] for m in methods]).statistic if len(methods) > 2 else None
         lines += [f"### {target}: rho = {rho:.2f} over {len(methods)} arms" if rho is not None else f"### {target}", "",
