@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from .config import STAGE_FIELDS, StrideConfig, stage_fields
 from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, encode_queries, pad_token_id, token_batch
 from .design import Membership, random_membership
 from .groups import cluster_examples, groups_file, pooled_states
+from .merge import (DOCUMENT_LIST, finish_scores, part_folder, queries_digest, responses_stage, scores_stage,
+                    write_document_list)
 from .errors import ConfigError, OutOfMemory, StageMismatchError, StrideError
 from .operators import SteeringBank
 from .plots import plot_training_curves
@@ -47,7 +48,6 @@ from .responses import measure_responses
 from .scores import ScoreStore, merge_score_parts, write_score_part, write_scores
 from .training import RecomputedStates, StateCache, new_bank, train_operators
 
-log = logging.getLogger(__name__)
 
 CHUNK_TOKENS = "chunks.tokens.npy"  # the chunks' token ids, row-aligned with chunks.parquet
 STAGES = ("chunks", "design", "operators", "groups", "responses", "scores")
@@ -140,6 +140,8 @@ class Stride:
             self.run.finish(stages["chunks"], examples=len(examples), documents=len(examples.doc_ids))
         elif isinstance(train, Documents) and not self.run.path(CHUNK_TOKENS).is_file():
             self._write_chunk_tokens()  # a run fitted before the tokens were kept: kept from now on
+        if not self.run.path(DOCUMENT_LIST).is_file():  # what a merge reads instead of the corpus (merge.py)
+            write_document_list(self.run, list(examples.doc_ids), list(examples.domains))
         if not self.run.is_done(stages["design"]):
             membership.save(self.run.path("design.npz"))
             self.run.finish(stages["design"], subsets=membership.num_subsets, examples=membership.num_examples)
@@ -263,15 +265,7 @@ class Stride:
         )
 
     def _finish_scores(self, stage: Stage, store: ScoreStore, parts: int = 1) -> ScoreStore:
-        queries = store.queries()
-        unscored = int((queries["nonzero_chunks"] == 0).sum())
-        if unscored:  # a user would otherwise read "no influential example" for them
-            log.warning("%d of %d queries got no score: their responses do not tell the subsets apart (the model may "
-                        "already predict them with certainty; measurement='log-odds' does not saturate%s)", unscored,
-                        len(queries), "" if self.config.lambda_rule == "fixed" else "; with lambda_rule='cv' a query "
-                        "gets none when no fit predicts held-out subsets better than its mean")
-        self.run.finish(stage, queries=len(queries), queries_without_scores=unscored, parts=parts)
-        return store
+        return finish_scores(self.run, stage, store, self.config.lambda_rule, parts)
 
     def recovery_settings(self) -> RecoverySettings:
         config = self.config
@@ -359,11 +353,13 @@ class Stride:
                     self.config.micro_batch, self.device, self.progress, measurement=self.config.measurement,
                     query_ids=query_ids[rows],
                 )
-        self._write_part(folder, scores, rows, values, base, query_ids[rows])
+        self._write_part(folder, scores, rows, values, base, query_ids[rows],
+                         {"queries": responses.inputs["queries"], "queries_text": _queries_text(queries, query_ids)})
 
     def _write_part(self, folder: Path, scores: Stage, rows: slice, values: np.ndarray, base: np.ndarray,
-                    query_ids: list[str]) -> None:
-        """A part's recovered scores (per-document sums) and responses, and last its record."""
+                    query_ids: list[str], inputs: dict | None = None) -> None:
+        """A part's recovered scores (per-document sums) and responses, and last its record (with `inputs`, what a
+        merge without the model checks the part against: merge.py)."""
         batches = self._recovered(values) if len(values) else iter(())
         with atomic_path(folder) as tmp:
             tmp.mkdir(parents=True)
@@ -371,7 +367,8 @@ class Stride:
                              self._examples.doc_index, **self._store_settings())
             with open(tmp / "responses.npy", "wb") as handle:
                 np.save(handle, values)
-            (tmp / "part.json").write_text(json.dumps({"scores": scores.fingerprint, "rows": [rows.start, rows.stop]}))
+            record = {"scores": scores.fingerprint, "rows": [rows.start, rows.stop], **(inputs or {})}
+            (tmp / "part.json").write_text(json.dumps(record))
 
     def merge_parts(self, queries: Queries | Examples, name: str, parts: int) -> ScoreStore:
         """The query set's responses and score store from its `parts` finished parts (attribute_part); the parts are
@@ -409,14 +406,13 @@ class Stride:
         return responses, scores
 
     def _responses_stage(self, name: str, query_batch: Batch, query_ids: list[str]) -> Stage:
-        return Stage(f"responses-{name}", {"operators": self._operators_stage.fingerprint,
-                                           "queries": _digest_batch(query_batch, query_ids), **stage_fields(self.config, "responses")})
+        return responses_stage(name, self.config, self._operators_stage.fingerprint, _digest_batch(query_batch, query_ids))
 
     def _scores_stage(self, name: str, responses_fingerprint: str) -> Stage:
-        return Stage(f"scores-{name}", {**stage_fields(self.config, "scores"), "responses": responses_fingerprint})
+        return scores_stage(name, self.config, responses_fingerprint)
 
     def _part_folder(self, name: str, part: int, parts: int) -> Path:
-        return self.run.path("parts", name, f"{part:05d}-of-{parts:05d}")
+        return part_folder(self.run, name, part, parts)
 
     @staticmethod
     def _part_is_done(folder: Path, scores: Stage) -> bool:
@@ -638,6 +634,10 @@ def _digest_documents(documents: Documents) -> str:
     for doc_id, text in zip(documents.ids, documents.texts):
         digest.update(doc_id.encode() + b"\0" + text.encode() + b"\1")
     return digest.hexdigest()[:16]
+
+
+def _queries_text(queries: Queries | Examples, ids: list[str]) -> str:
+    return queries_digest(ids, queries if isinstance(queries, Queries) else None)
 
 
 def _digest_batch(batch: Batch, ids: list[str]) -> str:

@@ -51,6 +51,19 @@ def test_the_selection_preset_is_the_default_with_grouped_recovery():
     assert PRESETS["select"] == {**PRESETS["default"], "groups": 16, "lambda_rule": "cv"}
 
 
+def test_the_lm_preset_is_the_benchmark_row_it_was_measured_as():
+    """`--preset lm` is the attribution benchmark's K = 1,024 row on the language models, field for field."""
+    from benchmarks.suites import FULL
+    from stride_engine import preset
+
+    rows = [m for plan in FULL.settings if plan.setting in ("pretrain", "finetune", "deep") for m in plan.methods
+            if m.label == "stride-logit K=1024 steps=1000 positions=32 ops=64"]
+    assert len(rows) == 3
+    for row in rows:
+        options = dict(row.options)
+        assert preset("lm") == preset(options.pop("preset_name"), **options)
+
+
 def test_select_names_its_datatrove_options_apart_from_lm_eval_tasks():
     options = {o for p in main.commands["select"].params for o in p.opts}
     assert {"--executor-tasks", "--executor-workers", "--tasks", "--workers"} <= options  # old spellings kept

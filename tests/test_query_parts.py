@@ -89,3 +89,62 @@ def test_a_part_outside_the_parts_is_refused(fitted):
     _, _, run, _, queries = fitted
     with pytest.raises(ConfigError, match=r"part 2 is not one of the 2 parts \(0..1\)"):
         _reopened(fitted, run).attribute_part(queries, "target", 2, 2)
+
+
+def test_parts_merge_without_the_model(fitted, tmp_path):
+    """The merge task reads the run's records only: with the model folder gone it writes the store one call writes,
+    and it refuses parts measured on other queries or under another configuration."""
+    from stride_engine.merge import merge_without_model
+
+    model, _, run, _, queries = fitted
+    whole_run, parted_run = tmp_path / "whole", tmp_path / "parted"
+    shutil.copytree(run, whole_run)
+    shutil.copytree(run, parted_run)
+    whole = _reopened(fitted, whole_run).attribute(queries, name="target")
+    worker = _reopened(fitted, parted_run)
+    for part in range(3):
+        worker.attribute_part(queries, "target", part, 3)
+
+    hidden = tmp_path / "model-elsewhere"
+    shutil.move(model, hidden)  # nothing below may read the model
+    try:
+        other = Queries(ids=queries.ids, prompts=queries.prompts, completions=["another text"] + queries.completions[1:])
+        with pytest.raises(StrideError, match=r"3 of the 3 parts of query set 'target' are not finished"):
+            merge_without_model(parted_run, other, "target", 3)
+        record = parted_run / "parts" / "target" / "00001-of-00003" / "part.json"
+        kept = record.read_text()
+        record.write_text(kept.replace('"scores": "', '"scores": "stale'))  # a part of another configuration
+        with pytest.raises(StrideError, match=r"1 of the 3 parts .* \(00001-of-00003\)"):
+            merge_without_model(parted_run, queries, "target", 3)
+        assert not (parted_run / "scores" / "target").exists()  # nothing half-merged
+        record.write_text(kept)
+        merged = merge_without_model(parted_run, queries, "target", 3)
+    finally:
+        shutil.move(hidden, model)
+
+    assert np.array_equal(np.load(parted_run / "responses" / "target.npy"), np.load(whole_run / "responses" / "target.npy"))
+    for name in ("top.parquet", "chunk_scores.parquet", "queries.parquet"):
+        assert pl.read_parquet(merged.folder / name).equals(pl.read_parquet(whole.folder / name)), name
+    assert merged.documents().select("doc_id", "domain", "chunks").equals(whole.documents().select("doc_id", "domain", "chunks"))
+    np.testing.assert_allclose(merged.documents()["mean_score"].to_numpy(), whole.documents()["mean_score"].to_numpy(),
+                               rtol=1e-12, atol=1e-15)
+    assert not (parted_run / "parts" / "target").exists()
+    # a finished stage as the engine records it: the reopened engine reuses the merged store
+    assert _reopened(fitted, parted_run).attribute(queries, name="target").documents().equals(merged.documents())
+
+
+def test_parts_from_before_the_records_fall_back_to_the_engine(fitted, tmp_path):
+    from stride_engine.merge import merge_without_model
+
+    _, _, run, _, queries = fitted
+    parted_run = tmp_path / "parted"
+    shutil.copytree(run, parted_run)
+    worker = _reopened(fitted, parted_run)
+    for part in range(2):
+        worker.attribute_part(queries, "target", part, 2)
+    for part in range(2):  # parts as an older version wrote them: no record of their queries
+        record = parted_run / "parts" / "target" / f"{part:05d}-of-00002" / "part.json"
+        fields = __import__("json").loads(record.read_text())
+        record.write_text(__import__("json").dumps({"scores": fields["scores"], "rows": fields["rows"]}))
+    assert merge_without_model(parted_run, queries, "target", 2) is None
+    assert len(worker.merge_parts(queries, "target", 2).queries()) == QUERIES

@@ -21,6 +21,7 @@ from filelock import FileLock
 from stride_engine import Documents, Queries, ScoreStore, Stride, StrideConfig, StrideError, read_documents
 from stride_engine.artifacts import RunDirectory, atomic_write_text
 from stride_engine.groups import groups_file
+from stride_engine.merge import merge_without_model
 
 from ..errors import CurateError
 
@@ -127,10 +128,11 @@ class Run:
             raise CurateError(f"cannot attribute part {part} of {parts} of {name!r}: {err}") from err
 
     def merge_parts(self, name: str, queries: Queries, parts: int) -> ScoreStore:
-        """The query set's score store from its `parts` finished parts (Stride.merge_parts)."""
+        """The query set's score store from its `parts` finished parts: from the run's records without loading the
+        model (stride_engine.merge), or, for a run or parts written before those records, by reopening the engine."""
         with self.lock():
             try:
-                return self.engine.merge_parts(queries, name, parts)
+                return merge_without_model(self.root, queries, name, parts) or self.engine.merge_parts(queries, name, parts)
             except StrideError as err:
                 raise CurateError(f"cannot merge the parts of {name!r}: {err}") from err
 
