@@ -137,6 +137,17 @@ LM_SUBSET_VARIANTS = {
 
 
 COMBINED = "benchmarks.methods.combined"
+LM_K1024 = {**LM_STRIDE, "form": "logit", **LM_SUBSET_VARIANTS["K=1024 steps=1000 positions=32 ops=64"]}
+
+
+def fused_k1024() -> tuple[MethodSpec, ...]:
+    """The K = 1,024 fit (the `lm` preset) fused with LoGra and with EK-FAC, half and half, on the LM settings (issue:
+    a combined score above every single method). Each row runs its own fit and its peer: nothing is cached."""
+    return tuple(
+        _m(f"stride-logit K=1024 + {name}", f"{COMBINED}:fused", "ablation", False, peer=f"{GRADIENTS}:{name}",
+           peer_options=options, **LM_K1024)
+        for name, options in (("logra", dict(proj_dim=1024)), ("ekfac", {}))
+    )
 
 
 def combined(base: dict, logra_options: dict | None = None, label: str = "stride-logit", fused_ensemble: bool = True) -> tuple[MethodSpec, ...]:
@@ -175,6 +186,7 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
             *LM_PEERS,
             *combined({**LM_STRIDE, "form": "logit"}, dict(proj_dim=1024), fused_ensemble=False),
             *variants,
+            *fused_k1024(),
         ),
     )
 
@@ -216,6 +228,7 @@ FULL = Suite("full", (
             _m("logra", f"{GRADIENTS}:logra", proj_dim=1024),
             _m("ekfac", f"{GRADIENTS}:ekfac"),
             _m("bm25", f"{TEXT}:bm25"),
+            *fused_k1024(),
         ),
     ),
     # A classifier no STRIDE configuration was tuned on (settings/cancer.py): the digits configuration carried over,
