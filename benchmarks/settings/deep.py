@@ -11,10 +11,9 @@ activation form is cut below a deeper layer than on the 2-layer models.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from .pretrain import DEFAULT_DATA, PretrainSetting
+from .pretrain import PretrainSetting
 
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -42,16 +41,4 @@ class DeepPretrainSetting(PretrainSetting):
     """The pre-training setting with a 4-layer model and another sample of the corpus (see the module text)."""
 
     name = "deep"
-
-    def __init__(
-        self,
-        scale: str = "full",
-        cache: Path = Path(__file__).resolve().parents[1] / "cache",
-        data: Path = DEFAULT_DATA,
-        *,
-        workers: int | None = None,
-        config: dict[str, Any] | None = None,
-    ):
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
-        super().__init__(scale, cache, data, workers=workers, config=config if config is not None else SCALES[scale])
+    SCALES = SCALES

@@ -304,6 +304,7 @@ class PretrainSetting(CausalLMSetting):
     """
 
     name = "pretrain"
+    SCALES = SCALES  # a subclass with another model or sample gives its own
 
     def __init__(
         self,
@@ -314,10 +315,10 @@ class PretrainSetting(CausalLMSetting):
         workers: int | None = None,
         config: dict[str, Any] | None = None,
     ):
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+        if scale not in self.SCALES:
+            raise ValueError(f"scale must be one of {sorted(self.SCALES)}, got {scale!r}")
         self.scale = scale
-        self.config = json.loads(json.dumps(config if config is not None else SCALES[scale]))
+        self.config = json.loads(json.dumps(config if config is not None else self.SCALES[scale]))
         self.cache = Path(cache)
         self.data = Path(data)
         self.workers = workers
