@@ -80,25 +80,24 @@ def merge_without_model(run_dir: Path | str, queries: Queries, name: str, parts:
     config = StrideConfig.load(run.path("config.yaml"))
     folders = [part_folder(run, name, part, parts) for part in range(parts)]
     records = [json.loads((f / "part.json").read_text()) if (f / "part.json").is_file() else None for f in folders]
-    if any(r is not None and "queries" not in r for r in records):
-        return None  # a part written before parts recorded their token batch
+    if all(r is None for r in records) or any(r is not None and "queries" not in r for r in records):
+        # no part left (a merged set's parts are removed: the engine tells a finished store from a missing one) or
+        # a part written before parts recorded their token batch
+        return None
     text = queries_digest(list(queries.ids), queries)
     batches = {r["queries"] for r in records if r is not None}
     if len(batches) > 1:
         raise StrideError(f"the parts of query set {name!r} were measured on different queries: rerun them on one set")
-    stages = None
-    if batches:
-        responses = responses_stage(name, config, operators["fingerprint"], batches.pop())
-        stages = responses, scores_stage(name, config, responses.fingerprint)
+    responses = responses_stage(name, config, operators["fingerprint"], batches.pop())
+    scores = scores_stage(name, config, responses.fingerprint)
     folder = run.path("scores", name)
-    if stages and run.is_done(stages[1]) and ScoreStore(folder).is_current():
+    if run.is_done(scores) and ScoreStore(folder).is_current():
         return ScoreStore(folder)
     unfinished = [f.name for f, r in zip(folders, records)
-                  if r is None or stages is None or r["scores"] != stages[1].fingerprint or r.get("queries_text") != text]
+                  if r is None or r["scores"] != scores.fingerprint or r.get("queries_text") != text]
     if unfinished:
         raise StrideError(f"{len(unfinished)} of the {parts} parts of query set {name!r} are not finished "
                           f"({', '.join(unfinished[:5])}): run attribute_part for them first")
-    responses, scores = stages
     run.is_done(responses)  # a set measured before under other inputs is refused here, as the workers refuse it
     run.is_done(scores)
     rows = [tuple(r["rows"]) for r in records]

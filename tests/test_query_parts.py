@@ -129,6 +129,7 @@ def test_parts_merge_without_the_model(fitted, tmp_path):
     np.testing.assert_allclose(merged.documents()["mean_score"].to_numpy(), whole.documents()["mean_score"].to_numpy(),
                                rtol=1e-12, atol=1e-15)
     assert not (parted_run / "parts" / "target").exists()
+    assert merge_without_model(parted_run, queries, "target", 3) is None  # merged: no parts left, the engine's to answer
     # a finished stage as the engine records it: the reopened engine reuses the merged store
     assert _reopened(fitted, parted_run).attribute(queries, name="target").documents().equals(merged.documents())
 
