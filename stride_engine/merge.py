@@ -56,6 +56,17 @@ def scores_stage(name: str, config: StrideConfig, responses_fingerprint: str) ->
     return Stage(f"scores-{name}", {**stage_fields(config, "scores"), "responses": responses_fingerprint})
 
 
+def write_responses(run: RunDirectory, stage: Stage, name: str, values: np.ndarray, base: np.ndarray,
+                    query_ids: list[str]) -> None:
+    """A query set's responses and base measurements, and last their stage's record."""
+    with atomic_path(run.path("responses", f"{name}.npy")) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, values)
+    with atomic_path(run.path("responses", f"{name}.queries.parquet")) as tmp:
+        pl.DataFrame({"query_id": query_ids, "base_loss": base}).write_parquet(tmp)
+    run.finish(stage, queries=len(query_ids), operators=values.shape[1])
+
+
 def finish_scores(run: RunDirectory, stage: Stage, store: ScoreStore, lambda_rule: str, parts: int = 1) -> ScoreStore:
     """Record a written score store as its stage, warning about queries that got no score."""
     queries = store.queries()
@@ -106,12 +117,7 @@ def merge_without_model(run_dir: Path | str, queries: Queries, name: str, parts:
     if not run.record(responses.name):
         values = np.concatenate([np.load(f / "responses.npy") for f in folders])
         base = np.concatenate([pl.read_parquet(f / "scores" / "queries.parquet")["base_loss"].to_numpy() for f in folders])
-        with atomic_path(run.path("responses", f"{name}.npy")) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, values)
-        with atomic_path(run.path("responses", f"{name}.queries.parquet")) as tmp:
-            pl.DataFrame({"query_id": list(queries.ids), "base_loss": base}).write_parquet(tmp)
-        run.finish(responses, queries=len(queries), operators=values.shape[1])
+        write_responses(run, responses, name, values, base, list(queries.ids))
     documents = pl.read_parquet(run.path(DOCUMENT_LIST))
     doc_index = pl.read_parquet(run.path("chunks.parquet"), columns=["doc_index"])["doc_index"].to_numpy().astype(np.int64)
     store = merge_score_parts(folder, [f / "scores" for f in folders], documents["doc_id"].to_list(),

@@ -39,7 +39,7 @@ from .corpus import Chunks, Documents, Queries, chunk_documents, chunks_table, e
 from .design import Membership, random_membership
 from .groups import cluster_examples, groups_file, pooled_states
 from .merge import (DOCUMENT_LIST, finish_scores, part_folder, queries_digest, responses_stage, scores_stage,
-                    write_document_list)
+                    write_document_list, write_responses)
 from .errors import ConfigError, OutOfMemory, StageMismatchError, StrideError
 from .operators import SteeringBank
 from .plots import plot_training_curves
@@ -180,13 +180,7 @@ class Stride:
         return distributed.sum_across(values).cpu().numpy(), distributed.sum_across(base).cpu().numpy()
 
     def _write_responses(self, stage: Stage, name: str, values: np.ndarray, base: np.ndarray, query_ids: list[str]) -> None:
-        path = self.run.path("responses", f"{name}.npy")
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, values)
-        with atomic_path(self.run.path("responses", f"{name}.queries.parquet")) as tmp:
-            pl.DataFrame({"query_id": query_ids, "base_loss": base}).write_parquet(tmp)
-        self.run.finish(stage, queries=len(query_ids), operators=values.shape[1])
+        write_responses(self.run, stage, name, values, base, query_ids)
 
     def example_responses(self, rows: np.ndarray, name: str) -> np.ndarray:
         """Responses with some of the training examples themselves as queries (their loss as training measures it),

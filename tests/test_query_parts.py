@@ -1,5 +1,6 @@
 """A query set attributed in parts by separate workers, then merged: the same store as one `attribute` call."""
 
+import json
 import shutil
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_parts_from_before_the_records_fall_back_to_the_engine(fitted, tmp_path)
         worker.attribute_part(queries, "target", part, 2)
     for part in range(2):  # parts as an older version wrote them: no record of their queries
         record = parted_run / "parts" / "target" / f"{part:05d}-of-00002" / "part.json"
-        fields = __import__("json").loads(record.read_text())
-        record.write_text(__import__("json").dumps({"scores": fields["scores"], "rows": fields["rows"]}))
+        fields = json.loads(record.read_text())
+        record.write_text(json.dumps({"scores": fields["scores"], "rows": fields["rows"]}))
     assert merge_without_model(parted_run, queries, "target", 2) is None
     assert len(worker.merge_parts(queries, "target", 2).queries()) == QUERIES

@@ -190,12 +190,10 @@ def grid_transfer_line(small_rows: list[dict], large_rows: list[dict], target: s
 
 
 def transfer_lines(small: dict[str, dict[str, dict]], large: dict[str, dict[str, dict]], recipe: dict,
-                   small_rows: list[dict] | None = None, large_rows: list[dict] | None = None) -> list[str]:
+                   small_rows: list[dict], large_rows: list[dict]) -> list[str]:
     """The arms at the larger proxy beside the small one, the rank correlation of their order across scales and, where
     the grid was trained at both, the rank correlation across the grid's mixtures."""
     from scipy.stats import spearmanr
-
-    small_rows, large_rows = small_rows or [], large_rows or []
 
     model = (recipe.get("reweight", {}).get("transfer") or {}).get("model", {})
     lines = ["## Transfer to a larger proxy", "",
