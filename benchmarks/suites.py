@@ -142,11 +142,13 @@ LM_K1024 = {**LM_STRIDE, "form": "logit", **LM_SUBSET_VARIANTS["K=1024 steps=100
 
 def fused_k1024() -> tuple[MethodSpec, ...]:
     """The K = 1,024 fit (the `lm` preset) fused with LoGra and with EK-FAC, half and half, on the LM settings (issue:
-    a combined score above every single method). Each row runs its own fit and its peer: nothing is cached."""
-    return tuple(
-        _m(f"stride-logit K=1024 + {name}", f"{COMBINED}:fused", "ablation", False, peer=f"{GRADIENTS}:{name}",
-           peer_options=options, **LM_K1024)
-        for name, options in (("logra", dict(proj_dim=1024)), ("ekfac", {}))
+    a combined score above every single method). Each row runs its own fit and its peer: nothing is cached. The last
+    row is the same fusion as the product runs it (`fuse="ekfac"`: the engine's own EK-FAC on its chunks)."""
+    return (
+        *(_m(f"stride-logit K=1024 + {name}", f"{COMBINED}:fused", "ablation", False, peer=f"{GRADIENTS}:{name}",
+             peer_options=options, **LM_K1024)
+          for name, options in (("logra", dict(proj_dim=1024)), ("ekfac", {}))),
+        _m("stride-logit K=1024 fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac", **LM_K1024),
     )
 
 
@@ -206,6 +208,8 @@ FULL = Suite("full", (
             _m("ekfac", f"{GRADIENTS}:ekfac"),
             *ablations({**DIGITS_STRIDE, "form": "logit"}, extra={"activation layer=1": dict(form="activation", layer=1), **OPTIMIZER_STUDY}),
             *combined({**DIGITS_STRIDE, "form": "logit"}),
+            # the product's fused score (`curate attribute --fuse ekfac`), added after the ground truth, not tuned
+            _m("stride-logit fuse=ekfac", STRIDE, "ablation", False, form="logit", fuse="ekfac", **DIGITS_STRIDE),
         ),
     ),
     _lm_plan("pretrain", ablate=True),
@@ -248,6 +252,8 @@ FULL = Suite("full", (
             _m("logra", f"{GRADIENTS}:logra"),
             _m("ekfac", f"{GRADIENTS}:ekfac"),
             *combined({**DIGITS_STRIDE, "form": "logit"}),
+            # the product's fused score (`curate attribute --fuse ekfac`), added after the ground truth, not tuned
+            _m("stride-logit fuse=ekfac", STRIDE, "ablation", False, form="logit", fuse="ekfac", **DIGITS_STRIDE),
         ),
     ),
 ), commit_ground_truth=True)

@@ -84,6 +84,12 @@ class ModelAdapter(ABC):
         weights = weights.double()
         return (per_position * weights).sum(dim=1) / weights.sum(dim=1)
 
+    def full_logits(self, batch: Batch, model: nn.Module | None = None) -> torch.Tensor:
+        """The whole model's logits on a batch, with gradients, for a gradient method fused with STRIDE (fusion.py);
+        `model`: a copy of the adapter's model to run instead (the peer wraps its layers)."""
+        raise ModelError(f"{type(self).__name__} does not implement full_logits(), which fuse='ekfac' needs: leave fuse "
+                         "at 'none', or override ModelAdapter.full_logits")
+
     def at_positions(self, states: torch.Tensor, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch] | None:
         """States and batch restricted to some sequence positions, for losses in the logit form; None for a model
         without positions. `example_losses` of the result is the mean loss over those positions."""
@@ -210,7 +216,10 @@ class CausalLMAdapter(ModelAdapter):
         return next(self.model.parameters()).device
 
     def _forward(self, batch: Batch) -> torch.Tensor:
-        return self.model(
+        return self.full_logits(batch)
+
+    def full_logits(self, batch: Batch, model: nn.Module | None = None) -> torch.Tensor:
+        return (model or self.model)(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
 
@@ -378,6 +387,9 @@ class SequentialClassifierAdapter(ModelAdapter):
     def finish(self, states: torch.Tensor, batch: Batch, form: str, layer: int) -> torch.Tensor:
         states = states.to(self.dtype)
         return self.model[-1:](states) if form == "logit" else self.model[layer + 1 :](states)
+
+    def full_logits(self, batch: Batch, model: nn.Module | None = None) -> torch.Tensor:
+        return (model or self.model)(batch["x"].to(self.dtype))
 
     def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["y"], reduction="none")

@@ -85,6 +85,12 @@ class StrideConfig:
     # (a whole domain helps a target), which K measurements cannot resolve chunk by chunk.
     groups: int = 0
     group_ridge: float = 1.0  # ridge on the group effects, in units of the mean eigenvalue of the group Gram matrix
+    # --- fusion with a gradient method (fusion.py) ------------------------------------------------------
+    # "none" | "ekfac": each query's chunk scores are STRIDE's fused with EK-FAC's (kronfluence), both standardised
+    # per query; fuse_weight is STRIDE's share. Above every single method on the benchmark's language models
+    # (benchmarks/results/full.md), at the cost of both methods. The factors are fitted with the operators.
+    fuse: str = "none"
+    fuse_weight: float = 0.5
     # --- score store --------------------------------------------------------------------------------
     aggregate: str = "max"  # chunk -> document: "max" (largest |score|, signed) | "sum"
     top_k: int = 100  # documents kept per query and direction (most and least influential)
@@ -204,7 +210,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "responses": ("measurement",),
     "scores": (
         "solver", "lambda_rule", "lambda_fraction", "cv_folds", "ridge_alpha", "solver_max_iter", "solver_tol",
-        "groups", "group_ridge", "aggregate", "top_k",
+        "groups", "group_ridge", "aggregate", "top_k", "fuse", "fuse_weight",
     ),
 }
 
@@ -212,7 +218,8 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 # Fields added after runs were fitted, with the value that reproduces what those runs did: a field holding that
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
 ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False,
-                                 "logit_bank": "full", "state_dtype": "float32", "model_dtype": "float32"}
+                                 "logit_bank": "full", "state_dtype": "float32", "model_dtype": "float32",
+                                 "fuse": "none", "fuse_weight": 0.5}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -232,6 +239,7 @@ _CHOICES = {
     "logit_bank": ("full", "head"),
     "state_dtype": ("float32", "bfloat16"),
     "model_dtype": ("float32", "bfloat16"),
+    "fuse": ("none", "ekfac"),
 }
 
 _POSITIVE = (
@@ -278,6 +286,8 @@ def _validate(config: StrideConfig) -> None:
         raise ConfigError(f"logit_bank={config.logit_bank!r} needs form='logit' (the activation form's edit is at the cut)")
     if config.loss_positions and config.form != "logit":
         raise ConfigError("loss_positions needs form='logit': in the activation form positions interact in the layers after the cut")
+    if isinstance(config.fuse_weight, bool) or not isinstance(config.fuse_weight, (int, float)) or not 0.0 <= config.fuse_weight <= 1.0:
+        raise ConfigError(f"fuse_weight is STRIDE's share of a fused score and must be in [0, 1], got {config.fuse_weight!r}")
     for name in ("learning_rate", "ridge_alpha", "solver_tol", "sketch_ridge", "group_ridge"):
         if not getattr(config, name) > 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")

@@ -23,6 +23,7 @@ from .artifacts import RunDirectory, Stage, atomic_path, remove_path
 from .config import StrideConfig, stage_fields
 from .corpus import Queries
 from .errors import StrideError
+from .fusion import merge_peer_parts
 from .scores import ScoreStore, merge_score_parts
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def merge_without_model(run_dir: Path | str, queries: Queries, name: str, parts:
         values = np.concatenate([np.load(f / "responses.npy") for f in folders])
         base = np.concatenate([pl.read_parquet(f / "scores" / "queries.parquet")["base_loss"].to_numpy() for f in folders])
         write_responses(run, responses, name, values, base, list(queries.ids))
+    merge_peer_parts(run, config, name, operators["fingerprint"], responses.inputs["queries"], folders)
     documents = pl.read_parquet(run.path(DOCUMENT_LIST))
     doc_index = pl.read_parquet(run.path("chunks.parquet"), columns=["doc_index"])["doc_index"].to_numpy().astype(np.int64)
     store = merge_score_parts(folder, [f / "scores" for f in folders], documents["doc_id"].to_list(),

@@ -41,6 +41,7 @@ from .groups import cluster_examples, groups_file, pooled_states
 from .merge import (DOCUMENT_LIST, finish_scores, part_folder, queries_digest, responses_stage, scores_stage,
                     write_document_list, write_responses)
 from .errors import ConfigError, OutOfMemory, StageMismatchError, StrideError
+from .fusion import PEER_PART_FILE, Peer, fused_batches, is_current, load_peer_scores, merge_peer_parts
 from .operators import SteeringBank
 from .plots import plot_training_curves
 from .recovery import RecoverySettings, recover
@@ -71,6 +72,9 @@ class Stride:
     def __init__(self, adapter: ModelAdapter, config: StrideConfig, run_dir: Path | str, tokenizer=None, progress: bool = True):
         self.adapter = adapter
         self.tokenizer = tokenizer
+        # Digested as handed over: a fast tokenizer's padding and truncation settings are part of its state, and every
+        # call that pads or truncates (queries fitted to the window before a fit) rewrites them.
+        self._tokenizer_digest = _digest_tokenizer(tokenizer) if tokenizer is not None else None
         self.config = config
         self.run = RunDirectory(Path(run_dir))
         self.run.check_format()  # before anything reads or writes the folder
@@ -83,6 +87,7 @@ class Stride:
         if config.form == "activation" or config.layer is not None:
             adapter.check_layer(self.layer)  # an explicit layer is checked even where the logit form ignores it
         self._examples: Examples | None = None
+        self._fused_peer: Peer | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: Path | str, config: StrideConfig, run_dir: Path | str, layers_path: str | None = None, progress: bool = True) -> "Stride":
@@ -109,7 +114,24 @@ class Stride:
             distributed.barrier()  # the operators are written before any process reads them
         self._examples = examples
         self._operators_stage = stages["operators"]
+        if self.config.fuse != "none":
+            with distributed.main_first():  # fitted once, by the first process; the others find it done
+                self._peer().fit()
         return self
+
+    def _peer(self) -> Peer:
+        """The gradient method fused with STRIDE's scores (fusion.py), for fuse != 'none'."""
+        if self._fused_peer is None:
+            self._fused_peer = Peer(self.run, self.adapter, self.config, self.device, self._examples.batch,
+                                    self._operators_stage.fingerprint, self.progress)
+        return self._fused_peer
+
+    def _peer_scores_of(self, name: str) -> np.ndarray | None:
+        """The fused peer's scores of a measured query set (memory-mapped), or None when nothing is fused."""
+        if self.config.fuse == "none":
+            return None
+        digest = self.run.record(f"responses-{name}")["inputs"]["queries"]
+        return load_peer_scores(self.run, self._peer().stage(name, digest), name, self.config.fuse)
 
     @contextmanager
     def _memory_advice(self, stage: str):
@@ -156,12 +178,16 @@ class Stride:
             self._check_stages({stage.name: stage}, force)
         path = self.run.path("responses", f"{name}.npy")
         if self.run.is_done(stage):
-            return np.load(path)
-        with self._memory_advice("measuring the responses"):
-            values, base = self._measure(query_batch, query_ids)
-        if distributed.is_main():
-            self._write_responses(stage, name, values, base, query_ids)
-        distributed.barrier()
+            values = np.load(path)
+        else:
+            with self._memory_advice("measuring the responses"):
+                values, base = self._measure(query_batch, query_ids)
+            if distributed.is_main():
+                self._write_responses(stage, name, values, base, query_ids)
+            distributed.barrier()
+        if self.config.fuse != "none":
+            with distributed.main_first():
+                self._peer().score_set(name, query_batch, stage.inputs["queries"])
         return values
 
     def _measure(self, query_batch: Batch, query_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +243,9 @@ class Stride:
         part = self._part_folder(name, rank, world)
         if not self._part_is_done(part, stage):
             rows = self._part_rows(len(query_ids), rank, world)
-            self._write_part(part, stage, rows, np.asarray(values[rows]), base[rows], query_ids[rows])
+            peer = self._peer_scores_of(name)
+            self._write_part(part, stage, rows, np.asarray(values[rows]), base[rows], query_ids[rows],
+                             peer=None if peer is None else np.asarray(peer[rows]))
         distributed.barrier()  # every share is written before the first merges them
         if distributed.is_main():
             self._merge_part_scores(name, stage, world)
@@ -240,8 +268,11 @@ class Stride:
         values = np.load(self.run.path("responses", f"{name}.npy"))
         queries = pl.read_parquet(self.run.path("responses", f"{name}.queries.parquet"))
         examples = self._examples
+        batches = self._recovered(values)
+        if self.config.fuse != "none":
+            batches = fused_batches(batches, self._peer_scores_of(name), self.config.fuse_weight)
         store = write_scores(
-            folder, self._recovered(values), query_ids=queries["query_id"].to_list(), base_losses=queries["base_loss"].to_numpy(),
+            folder, batches, query_ids=queries["query_id"].to_list(), base_losses=queries["base_loss"].to_numpy(),
             doc_ids=examples.doc_ids, doc_domains=examples.domains, doc_index=examples.doc_index, **self._store_settings(),
         )
         return self._finish_scores(stage, store)
@@ -254,8 +285,8 @@ class Stride:
     def _store_settings(self) -> dict:
         return dict(
             aggregate=self.config.aggregate, top_k=self.config.top_k,
-            # grouped scores are dense: keep the top chunks per query, not every non-zero
-            keep_all_nonzeros=self.config.solver == "lasso" and not self.config.groups,
+            # grouped and fused scores are dense: keep the top chunks per query, not every non-zero
+            keep_all_nonzeros=self.config.solver == "lasso" and not self.config.groups and self.config.fuse == "none",
         )
 
     def _finish_scores(self, stage: Stage, store: ScoreStore, parts: int = 1) -> ScoreStore:
@@ -347,20 +378,29 @@ class Stride:
                     self.config.micro_batch, self.device, self.progress, measurement=self.config.measurement,
                     query_ids=query_ids[rows],
                 )
+        peer = None
+        if self.config.fuse != "none":  # the whole set's peer scores when attribute() made them, else this part's
+            whole = self._peer().stage(name, responses.inputs["queries"])
+            peer = (np.asarray(load_peer_scores(self.run, whole, name, self.config.fuse)[rows]) if is_current(self.run, whole)
+                    else self._peer().score(select_rows(query_batch, rows)))
         self._write_part(folder, scores, rows, values, base, query_ids[rows],
-                         {"queries": responses.inputs["queries"], "queries_text": _queries_text(queries, query_ids)})
+                         {"queries": responses.inputs["queries"], "queries_text": _queries_text(queries, query_ids)}, peer)
 
     def _write_part(self, folder: Path, scores: Stage, rows: slice, values: np.ndarray, base: np.ndarray,
-                    query_ids: list[str], inputs: dict | None = None) -> None:
+                    query_ids: list[str], inputs: dict | None = None, peer: np.ndarray | None = None) -> None:
         """A part's recovered scores (per-document sums) and responses, and last its record (with `inputs`, what a
-        merge without the model checks the part against: merge.py)."""
+        merge without the model checks the part against: merge.py); with `peer`, its rows' peer scores, fused."""
         batches = self._recovered(values) if len(values) else iter(())
+        if peer is not None:
+            batches = fused_batches(batches, peer, self.config.fuse_weight)
         with atomic_path(folder) as tmp:
             tmp.mkdir(parents=True)
             write_score_part(tmp / "scores", batches, query_ids, base, len(self._examples.doc_ids),
                              self._examples.doc_index, **self._store_settings())
             with open(tmp / "responses.npy", "wb") as handle:
                 np.save(handle, values)
+            if peer is not None:
+                np.save(tmp / PEER_PART_FILE, np.asarray(peer, dtype=np.float32))
             record = {"scores": scores.fingerprint, "rows": [rows.start, rows.stop], **(inputs or {})}
             (tmp / "part.json").write_text(json.dumps(record))
 
@@ -382,6 +422,7 @@ class Stride:
             values = np.concatenate([np.load(f / "responses.npy") for f in folders])
             base = np.concatenate([pl.read_parquet(f / "scores" / "queries.parquet")["base_loss"].to_numpy() for f in folders])
             self._write_responses(responses, name, values, base, query_ids)
+        merge_peer_parts(self.run, self.config, name, self._operators_stage.fingerprint, responses.inputs["queries"], folders)
         return self._merge_part_scores(name, scores, parts)
 
     def _merge_part_scores(self, name: str, scores: Stage, parts: int) -> ScoreStore:
@@ -471,7 +512,7 @@ class Stride:
 
     def _training_stages(self, train: Documents | Examples) -> dict[str, Stage]:
         source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(train.batch, train.doc_ids)
-        tokenizer = _digest_tokenizer(self.tokenizer) if isinstance(train, Documents) else None
+        tokenizer = self._tokenizer_digest if isinstance(train, Documents) else None
         chunks = Stage("chunks", {**stage_fields(self.config, "chunks"), "corpus": source, "tokenizer": tokenizer})
         design = Stage("design", {**stage_fields(self.config, "design"), "chunks": chunks.fingerprint})
         operators = Stage("operators", {

@@ -117,14 +117,22 @@ class TinyLM(Setting):
 
 
 @pytest.fixture(scope="module")
-def classifier():
+def one_thread():
+    # the peers' problems here are tiny: torch's worker threads only add overhead. Restored afterwards: the modules
+    # after this one train real (small) models and use both cores.
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def classifier(one_thread):
     return TinyClassifier()
 
 
 @pytest.fixture(scope="module")
-def lm():
-    torch.set_num_threads(1)
+def lm(one_thread):
     return TinyLM()
 
 

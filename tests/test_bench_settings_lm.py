@@ -148,6 +148,7 @@ def test_finetune_model_and_retrain(finetune):
     np.testing.assert_allclose(again[0], full, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_deep_setting_is_a_four_layer_model_on_another_sample(pretrain):
     from benchmarks.settings import build_setting
     from benchmarks.settings.deep import DeepPretrainSetting

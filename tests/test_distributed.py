@@ -53,7 +53,9 @@ def _assert_same_run(run: Path, single: Path) -> None:
     assert (run / "stages" / "scores-queries.json").is_file()
 
 
-@pytest.mark.parametrize("state_cache", ["memory", "disk", "recompute"])
+# The in-memory cache in the default run; the other two caches read the same rows another way (slow run).
+@pytest.mark.parametrize("state_cache", ["memory", pytest.param("disk", marks=pytest.mark.slow),
+                                         pytest.param("recompute", marks=pytest.mark.slow)])
 def test_two_processes_train_the_operators_one_process_trains(inputs, tmp_path, state_cache):
     model, train, queries, single = inputs
     result = _torchrun(str(HERE / "distributed_fit.py"), str(model), str(train), str(queries), str(tmp_path / "run"),
@@ -65,6 +67,7 @@ def test_two_processes_train_the_operators_one_process_trains(inputs, tmp_path, 
     assert not (tmp_path / "run" / "operators.partial").exists()  # the states' file went with it
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_training_resumes_from_the_last_checkpoint(inputs, tmp_path):
     model, train, queries, single = inputs
     run = tmp_path / "run"
@@ -78,6 +81,7 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_checkpoint(inputs, t
     _assert_same_run(run, single)
 
 
+@pytest.mark.slow
 def test_the_cli_runs_under_torchrun_and_speaks_once(inputs, tmp_path):
     model, train, queries, single = inputs
     sets = [f"--set={key}={value}" for key, value in TINY.items()]
@@ -98,6 +102,7 @@ def test_a_world_size_without_a_launcher_is_refused(inputs, tmp_path, monkeypatc
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_recovery_and_write_the_store_one_process_writes(inputs, tmp_path):
     """Under torchrun each process solves its share of the queries (cut at whole recovery batches, as
     Stride.attribute_part cuts them) and the first merges them: on the same operators and responses, the store one

@@ -46,6 +46,7 @@ def _files(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # the README's demo command: CI runs it with the slow tests
 def test_demo_command_prints_results_and_run_directory(demo_assets, tmp_path, monkeypatch):
     # The demo reuses finished assets: give it a copy of the session's quick build.
     import shutil

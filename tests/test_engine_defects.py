@@ -246,3 +246,21 @@ def test_check_queries_refuses_a_too_long_query_before_any_fit(tiny_lm, tmp_path
     with pytest.raises(StrideError, match="the completion encodes to no tokens"):
         stride.check_queries(Queries(["blank"], ["alpha"], [""]))
     assert not run.exists()  # nothing was written
+
+
+def test_a_tokenizer_called_before_the_fit_does_not_make_the_run_look_rebuilt(tmp_path):
+    """A fast tokenizer keeps its last padding and truncation settings in its state: `curate attribute` fits queries
+    to the window before it opens the run, which made a run fitted by `curate fit` look built by another tokenizer."""
+    from stride_engine.stride import _digest_tokenizer
+    from tiny import random_texts, save_tiny_model, write_jsonl
+
+    texts = random_texts(40, seed=5)
+    model = save_tiny_model(tmp_path / "model", "llama", texts)
+    train = read_documents([write_jsonl(tmp_path / "train.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])])
+    config = preset("cpu-smoke", chunk_length=16, num_subsets=8, subsets_per_example=2, rank=2, steps=2,
+                    operators_per_step=2, linearity_weight=0.0)
+    fresh = Stride.from_pretrained(model, config, tmp_path / "run", progress=False)
+    called = Stride.from_pretrained(model, config, tmp_path / "run", progress=False)
+    called.tokenizer(["a b c", "d"], padding=True, truncation=True, max_length=3)
+    assert _digest_tokenizer(called.tokenizer) != _digest_tokenizer(fresh.tokenizer)  # the call did change its state
+    assert called._training_stages(train)["chunks"].fingerprint == fresh._training_stages(train)["chunks"].fingerprint

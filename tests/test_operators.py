@@ -107,6 +107,7 @@ def test_stability_term_keeps_kl_small_outside_the_subset(stable, demo_assets, t
     assert with_stability < 0.3 * without
 
 
+@pytest.mark.slow
 def test_sampled_loss_positions_give_the_same_losses_and_still_steer(stable, demo_assets, tmp_path):
     """`loss_positions`: losses on a random sample of each sequence's positions (a cheaper step) are the full
     losses when the sample is every position, and operators trained on a quarter of the positions still steer."""

@@ -5,8 +5,9 @@ gradient peer (the paper's contamination result fuses LoGra with STRIDE).
   the scores are in the same units (a loss change per example), so they average as they are. TRAK averages over
   checkpoints for the same reason: each fit's noise is its own.
 - `fused`: each method's scores standardised per query (over the training examples) and summed with weights
-  `stride_weight` and 1 − stride_weight. Standardising puts methods of different units on one scale; a sum (not a
-  rank average) keeps the scores additive, which is what LDS and a budget of documents read.
+  `stride_weight` and 1 − stride_weight: `stride_engine.fusion.fuse`, the function `curate attribute --fuse`
+  runs. Standardising puts methods of different units on one scale; a sum (not a rank average) keeps the scores
+  additive, which is what LDS and a budget of documents read.
 """
 
 from __future__ import annotations
@@ -15,24 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from stride_engine.fusion import fuse, standardised  # noqa: F401  (the product's own fusion, measured here)
+
 from ..settings.base import Setting
 from . import MethodSpec
 from .stride import stride
-
-
-def standardised(scores: np.ndarray) -> np.ndarray:
-    """Per query (row): centred, in units of its spread over the training examples; a constant row stays zero."""
-    centred = scores - scores.mean(axis=1, keepdims=True)
-    spread = centred.std(axis=1, keepdims=True)
-    return centred / np.where(spread > 0, spread, 1.0)
-
-
-def fuse(first: np.ndarray, second: np.ndarray, first_weight: float = 0.5) -> np.ndarray:
-    if first.shape != second.shape:
-        raise ValueError(f"cannot fuse scores of shapes {first.shape} and {second.shape}")
-    if not 0.0 <= first_weight <= 1.0:
-        raise ValueError(f"first_weight={first_weight} must be in [0, 1]")
-    return first_weight * standardised(first) + (1.0 - first_weight) * standardised(second)
 
 
 def ensemble(setting: Setting, fits: int = 4, seed: int = 0, **stride_options: Any) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from stride_engine import Examples, Membership, Stride, preset
+from stride_engine.fusion import fused_batches, peer_scores_path
 from stride_engine.recovery import recover
 
 from ..settings.base import ExampleSet, Setting
@@ -27,11 +28,15 @@ def stride(setting: Setting, preset_name: str = "cpu-smoke", run_dir: str | None
         return dense_scores(engine, folder, engine.responses(_examples(setting.queries)))
 
 
-def dense_scores(engine: Stride, folder: Path, responses: np.ndarray) -> np.ndarray:
-    """Every example's score for every query (queries × train), from the run in `folder` and its responses."""
+def dense_scores(engine: Stride, folder: Path, responses: np.ndarray, name: str = "queries") -> np.ndarray:
+    """Every example's score for every query (queries × train), from the run in `folder` and its responses; with
+    `fuse` set, fused with the peer's scores the engine kept for the set, as the engine's own score store fuses them."""
     membership = Membership.load(Path(folder) / "design.npz")
     scores = np.zeros((responses.shape[0], membership.num_examples))
-    for rows, values, _ in recover(membership.matrix, responses, engine.recovery_settings(), groups=engine.groups()):
+    batches = recover(membership.matrix, responses, engine.recovery_settings(), groups=engine.groups())
+    if engine.config.fuse != "none":
+        batches = fused_batches(batches, np.load(peer_scores_path(engine.run, name, engine.config.fuse)), engine.config.fuse_weight)
+    for rows, values, _ in batches:
         scores[rows] = values
     return scores
 

@@ -103,18 +103,25 @@ def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, te
 @click.option("--long-queries", default="window", show_default=True, type=click.Choice(LONG_TEXT),
               help="A text query longer than the model's window: split into windows <id>#0, <id>#1, ... (window) or cut "
                    "to its opening (cut). A prompt+completion query is always cut, the prompt losing its beginning first.")
+@click.option("--fuse", default=None, type=click.Choice(["none", "ekfac"]),
+              help="Fuse STRIDE's scores with a gradient method's, each standardised per query (docs/method.md, "
+                   "\"Fused scores\"): ekfac = EK-FAC influence from kronfluence. The best rankings the benchmark measured, "
+                   "at the cost of both methods. Default: the configuration's (none). STRIDE's share: --set fuse_weight=0.5.")
 def attribute(model_dir, train_files, queries_file, run_dir, preset_name, config_path, overrides, text_field, id_field,
-              layers_path, device, name, long_queries, overwrite, quiet):
+              layers_path, device, name, long_queries, fuse, overwrite, quiet):
     """Attribute every query to the training documents that moved its loss."""
     quiet_progress(quiet)
     try:
         config = _config(preset_name, config_path, overrides, text_field, id_field, device)
+        if fuse is not None:
+            config = config.replace(fuse=fuse)
         documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
         stride = Stride.from_pretrained(model_dir, config, run_dir, layers_path=layers_path, progress=not quiet)
         queries = _fitted_queries(read_queries(queries_file), stride, long_queries)
         stride.check_queries(queries)  # every query is checked before the operators train
         cut = "the output features" if config.form == "logit" else f"after block {stride.layer} of {stride.adapter.num_layers}"
-        echo(f"{len(documents)} documents, {len(queries)} queries; {config.form} form, steering {cut}")
+        fused = "" if config.fuse == "none" else f"; fused with {config.fuse} (STRIDE's share {config.fuse_weight:g})"
+        echo(f"{len(documents)} documents, {len(queries)} queries; {config.form} form, steering {cut}{fused}")
         stride.fit(documents, force=overwrite)
         store = stride.attribute(queries, name=name, force=overwrite)
         if distributed.is_main():
