@@ -537,6 +537,7 @@ def test_grouped_recovery_rescores_a_fitted_run_without_refitting(fitted_run, de
         assert abs(group["selected_documents"] - min(share, group["pool_documents"])) <= 2, spread["per_group"]
 
 
+@pytest.mark.slow  # the default run has the same check for the audit (test_contamination.py)
 def test_the_target_attributed_by_several_tasks_selects_what_one_task_selects(demo_run, demo_assets, tmp_path):
     """Three tasks share the target's responses and recovery (curate.core.attribution), then one merges them: the same
     store and the same selection as a single task's. 130 queries: recovery's batches of 64 give two tasks work."""
