@@ -238,6 +238,7 @@ def test_task_documents_become_attribution_queries(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "benchmarks" / "gsm8k_test.jsonl").is_file(), reason="needs ../shared/data")
+@pytest.mark.slow
 def test_shipped_shared_data_tasks_load(tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager
 

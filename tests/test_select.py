@@ -188,7 +188,8 @@ def test_the_part_can_be_named_by_another_field_on_the_command_line(fitted_run, 
     assert len(json.loads((tmp_path / "whole" / "manifest.json").read_text())["per_part"]) == 1
 
 
-@pytest.mark.parametrize("method", ["bm25", "embedding", "dsir", "random"])
+# the embedding model's load is the slow part: its case runs with the slow tests
+@pytest.mark.parametrize("method", ["bm25", pytest.param("embedding", marks=pytest.mark.slow), "dsir", "random"])
 def test_baselines_select_from_the_targets_domain(fitted_run, demo_assets, tmp_path, method):
     """A target of recipes: similarity baselines fill a 60-document budget with recipes; random keeps the pool's mix."""
     recipes = [d for d in demo_assets.documents if d["domain"] == "recipes"]
@@ -497,6 +498,7 @@ def test_ray_executor_gives_the_same_selection(fitted_run, fact_target, tmp_path
     assert len(_records(tmp_path / "ray" / "selected")) == len(local["selected_documents"])
 
 
+@pytest.mark.slow
 def test_grouped_recovery_rescores_a_fitted_run_without_refitting(fitted_run, demo_assets, fact_target, tmp_path):
     """`curate fit --set groups=8 --force` on a fitted run keeps the operators, clusters the chunks once, and the
     selection made before stays apart: the target gets one score store per recovery setting, never a stale one."""
