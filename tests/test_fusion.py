@@ -110,3 +110,21 @@ def test_fused_parts_merge_into_the_store_one_call_writes(tmp_path):
                                rtol=1e-4, atol=1e-6)
     ours, theirs = merged.top(k=20), whole.top(k=20)
     assert ours.select("query_id", "doc_id", "direction").equals(theirs.select("query_id", "doc_id", "direction"))
+
+
+@pytest.mark.slow
+def test_a_fused_run_selects_the_documents_that_teach_the_target(demo_run, demo_assets, tmp_path):
+    """`curate fit --set fuse=ekfac`, then `curate select`: the target's scores are fused, the planted documents kept."""
+    from curate.select import SelectionRequest, run_selection
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    Stride.from_pretrained(demo_assets.model_dir, preset("cpu-smoke", fuse="ekfac"), run, progress=False).fit(
+        read_documents([demo_assets.corpus_path]), force=True)  # the shared run holds other tests' unfused stores
+    queries = demo_assets.queries[:12]
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in queries])
+    manifest = run_selection(SelectionRequest(run=str(run), target=str(target), budget="10%", out=str(tmp_path / "out")))
+    kept = {row["id"] for row in manifest["selected_documents"]}
+    planted = {d for q in queries for d in q["planted_doc_ids"]}
+    assert len(planted & kept) / len(planted) >= 0.4  # a random 10% would keep ~10% of them
+    assert list((run / "responses").glob("target-*.ekfac.npy"))  # the target's EK-FAC scores were fused in
