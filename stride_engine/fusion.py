@@ -34,7 +34,6 @@ from .errors import ConfigError, StrideError
 
 log = logging.getLogger(__name__)
 
-PEERS = ("ekfac",)
 PEER_PART_FILE = "peer.npy"  # a query-set part's rows of the peer's scores (Stride.attribute_part)
 # EK-FAC keeps an (in × in) and an (out × out) covariance per layer and eigendecomposes both: a layer wider than this
 # (a real vocabulary's output head) is left out of the peer's scores, and said so.
@@ -143,7 +142,8 @@ class EkfacPeer:
 
     def __init__(self, adapter: ModelAdapter, measurement: str, folder: Path, device: torch.device, batch_size: int,
                  progress: bool = False):
-        Analyzer, prepare_model, _, _, Task = _kronfluence()
+        Analyzer, prepare_model, FactorArguments, ScoreArguments, Task = _kronfluence()
+        self._factor_arguments, self._score_arguments = FactorArguments, ScoreArguments
         model = getattr(adapter, "model", None)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"fuse='ekfac' needs the adapter's torch model (`adapter.model`); {type(adapter).__name__} has none")
@@ -169,23 +169,22 @@ class EkfacPeer:
             def get_attention_mask(self, batch: Batch) -> torch.Tensor | None:
                 return batch.get("attention_mask")
 
+        task = _Task()
         # kronfluence wraps the tracked modules in place: a copy keeps the engine's model as it was
-        self.model = prepare_model(copy.deepcopy(model), _Task())
+        self.model = prepare_model(copy.deepcopy(model), task)
         self.batch_size = batch_size
-        self.analyzer = Analyzer(analysis_name="ekfac", model=self.model, task=_Task(), cpu=device.type == "cpu",
+        self.analyzer = Analyzer(analysis_name="ekfac", model=self.model, task=task, cpu=device.type == "cpu",
                                  disable_tqdm=not progress, output_dir=str(folder), disable_model_save=True)
 
     def fit_factors(self, train: Batch) -> None:
-        FactorArguments = _kronfluence()[2]
         self.analyzer.fit_all_factors(
             factors_name="ekfac", dataset=_Rows(train), per_device_batch_size=self.batch_size,
-            factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True), overwrite_output_dir=True,
+            factor_args=self._factor_arguments(strategy="ekfac", use_empirical_fisher=True), overwrite_output_dir=True,
         )
 
     def scores(self, queries: Batch, train: Batch) -> np.ndarray:
         """(queries, training chunks) float32; positive: the chunk lowers the query's measurement (STRIDE's sign:
         kronfluence's pairwise score is g_query · H⁻¹ · g_train, both gradients of losses)."""
-        ScoreArguments = _kronfluence()[3]
         num_queries, num_train = (len(next(iter(b.values()))) for b in (queries, train))
         if num_queries == 0:  # a part that gets no whole batch of queries (Stride._part_rows)
             return np.zeros((0, num_train), dtype=np.float32)
@@ -194,7 +193,7 @@ class EkfacPeer:
             self.analyzer.compute_pairwise_scores(
                 scores_name=scratch, factors_name="ekfac", query_dataset=_Rows(queries), train_dataset=_Rows(train),
                 per_device_query_batch_size=self.batch_size, per_device_train_batch_size=self.batch_size,
-                score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True,
+                score_args=self._score_arguments(damping_factor=None), overwrite_output_dir=True,
             )
             scores = self.analyzer.load_pairwise_scores(scratch)["all_modules"]
         finally:
