@@ -119,6 +119,32 @@ class Stride:
                 self._peer().fit()
         return self
 
+    def reopen(self) -> "Stride | None":
+        """The fitted engine read back from what a finished run saved (its chunks' tokens, chunk table and document
+        list), without reading or tokenising the corpus: what `fit` on the corpus it was fit on gives. The model, the
+        tokenizer and the configuration are checked as `fit` checks them (a changed one is refused); the corpus is not,
+        since the operators were trained on the saved chunks. None when the run cannot be read back so: not finished,
+        fitted on given examples, or fitted before the tokens were kept (then `fit(documents)`)."""
+        record = self.run.record("chunks")
+        saved = (CHUNK_TOKENS, DOCUMENT_LIST, "chunks.parquet")
+        if (record is None or self.tokenizer is None or not record.get("inputs", {}).get("tokenizer")
+                or not all(self.run.path(name).is_file() for name in saved)):
+            return None
+        stages = self._stages_of(record["inputs"]["corpus"], self._tokenizer_digest)
+        if not all(self.run.is_done(stage) for stage in stages.values()):  # raises on a changed model or setting
+            return None
+        self._check_saved_config(force=False)
+        chunks = self._saved_chunks(stages["chunks"])
+        documents = pl.read_parquet(self.run.path(DOCUMENT_LIST))
+        self._chunks = chunks
+        batch = token_batch(chunks.input_ids, chunks.lengths, None)
+        self._examples = Examples(batch, documents["doc_id"].to_list(), chunks.doc_index, documents["domain"].to_list())
+        self._operators_stage = stages["operators"]
+        if self.config.fuse != "none":
+            with distributed.main_first():
+                self._peer().fit()
+        return self
+
     def _peer(self) -> Peer:
         """The gradient method fused with STRIDE's scores (fusion.py), for fuse != 'none'."""
         if self._fused_peer is None:
@@ -513,6 +539,11 @@ class Stride:
     def _training_stages(self, train: Documents | Examples) -> dict[str, Stage]:
         source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(train.batch, train.doc_ids)
         tokenizer = self._tokenizer_digest if isinstance(train, Documents) else None
+        return self._stages_of(source, tokenizer)
+
+    def _stages_of(self, source: str, tokenizer: str | None) -> dict[str, Stage]:
+        """The training stages of a corpus (or examples) digested as `source`, chunked with the tokenizer digested as
+        `tokenizer` (None for given examples)."""
         chunks = Stage("chunks", {**stage_fields(self.config, "chunks"), "corpus": source, "tokenizer": tokenizer})
         design = Stage("design", {**stage_fields(self.config, "design"), "chunks": chunks.fingerprint})
         operators = Stage("operators", {

@@ -193,6 +193,44 @@ def test_a_finished_run_reopens_from_its_saved_chunks_without_tokenising(tiny_in
         Stride.from_pretrained(model, config, tmp_path / "run", progress=False).fit(changed)
 
 
+def test_an_application_reopens_a_run_without_reading_its_corpus_and_still_refuses_a_changed_one(tiny_inputs, tmp_path, monkeypatch):
+    """What every worker of a scoring, selection or audit job does: `Run(RUN).engine`. It reads the run's saved chunks,
+    not the corpus (millions of documents in real pools); a training file edited since the fit is read and refused."""
+    import shutil
+
+    import curate.core.run as run_module
+    from curate.core.run import Run, RunInputs
+    from curate.errors import CurateError
+
+    model, train, queries = tiny_inputs
+    corpus = tmp_path / "train.jsonl"
+    shutil.copy(train, corpus)
+    documents, query_set = read_documents([corpus]), read_queries(queries)
+    fitted = Stride.from_pretrained(model, preset("cpu-smoke", **TINY), tmp_path / "run", progress=False).fit(documents)
+    expected = fitted.attribute(query_set).top(k=20).select("query_id", "doc_id", "rank")
+    RunInputs(model, [corpus]).save(tmp_path / "run")
+
+    def no_corpus(*args, **kwargs):
+        raise AssertionError("the corpus was read to reopen a finished run")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "read_documents", no_corpus)
+        reopened = Run(tmp_path / "run").engine
+        assert reopened._examples.doc_ids == fitted._examples.doc_ids
+        for key, value in fitted._examples.batch.items():
+            assert torch.equal(reopened._examples.batch[key], value), key
+        store = reopened.attribute(query_set, name="again")
+        assert store.top(k=20).select("query_id", "doc_id", "rank").equals(expected)
+        corpus.rename(tmp_path / "moved.jsonl")  # the run scores its saved chunks even when the files are gone
+        assert Run(tmp_path / "run").engine.attribute(query_set, name="moved").top(k=20).select("query_id", "doc_id", "rank").equals(expected)
+
+    records = [json.loads(line) for line in (tmp_path / "moved.jsonl").read_text().splitlines()]
+    records[0]["text"] = "alpha beta gamma"
+    write_jsonl(corpus, records)
+    with pytest.raises(CurateError, match="cannot reopen run .*corpus"):
+        Run(tmp_path / "run").engine
+
+
 def test_running_out_of_memory_names_the_settings_to_lower_and_keeps_the_finished_stages(tiny_inputs, tmp_path, monkeypatch):
     model, train, _ = tiny_inputs
     documents = read_documents([train])

@@ -33,6 +33,7 @@ LOCK_NAME = ".curate-target.lock"  # one process computes a target's scores; the
 class RunInputs:
     model: Path
     train: list[Path]
+    train_files: list[dict] | None = None  # each training file's size and modification time when the run was fit
 
     @classmethod
     def load(cls, run_dir: Path | str) -> "RunInputs":
@@ -43,11 +44,27 @@ class RunInputs:
                 "`curate fit --model MODEL --train FILE --out RUN`"
             )
         values = json.loads(path.read_text())
-        return cls(Path(values["model"]), [Path(p) for p in values["train"]])
+        return cls(Path(values["model"]), [Path(p) for p in values["train"]], values.get("train_files"))
 
     def save(self, run_dir: Path | str, **extra) -> None:
-        values = {"model": str(self.model), "train": [str(p) for p in self.train], **extra}
+        values = {"model": str(self.model), "train": [str(p) for p in self.train],
+                  "train_files": [_file_stat(p) for p in self.train], **extra}
         atomic_write_text(Path(run_dir) / "inputs.json", json.dumps(values, indent=2))
+
+    def train_files_changed(self) -> bool:
+        """Whether a training file that is still there differs in size or modification time from when the run was fit
+        (a run saved without them counts as changed). A file moved away does not count: the run scores its saved chunks."""
+        if self.train_files is None or len(self.train_files) != len(self.train):
+            return True
+        return any(path.exists() and _file_stat(path) != saved for path, saved in zip(self.train, self.train_files))
+
+
+def _file_stat(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        return {"bytes": None, "modified_ns": None}
+    stat = path.stat()
+    return {"bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
 
 
 class Run:
@@ -90,11 +107,14 @@ class Run:
 
     @cached_property
     def engine(self) -> Stride:
-        """The fitted engine (every training stage is reused, none is recomputed)."""
+        """The fitted engine (every training stage is reused, none is recomputed). Read back from the run's saved chunks
+        while its training files are as they were (or gone): a worker reopening a run of millions of documents does
+        not read the corpus. A training file changed since the fit is read and checked: a changed corpus is refused."""
         try:
             stride = Stride.from_pretrained(self.inputs.model, self.config, self.root, progress=False)
+            reopened = None if self.inputs.train_files_changed() else stride.reopen()
             # fit() on a finished run only checks the stages' fingerprints: a changed corpus or model is refused.
-            return stride.fit(self.documents)
+            return reopened or stride.fit(self.documents)
         except StrideError as err:
             raise CurateError(f"cannot reopen run {self.root}: {err}") from err
 
