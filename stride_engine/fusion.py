@@ -8,7 +8,8 @@ subsets do to the loss, EK-FAC extrapolates from one point's gradients.
 - The peer is EK-FAC from kronfluence's own package (`Analyzer`, strategy "ekfac", empirical Fisher, its damping
   heuristic), as the benchmark ran it. It differentiates the same per-chunk training loss the operators train on and
   the same measurement the responses read (loss or log-odds). Its factors are fitted once per run (`peers/ekfac/`),
-  its scores once per query set (`responses/<name>.ekfac.npy`, float32 queries × chunks, as kronfluence returns them).
+  its scores once per query set (`responses/<name>.ekfac.npy`, float32 queries × chunks on disk, memory-mapped when
+  read). They are scored and written a block of queries at a time, so memory holds one block's rows, never the set's.
 - Fusing: per query, both score rows are centred and divided by their spread over the training chunks, then summed
   with weights `fuse_weight` (STRIDE) and 1 − fuse_weight. Standardising puts two methods of different units on one
   scale; a sum (not a rank average) keeps scores additive, which a budget of documents reads. A query STRIDE leaves
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import Batch, ModelAdapter
+from .adapters import Batch, ModelAdapter, select_rows
 from .artifacts import RunDirectory, Stage, atomic_path
 from .errors import ConfigError, StrideError
 
@@ -38,6 +39,9 @@ PEER_PART_FILE = "peer.npy"  # a query-set part's rows of the peer's scores (Str
 # EK-FAC keeps an (in × in) and an (out × out) covariance per layer and eigendecomposes both: a layer wider than this
 # (a real vocabulary's output head) is left out of the peer's scores, and said so.
 MAX_LAYER_WIDTH = 8192
+# Queries the peer scores per call: kronfluence holds a call's (queries × chunks) scores in memory, and passes over the
+# training chunks once per query batch whatever the call's size, so blocks bound memory at no extra gradient passes.
+PEER_QUERY_BLOCK = 256
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
@@ -84,11 +88,21 @@ def is_current(run: RunDirectory, stage: Stage) -> bool:
     return record is not None and record["fingerprint"] == stage.fingerprint
 
 
-def write_peer_scores(run: RunDirectory, stage: Stage, name: str, peer: str, scores: np.ndarray) -> None:
+def write_peer_scores(run: RunDirectory, stage: Stage, name: str, peer: str, shape: tuple[int, int],
+                      blocks: Iterable[np.ndarray]) -> None:
+    """The set's (queries, chunks) scores from consecutive blocks of rows, streamed into the file (one block in memory),
+    then recorded; an interrupted write leaves no file and no record."""
     with atomic_path(peer_scores_path(run, name, peer)) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(scores, dtype=np.float32))
-    run.finish(stage, queries=int(scores.shape[0]), chunks=int(scores.shape[1]))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        row = 0
+        for block in blocks:
+            out[row: row + len(block)] = block
+            row += len(block)
+        if row != shape[0]:
+            raise StrideError(f"the {peer} scores of {name!r} came with {row} rows for {shape[0]} queries")
+        out.flush()
+        del out
+    run.finish(stage, queries=int(shape[0]), chunks=int(shape[1]))
 
 
 def merge_peer_parts(run: RunDirectory, config, name: str, operators_fingerprint: str, queries_digest: str,
@@ -98,7 +112,9 @@ def merge_peer_parts(run: RunDirectory, config, name: str, operators_fingerprint
         return
     stage = peer_scores_stage(name, config.fuse, operators_fingerprint, queries_digest, config.measurement)
     if not is_current(run, stage):
-        write_peer_scores(run, stage, name, config.fuse, np.concatenate([np.load(f / PEER_PART_FILE) for f in folders]))
+        parts = [np.load(f / PEER_PART_FILE, mmap_mode="r") for f in folders]
+        shape = (sum(len(p) for p in parts), parts[0].shape[1])
+        write_peer_scores(run, stage, name, config.fuse, shape, (np.asarray(p) for p in parts))
 
 
 def load_peer_scores(run: RunDirectory, stage: Stage, name: str, peer: str) -> np.ndarray:
@@ -237,5 +253,9 @@ class Peer:
     def score_set(self, name: str, queries: Batch, queries_digest: str) -> None:
         """A whole query set's scores, written once (a rerun with the same inputs keeps them)."""
         stage = self.stage(name, queries_digest)
-        if not is_current(self.run, stage):
-            write_peer_scores(self.run, stage, name, self.name, self.score(queries))
+        if is_current(self.run, stage):
+            return
+        num_queries, num_chunks = (len(next(iter(b.values()))) for b in (queries, self.train))
+        starts = range(0, num_queries, PEER_QUERY_BLOCK)
+        blocks = (self.score(select_rows(queries, slice(i, i + PEER_QUERY_BLOCK))) for i in starts)
+        write_peer_scores(self.run, stage, name, self.name, (num_queries, num_chunks), blocks)

@@ -84,6 +84,32 @@ def test_curate_attribute_fuse_finds_the_planted_documents_and_scores_every_quer
     assert shown.exit_code == 0 and "most influential documents" in shown.output
 
 
+def test_the_peer_scores_a_query_set_in_blocks_that_equal_one_call(tmp_path, monkeypatch):
+    """Bounded memory: a set is scored a block of queries at a time into the kept file; the rows are the ones a
+    single call gives, in the set's order, and a rerun keeps them."""
+    import stride_engine.fusion as fusion
+
+    texts = random_texts(40, seed=31)
+    model = save_tiny_model(tmp_path / "model", "llama", texts)
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": f"doc{i}", "text": t} for i, t in enumerate(texts)])
+    config = preset("cpu-smoke", chunk_length=16, num_subsets=16, subsets_per_example=3, rank=4, steps=6,
+                    operators_per_step=4, linearity_every=3, linearity_operators=12, top_k=10, micro_batch=4, fuse="ekfac")
+    stride = Stride.from_pretrained(model, config, tmp_path / "run", progress=False).fit(read_documents([train]))
+    words = [" ".join(t.split()[:6]) for t in random_texts(11, seed=32)]
+    queries = Queries(ids=[f"q{i}" for i in range(11)], prompts=[""] * 11, completions=words)
+    calls = []
+    score = fusion.Peer.score
+    monkeypatch.setattr(fusion, "PEER_QUERY_BLOCK", 4)
+    monkeypatch.setattr(fusion.Peer, "score", lambda self, batch: calls.append(len(batch["input_ids"])) or score(self, batch))
+    stride.responses(queries, name="target")
+    assert calls == [4, 4, 3]
+    kept = np.load(tmp_path / "run" / "responses" / "target.ekfac.npy")
+    batch, _ = stride._query_batch(queries)
+    np.testing.assert_allclose(kept, score(stride._peer(), batch), rtol=1e-4, atol=1e-7)
+    stride.responses(queries, name="target")
+    assert calls == [4, 4, 3]  # kept, not scored again
+
+
 @pytest.mark.slow
 def test_fused_parts_merge_into_the_store_one_call_writes(tmp_path):
     texts = random_texts(60, seed=21)
