@@ -26,20 +26,25 @@ RESULTS = Path(__file__).resolve().parent / "results" / "reweight_rule.json"
 # (target, label, request settings); `rule` is how influence is read per domain (curate.reweight.request.RULES), named
 # in every variant so that a change of the default does not change what a variant is
 VARIANTS = [
-    ("mixed", "per-document (positive), target", {"rule": "positive", "mode": "target"}),
-    ("mixed", "per-document (positive), average", {"rule": "positive", "mode": "average"}),
-    ("mixed", "regression, target, eta 1", {"rule": "domain-regression", "mode": "target", "eta": 1.0}),
-    ("mixed", "regression, target, eta 2", {"rule": "domain-regression", "mode": "target", "eta": 2.0}),
-    ("mixed", "regression, average, eta 0.5", {"rule": "domain-regression", "mode": "average", "eta": 0.5}),
-    ("mixed", "regression, average, eta 1", {"rule": "domain-regression", "mode": "average", "eta": 1.0}),
-    ("mixed", "regression, average, eta 2", {"rule": "domain-regression", "mode": "average", "eta": 2.0}),
-    ("mixed", "regression, worst, eta 1", {"rule": "domain-regression", "mode": "worst", "eta": 1.0}),
-    ("mixed", "per-document (topk-hits), target", {"rule": "topk-hits", "mode": "target"}),
-    ("mixed", "per-document (topk-hits), average", {"rule": "topk-hits", "mode": "average"}),
-    ("wiki-military", "per-document (positive), target", {"rule": "positive", "mode": "target"}),
-    ("wiki-military", "regression, target, eta 1", {"rule": "domain-regression", "mode": "target", "eta": 1.0}),
-    ("wiki-military", "regression, target, eta 2", {"rule": "domain-regression", "mode": "target", "eta": 2.0}),
-    ("wiki-military", "per-document (topk-hits), target", {"rule": "topk-hits", "mode": "target"}),
+    ("mixed", "positive, target", {"rule": "positive", "mode": "target"}),
+    ("mixed", "positive, average", {"rule": "positive", "mode": "average"}),
+    ("mixed", "mean, target", {"rule": "mean", "mode": "target"}),
+    ("mixed", "mean, average", {"rule": "mean", "mode": "average"}),
+    ("mixed", "mean, worst", {"rule": "mean", "mode": "worst"}),
+    ("mixed", "regression, target", {"rule": "domain-regression", "mode": "target"}),
+    ("mixed", "regression, average", {"rule": "domain-regression", "mode": "average"}),
+    ("mixed", "regression, worst", {"rule": "domain-regression", "mode": "worst"}),
+    ("mixed", "topk-hits, average", {"rule": "topk-hits", "mode": "average"}),
+    ("mixed", "proportional: positive, average", {"rule": "positive", "mode": "average", "weighting": "proportional"}),
+    ("mixed", "proportional: mean, average", {"rule": "mean", "mode": "average", "weighting": "proportional"}),
+    ("mixed", "proportional: regression, average", {"rule": "domain-regression", "mode": "average", "weighting": "proportional"}),
+    ("wiki-military", "positive, target", {"rule": "positive", "mode": "target"}),
+    ("wiki-military", "mean, target", {"rule": "mean", "mode": "target"}),
+    ("wiki-military", "regression, target", {"rule": "domain-regression", "mode": "target"}),
+    ("wiki-military", "topk-hits, target", {"rule": "topk-hits", "mode": "target"}),
+    ("wiki-military", "proportional: positive, target", {"rule": "positive", "mode": "target", "weighting": "proportional"}),
+    ("wiki-military", "proportional: mean, target", {"rule": "mean", "mode": "target", "weighting": "proportional"}),
+    ("wiki-military", "proportional: regression, target", {"rule": "domain-regression", "mode": "target", "weighting": "proportional"}),
 ]
 BASELINES = ("natural", "uniform")
 
@@ -50,6 +55,7 @@ def main() -> None:
     from curate.reweight.study import _Plan
     from curate.studies.proxies import run_proxy_jobs
     from curate.studies.recipe import load_recipe, prepare_study, task_name
+    from curate.studies.notes import keep_notes
     from curate.studies.results import commit, machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,32 +84,39 @@ def main() -> None:
         weights = next(w for t, l, w in mixtures if t == target and l == label)
         rows.append({"task": "reweight-rule", "target": target, "variant": label, "seed": seed,
                      "weights": {d: round(float(w), 4) for d, w in zip(plan.domains, weights)},
-                     "target_bpb": measured[job["key"]]["values"][f"{task_name('target', target)}|bits_per_byte"]})
+                     "target_bpb": measured[job["key"]]["values"][f"{task_name('target', target)}|bits_per_byte"],
+                     "domain_bpb": {d: measured[job["key"]]["values"][f"{task_name('domain', d)}|bits_per_byte"] for d in plan.domains}})
     stamp = {"commit": commit(), "machine": machine(), "smoke": args.smoke,
              "command": "python benchmarks/reweight_rule.py" + (" --smoke" if args.smoke else ""),
              "seconds": round(time.perf_counter() - started, 1)}
     destination = study.out / "reweight_rule.json" if args.smoke else RESULTS
     destination.write_text(json.dumps([{**row, **stamp} for row in rows], indent=1))
-    destination.with_suffix(".md").write_text(report(rows, stamp, plan.domains))
+    destination.with_suffix(".md").write_text(keep_notes(destination.with_suffix(".md"), report(rows, stamp, plan.domains), stamp["commit"]))
     print(destination.with_suffix(".md").read_text())
+
+
+def macro(rows: list[dict]) -> float:
+    """The mean over seeds of the held-out domains' mean bits per byte."""
+    return float(np.mean([np.mean(list(r["domain_bpb"].values())) for r in rows]))
 
 
 def report(rows: list[dict], stamp: dict, domains: tuple[str, ...]) -> str:
     lines = [f"# Reweighting rule variants\n\nMade by `{stamp['command']}` at {stamp['commit']} ({stamp['seconds']:.0f} s).",
              "Target bits per byte on the evaluation items, mean over paired seeds (lower is better); the difference is "
-             "paired against natural.\n"]
+             "paired against natural (± its standard error over seeds); macro: the held-out domains' mean bits per byte.\n"]
     for target in dict.fromkeys(r["target"] for r in rows):
         here = [r for r in rows if r["target"] == target]
         natural = {r["seed"]: r["target_bpb"] for r in here if r["variant"] == "natural"}
-        lines += [f"## {target}\n", "| variant | " + " | ".join(domains) + " | target bpb | vs natural |",
-                  "| --- | " + " | ".join("---" for _ in domains) + " | --- | --- |"]
+        lines += [f"## {target}\n", "| variant | " + " | ".join(domains) + " | target bpb | vs natural | macro bpb |",
+                  "| --- | " + " | ".join("---" for _ in domains) + " | --- | --- | --- |"]
         for variant in dict.fromkeys(r["variant"] for r in here):
             mine = [r for r in here if r["variant"] == variant]
             values = np.array([r["target_bpb"] for r in mine])
             delta = np.array([r["target_bpb"] - natural[r["seed"]] for r in mine])
             weights = mine[0]["weights"]
             lines.append(f"| {variant} | " + " | ".join(f"{weights[d]:.3f}" for d in domains)
-                         + f" | {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f} | {delta.mean():+.3f} |")
+                         + f" | {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f} | {delta.mean():+.3f} "
+                         f"± {delta.std(ddof=1) / np.sqrt(len(delta)) if len(delta) > 1 else 0:.3f} | {macro(mine):.3f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -57,6 +57,40 @@ def test_the_domain_that_helps_gains_weight_and_the_one_that_hurts_loses_it():
     assert made["weights"].sum() == pytest.approx(1.0)
 
 
+def test_proportional_weighting_gives_each_domain_its_share_of_the_total_influence():
+    # every domain helps as much per token: the log-law optimum is the corpus as it is (natural), with no threshold
+    counts = {"a": 100, "b": 300, "c": 600}
+    even = domain_influence(_documents({d: 1.0 for d in counts}, counts, noise=0.0), {WHOLE_TARGET: "influence"})
+    rule = MixtureRule(weighting="proportional")
+    made = mixture_weights(even, rule, budget_tokens=int(even.tokens.sum()))
+    np.testing.assert_allclose(made["weights"], made["natural"])
+    # a domain that hurts gets no share of its own, only the smoothing's part of its prior
+    mixed = domain_influence(_documents({"a": 3.0, "b": 1.0, "c": -1.0}, counts, noise=0.0), {WHOLE_TARGET: "influence"})
+    uncapped = MixtureRule(weighting="proportional", max_epochs=10)
+    weights = dict(zip(mixed.domains, mixture_weights(mixed, uncapped, budget_tokens=int(mixed.tokens.sum()))["weights"]))
+    # totals: a 3 x 100 docs, b 1 x 300 docs: half each
+    assert weights["c"] == pytest.approx(0.2 * 0.6)
+    assert weights["a"] == pytest.approx(0.8 * 0.5 + 0.2 * 0.1)
+    assert weights["b"] == pytest.approx(0.8 * 0.5 + 0.2 * 0.3)
+
+
+def test_proportional_weighting_averages_the_parts_optimal_mixtures_and_has_no_worst_mode():
+    # two parts, each helped only by its own domain, one part's loss moved ten times as far: each still gets half
+    counts = {"a": 500, "b": 500}
+    table = _documents({"a": 10.0, "b": 0.0}, counts, noise=0.0).rename({"influence": "part_a"})
+    table = table.with_columns(part_b=pl.when(pl.col("domain") == "b").then(100.0).otherwise(0.0))
+    table = table.with_columns(whole=pl.col("part_a") + pl.col("part_b"))
+    influence = domain_influence(table, {WHOLE_TARGET: "whole", "a": "part_a", "b": "part_b"})
+    made = mixture_weights(influence, MixtureRule(weighting="proportional", mode="average"), int(influence.tokens.sum()))
+    np.testing.assert_allclose(made["weights"], [0.5, 0.5])
+    target = mixture_weights(influence, MixtureRule(weighting="proportional"), int(influence.tokens.sum()))["weights"]
+    assert target[0] == pytest.approx(0.8 * 10 / 11 + 0.1)  # the whole target: the louder part's domain leads
+    with pytest.raises(CurateError, match="no worst mode"):
+        MixtureRule(weighting="proportional", mode="worst").check()
+    with pytest.raises(CurateError, match="weighting"):
+        MixtureRule(weighting="linear").check()
+
+
 def test_domains_that_differ_only_by_noise_keep_the_prior():
     table = _documents({d: 0.0 for d in COUNTS}, COUNTS, noise=5.0, seed=3)
     influence = domain_influence(table, {WHOLE_TARGET: "influence"})
@@ -311,13 +345,29 @@ def test_the_own_domain_check_reads_each_domains_effect_on_its_own_text(tmp_path
     assert trusts_domain_reading(check) == trusted
 
 
+def test_proportional_weighting_writes_each_domains_share_of_the_influence_it_reports(fitted_run, tmp_path):
+    rng = random.Random(5)
+    target = write_jsonl(tmp_path / "sums.jsonl", [{"id": f"sum-{i}", "text": _arithmetic(rng)} for i in range(30)])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--target", str(target), "--out", str(out),
+                                       "--weighting", "proportional", "--max-epochs", "100", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "weights.json").read_text())
+    assert record["rule"]["weighting"] == "proportional"
+    total = {d["domain"]: max(d["influence_per_token"], 0.0) * d["tokens"] for d in record["domains"]}
+    for d in record["domains"]:  # what the report says the weights came from is what they are
+        assert d["weight"] == pytest.approx(0.8 * total[d["domain"]] / sum(total.values()) + 0.2 * d["natural"])
+    assert "share of the target's total positive influence" in (out / "report.md").read_text()
+
+
 def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, tmp_path):
     target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:4]])
     out = tmp_path / "out"
     for options, message in (({"tokens": "100B"}, "epochs"), ({"tokens": "lots"}, "not understood"), ({"eta": 0.0}, "eta"),
                              ({"mode": "worst"}, "one part"), ({"domain_field": "colour"}, "no 'colour' field"),
                              ({"domain_field": "groups"}, "recovery groups"), ({"out_data": str(out)}, "own folder"),
-                             ({"method": "bm25", "rule": "domain-regression"}, "reads STRIDE's measurements")):
+                             ({"method": "bm25", "rule": "domain-regression"}, "reads STRIDE's measurements"),
+                             ({"weighting": "proportional", "mode": "worst"}, "no worst mode")):
         with pytest.raises(CurateError, match=message):
             run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), **options))
         assert not out.exists()

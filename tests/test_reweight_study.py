@@ -147,3 +147,6 @@ def test_the_smoke_study_trains_every_arm_at_equal_tokens_on_the_mixture_it_name
     report = path.with_suffix(".md").read_text()
     assert "## The goals, for STRIDE's weights" in report and "## Transfer to a larger proxy" in report
     assert "## Recovery groups as domains" in report and path.with_suffix(".png").stat().st_size > 0
+    groups = next(r for r in everything if r.get("diagnostic") == "groups")
+    # the smoke run asks for 4 groups over chunks; a document's majority group is one of them
+    assert groups["chunk_groups"] == 4 and 1 <= groups["groups"] <= 4

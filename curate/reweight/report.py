@@ -22,7 +22,8 @@ def weights_plot(record: dict[str, Any]) -> bytes:
     axis.set_xticks(range(len(domains)), domains, fontsize=8)
     axis.set_ylabel("share of the mixture's tokens")
     rule = record["rule"]
-    title = f"mode {rule['mode']}, eta {rule['eta']}, cap {rule['max_epochs']} epochs" if rule else "a given mixture"
+    how = "proportional" if rule and rule.get("weighting") == "proportional" else f"eta {rule['eta']}" if rule else ""
+    title = f"mode {rule['mode']}, {how}, cap {rule['max_epochs']} epochs" if rule else "a given mixture"
     axis.set_title(title, fontsize=9)
     axis.legend(frameon=False, fontsize=8)
     figure.tight_layout()
@@ -47,9 +48,7 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
         "# Mixture weights", "",
         f"Target: {record['target']}. Run: {record['run']}. Budget: {record['budget_tokens']:,} tokens "
         f"(the corpus has {record['corpus_tokens']:,}). Signal: {signal}, {_read_as(record)}.", "",
-        f"Rule: w ∝ {rule['prior']} · exp({rule['eta']} · z), z = each domain's influence per token against the others', in units of their spread beyond noise and shrunk by its standard error "
-        f"across domains (mode `{rule['mode']}`), smoothed with {rule['smoothing']:.0%} of the {rule['prior']} mixture, "
-        f"at most {rule['max_epochs']:g} epochs of any domain.", "",
+        _rule_line(rule), "",
         "| domain | documents | tokens | natural | uniform | weight | epochs at budget | influence / token | ± s.e. |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -61,6 +60,18 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
         lines += ["", "Parts of the target and their say in the weights: "
                   + ", ".join(f"{p} {w:.2f}" for p, w in record["parts"].items()) + "."]
     return "\n".join(lines + _sampled_lines(record, request, sampled)) + "\n"
+
+
+def _rule_line(rule: dict[str, Any]) -> str:
+    if rule.get("weighting") == "proportional":
+        how = (f"Rule: w = each domain's share of the target's total positive influence (influence per token x tokens; "
+               f"the optimum of a loss logarithmic in each domain's share; mode `{rule['mode']}`)")
+    else:
+        how = (f"Rule: w ∝ {rule['prior']} · exp({rule['eta']} · z), z = each domain's influence per token against the "
+               f"others', in units of their spread beyond noise and shrunk by its standard error across domains "
+               f"(mode `{rule['mode']}`)")
+    return (f"{how}, smoothed with {rule['smoothing']:.0%} of the {rule['prior']} mixture, at most "
+            f"{rule['max_epochs']:g} epochs of any domain.")
 
 
 def _check_lines(record: dict[str, Any]) -> list[str]:

@@ -36,6 +36,9 @@ class ReweightRequest:
     smoothing: float = 0.2
     max_epochs: float = 4.0
     prior: str = "natural"
+    # How influence becomes weights (curate.reweight.weights.WEIGHTINGS): "tilt" (exp(eta * score)), or "proportional"
+    # (each domain's share of the target's total influence: the optimum of a log-law loss; no eta)
+    weighting: str = "tilt"
     # How STRIDE's measurements become each domain's influence (RULES). The default stays "positive" (the positive parts
     # of each document's scores, summed over the domain's tokens): it passes the planted checks on the demo corpus
     # (tests/test_reweight_planted.py) and loses to natural on the shared corpus's study. "auto" (the regression when
@@ -60,7 +63,7 @@ class ReweightRequest:
     executor_options: dict[str, Any] = field(default_factory=dict)
 
     def mixture_rule(self) -> MixtureRule:
-        return MixtureRule(self.eta, self.smoothing, self.max_epochs, self.mode, self.prior)
+        return MixtureRule(self.eta, self.smoothing, self.max_epochs, self.mode, self.prior, self.weighting)
 
     def execution(self) -> Execution:
         return Execution(self.executor, self.tasks, self.workers, dict(self.executor_options))
@@ -70,4 +73,6 @@ class ReweightRequest:
         values = asdict(self)
         for key in ("executor", "tasks", "workers", "executor_options", "out"):
             values.pop(key)
+        if values["weighting"] == "tilt":  # the only weighting before it was an option: older outputs still match
+            values.pop("weighting")
         return json.loads(json.dumps(values))

@@ -365,7 +365,11 @@ class _Plan:
         inverse = counts.group_by("domain").agg(pl.col("tokens").max())["tokens"].sum() / total
         majority = (counts.sort("tokens", descending=True).unique("group", keep="first")
                     .group_by("domain").agg(pl.len().alias("groups")))
+        # `groups`: the groups that hold most of some document's tokens, the domains --domain-field groups gives;
+        # `chunk_groups`: the k-means groups over chunks (a group can hold only documents' shorter parts)
+        chunk_groups = int(pl.read_parquet(groups_file(run.root, run.config.groups))["group"].n_unique())
         return [{"target": None, "method": "groups", "diagnostic": "groups", "groups": int(counts["group"].n_unique()),
+                 "chunk_groups": chunk_groups,
                  "purity": round(float(purity), 4), "inverse_purity": round(float(inverse), 4),
                  "groups_per_domain": {r["domain"]: r["groups"] for r in majority.iter_rows(named=True)}}]
 

@@ -157,7 +157,10 @@ def markdown(rows: list[dict], recipe: dict) -> str:
         lines.append("")
     for r in (r for r in diagnostics if r["diagnostic"] == "groups"):
         per_domain = ", ".join(f"{d} {n}" for d, n in sorted(r["groups_per_domain"].items()))
-        lines += ["## Recovery groups as domains", "", f"The run's {r['groups']} recovery groups (`--domain-field groups`) against "
+        formed = (f"The run clustered its chunks into {r['chunk_groups']} recovery groups; {r['groups']} of them hold most of some "
+                  f"document's tokens, and those are the domains `--domain-field groups` gives. "
+                  if "chunk_groups" in r else f"The run's {r['groups']} recovery groups (`--domain-field groups`). ")
+        lines += ["## Recovery groups as domains", "", formed + "Against "
                   f"the true domains, token-weighted: purity {r['purity']:.3f} (the share of a group's tokens in its majority "
                   f"domain), inverse purity {r['inverse_purity']:.3f} (the share of a domain's tokens in its largest group). "
                   f"Groups whose majority is each domain: {per_domain}.", ""]

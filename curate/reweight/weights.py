@@ -19,6 +19,14 @@ domain whose tokens help more gets more weight:
 The scale makes eta unitless: eta = 1 multiplies the weight of a domain one (true) standard deviation above the
 others by e before smoothing. Domains whose influence differs only by noise keep their prior weights, so the rule
 cannot collapse onto one domain unless the evidence is far apart and the epoch cap allows it.
+
+`weighting="proportional"` replaces the tilt (eta) with the optimum of a loss that is logarithmic in each domain's
+share, L_p(w) = c_p - sum_d a[d, p] log w[d] (diminishing returns: the first tokens of a domain are worth most). The
+influence was measured on a model trained on the corpus as it is, so the slope there fixes a[d, p] = I[d, p] *
+tokens[d], and the loss's minimum on the simplex is w[d] = a[d, p] / sum_d a[d, p]: each domain's share of the
+target's total influence. Negative influence is read as none (w[d] = 0 before smoothing). Mode "average" averages the
+parts' optimal mixtures (every part an equal say); "worst" is not defined for it. A target that every domain helps
+in proportion to its tokens leaves the weights natural, with no noise threshold: no eta, nothing to tune.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from ..errors import CurateError
 
 MODES = ("target", "average", "worst")
 PRIORS = ("natural", "uniform")
+WEIGHTINGS = ("tilt", "proportional")
 WHOLE_TARGET = "target"  # the part name of the whole target's queries
 WORST_TEMPERATURE = 0.25  # softness of "worst": lambda ∝ exp(-gain / T) over parts (gains in standard deviations)
 WORST_ITERATIONS = 200
@@ -44,6 +53,7 @@ class MixtureRule:
     max_epochs: float = 4.0
     mode: str = "target"
     prior: str = "natural"
+    weighting: str = "tilt"
 
     def check(self) -> None:
         if not self.eta > 0:
@@ -56,6 +66,11 @@ class MixtureRule:
             raise CurateError(f"mode {self.mode!r} is not one of {list(MODES)}")
         if self.prior not in PRIORS:
             raise CurateError(f"prior {self.prior!r} is not one of {list(PRIORS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise CurateError(f"weighting {self.weighting!r} is not one of {list(WEIGHTINGS)}")
+        if self.weighting == "proportional" and self.mode == "worst":
+            raise CurateError("--weighting proportional has no worst mode (it averages the parts' optimal mixtures): "
+                              "use --mode target or average, or --weighting tilt")
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,8 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
     rule.check()
     if budget_tokens < 1:
         raise CurateError(f"the token budget must be at least 1 token, got {budget_tokens}")
+    if rule.weighting == "proportional":
+        return _proportional_weights(influence, rule, budget_tokens)
     z = evidence_scores(influence.per_token, influence.standard_error)
     prior = prior_weights(influence.tokens, rule.prior)
     parts = list(influence.parts)
@@ -210,6 +227,29 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
     weights = cap_epochs(smoothed, influence.tokens, budget_tokens, rule.max_epochs)
     return {"weights": weights, "prior": prior, "natural": prior_weights(influence.tokens, "natural"),
             "uniform": prior_weights(influence.tokens, "uniform"), "score": score, "part_weights": part_weights}
+
+
+def _proportional_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens: float) -> dict[str, np.ndarray]:
+    """Each domain's share of the target's total positive influence (the log-law optimum; see the module's docstring),
+    per part, then averaged over the parts in mode "average"; smoothed towards the prior and capped like the tilt."""
+    prior = prior_weights(influence.tokens, rule.prior)
+    parts = list(influence.parts)
+    own_parts = [j for j, p in enumerate(parts) if p != WHOLE_TARGET]
+    if rule.mode == "average" and own_parts:
+        columns = own_parts
+    else:
+        columns = [parts.index(WHOLE_TARGET) if WHOLE_TARGET in parts else 0]
+    total = np.clip(influence.per_token[:, columns], 0.0, None) * influence.tokens[:, None]
+    sums = total.sum(axis=0, keepdims=True)
+    # a part that no domain helps has no optimum of its own: it keeps the prior
+    shares = np.where(sums > 0, total / np.where(sums > 0, sums, 1.0), prior[:, None])
+    optimum = shares.mean(axis=1)
+    part_weights = np.zeros(len(parts))
+    part_weights[columns] = 1.0 / len(columns)
+    smoothed = (1 - rule.smoothing) * optimum + rule.smoothing * prior
+    weights = cap_epochs(smoothed, influence.tokens, budget_tokens, rule.max_epochs)
+    return {"weights": weights, "prior": prior, "natural": prior_weights(influence.tokens, "natural"),
+            "uniform": prior_weights(influence.tokens, "uniform"), "score": optimum, "part_weights": part_weights}
 
 
 def check_user_weights(weights: dict[str, float], domains: tuple[str, ...]) -> np.ndarray:
