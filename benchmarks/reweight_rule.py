@@ -23,25 +23,26 @@ import numpy as np
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "reweight_pretraining_mix.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "reweight_rule.json"
 
-# (target, label, request settings); `rule` is how influence is read per domain (curate.reweight.request.RULES), named
-# in every variant so that a change of the default does not change what a variant is
+# (target, label, request settings); `rule` is how influence is read per domain (curate.reweight.request.RULES) and
+# `weighting` how it becomes weights, both named in every variant so that a change of the default does not change what
+# a variant is (the committed results were made when the default weighting was the tilt; it is now proportional)
 VARIANTS = [
-    ("mixed", "positive, target", {"rule": "positive", "mode": "target"}),
-    ("mixed", "positive, average", {"rule": "positive", "mode": "average"}),
-    ("mixed", "mean, target", {"rule": "mean", "mode": "target"}),
-    ("mixed", "mean, average", {"rule": "mean", "mode": "average"}),
-    ("mixed", "mean, worst", {"rule": "mean", "mode": "worst"}),
-    ("mixed", "regression, target", {"rule": "domain-regression", "mode": "target"}),
-    ("mixed", "regression, average", {"rule": "domain-regression", "mode": "average"}),
-    ("mixed", "regression, worst", {"rule": "domain-regression", "mode": "worst"}),
-    ("mixed", "topk-hits, average", {"rule": "topk-hits", "mode": "average"}),
+    ("mixed", "positive, target", {"rule": "positive", "mode": "target", "weighting": "tilt"}),
+    ("mixed", "positive, average", {"rule": "positive", "mode": "average", "weighting": "tilt"}),
+    ("mixed", "mean, target", {"rule": "mean", "mode": "target", "weighting": "tilt"}),
+    ("mixed", "mean, average", {"rule": "mean", "mode": "average", "weighting": "tilt"}),
+    ("mixed", "mean, worst", {"rule": "mean", "mode": "worst", "weighting": "tilt"}),
+    ("mixed", "regression, target", {"rule": "domain-regression", "mode": "target", "weighting": "tilt"}),
+    ("mixed", "regression, average", {"rule": "domain-regression", "mode": "average", "weighting": "tilt"}),
+    ("mixed", "regression, worst", {"rule": "domain-regression", "mode": "worst", "weighting": "tilt"}),
+    ("mixed", "topk-hits, average", {"rule": "topk-hits", "mode": "average", "weighting": "tilt"}),
     ("mixed", "proportional: positive, average", {"rule": "positive", "mode": "average", "weighting": "proportional"}),
     ("mixed", "proportional: mean, average", {"rule": "mean", "mode": "average", "weighting": "proportional"}),
     ("mixed", "proportional: regression, average", {"rule": "domain-regression", "mode": "average", "weighting": "proportional"}),
-    ("wiki-military", "positive, target", {"rule": "positive", "mode": "target"}),
-    ("wiki-military", "mean, target", {"rule": "mean", "mode": "target"}),
-    ("wiki-military", "regression, target", {"rule": "domain-regression", "mode": "target"}),
-    ("wiki-military", "topk-hits, target", {"rule": "topk-hits", "mode": "target"}),
+    ("wiki-military", "positive, target", {"rule": "positive", "mode": "target", "weighting": "tilt"}),
+    ("wiki-military", "mean, target", {"rule": "mean", "mode": "target", "weighting": "tilt"}),
+    ("wiki-military", "regression, target", {"rule": "domain-regression", "mode": "target", "weighting": "tilt"}),
+    ("wiki-military", "topk-hits, target", {"rule": "topk-hits", "mode": "target", "weighting": "tilt"}),
     ("wiki-military", "proportional: positive, target", {"rule": "positive", "mode": "target", "weighting": "proportional"}),
     ("wiki-military", "proportional: mean, target", {"rule": "mean", "mode": "target", "weighting": "proportional"}),
     ("wiki-military", "proportional: regression, target", {"rule": "domain-regression", "mode": "target", "weighting": "proportional"}),

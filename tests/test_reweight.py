@@ -49,7 +49,7 @@ COUNTS = {"helps": 200, "noise": 400, "hurts": 200, "other": 200}
 def test_the_domain_that_helps_gains_weight_and_the_one_that_hurts_loses_it():
     table = _documents({"helps": 1.0, "noise": 0.0, "hurts": -1.0, "other": 0.0}, COUNTS, noise=5.0)
     influence = domain_influence(table, {WHOLE_TARGET: "influence"})
-    made = mixture_weights(influence, MixtureRule(), budget_tokens=int(influence.tokens.sum()))
+    made = mixture_weights(influence, MixtureRule(weighting="tilt"), budget_tokens=int(influence.tokens.sum()))
     weights = dict(zip(influence.domains, made["weights"]))
     natural = dict(zip(influence.domains, made["natural"]))
     assert weights["helps"] > 1.5 * natural["helps"] and weights["hurts"] < 0.7 * natural["hurts"]
@@ -85,7 +85,7 @@ def test_proportional_weighting_averages_the_parts_optimal_mixtures_and_has_no_w
     np.testing.assert_allclose(made["weights"], [0.5, 0.5])
     target = mixture_weights(influence, MixtureRule(weighting="proportional"), int(influence.tokens.sum()))["weights"]
     assert target[0] == pytest.approx(0.8 * 10 / 11 + 0.1)  # the whole target: the louder part's domain leads
-    with pytest.raises(CurateError, match="no worst mode"):
+    with pytest.raises(CurateError, match="needs --weighting tilt"):
         MixtureRule(weighting="proportional", mode="worst").check()
     with pytest.raises(CurateError, match="weighting"):
         MixtureRule(weighting="linear").check()
@@ -95,7 +95,7 @@ def test_domains_that_differ_only_by_noise_keep_the_prior():
     table = _documents({d: 0.0 for d in COUNTS}, COUNTS, noise=5.0, seed=3)
     influence = domain_influence(table, {WHOLE_TARGET: "influence"})
     for prior in ("natural", "uniform"):
-        made = mixture_weights(influence, MixtureRule(prior=prior), budget_tokens=int(influence.tokens.sum()))
+        made = mixture_weights(influence, MixtureRule(prior=prior, weighting="tilt"), budget_tokens=int(influence.tokens.sum()))
         assert np.abs(made["weights"] - made[prior]).max() < 0.02
 
 
@@ -103,7 +103,7 @@ def test_no_domain_is_repeated_beyond_the_epoch_cap():
     table = _documents({"helps": 5.0, "noise": 0.0, "hurts": -1.0, "other": 0.0}, COUNTS, noise=1.0)
     influence = domain_influence(table, {WHOLE_TARGET: "influence"})
     budget = int(influence.tokens.sum())
-    made = mixture_weights(influence, MixtureRule(eta=5.0, smoothing=0.0, max_epochs=1.5), budget)
+    made = mixture_weights(influence, MixtureRule(eta=5.0, smoothing=0.0, max_epochs=1.5, weighting="tilt"), budget)
     epochs = made["weights"] * budget / influence.tokens
     assert epochs.max() <= 1.5 + 1e-9 and made["weights"].sum() == pytest.approx(1.0)
     assert epochs[list(influence.domains).index("helps")] == pytest.approx(1.5)  # the helpful domain fills its cap
@@ -122,8 +122,8 @@ def test_worst_mode_serves_the_part_the_average_neglects():
     table = pl.DataFrame(rows).with_columns(((pl.col("a") + pl.col("b")) / 2).alias("whole"))
     influence = domain_influence(table, {WHOLE_TARGET: "whole", "a": "a", "b": "b"})
     budget = int(influence.tokens.sum())
-    average = mixture_weights(influence, MixtureRule(mode="average"), budget)
-    worst = mixture_weights(influence, MixtureRule(mode="worst"), budget)
+    average = mixture_weights(influence, MixtureRule(mode="average", weighting="tilt"), budget)
+    worst = mixture_weights(influence, MixtureRule(mode="worst", weighting="tilt"), budget)
     b = influence.domains.index("B")
     assert worst["weights"][b] > average["weights"][b]
     assert worst["part_weights"][influence.parts.index("b")] > 0.5
@@ -180,8 +180,8 @@ def test_domain_regression_reads_each_parts_own_domain_off_the_design(tmp_path):
     assert np.allclose(influence.per_token[:, b], [0.0, -2e-5, 2e-5, 0.0], atol=2e-6)  # the planted effects per token
     assert np.allclose(influence.per_token[:, a], [2e-5, 0.0, 0.0, 0.0], atol=2e-6)
     budget = int(influence.tokens.sum())
-    whole = mixture_weights(influence, MixtureRule(mode="target"), budget)["weights"]
-    average = mixture_weights(influence, MixtureRule(mode="average"), budget)["weights"]
+    whole = mixture_weights(influence, MixtureRule(mode="target", weighting="tilt"), budget)["weights"]
+    average = mixture_weights(influence, MixtureRule(mode="average", weighting="tilt"), budget)["weights"]
     natural = influence.tokens / influence.tokens.sum()
     assert whole[0] > natural[0] and whole[0] > average[0]  # the majority part's domain, most of all in `target`
     assert average[2] > natural[2] > average[1]  # with an equal say, part b's helper gains and its harm loses
@@ -192,7 +192,7 @@ def test_bad_mixtures_and_settings_are_refused_with_the_problem_named():
         check_user_weights({"a": 0.5, "b": 0.4}, ("a", "b"))
     with pytest.raises(CurateError, match="no weight for domains"):
         check_user_weights({"a": 1.0}, ("a", "b"))
-    for rule, message in ((MixtureRule(eta=0), "eta"), (MixtureRule(eta=-1), "eta"), (MixtureRule(mode="best"), "mode"),
+    for rule, message in ((MixtureRule(eta=0), "eta"), (MixtureRule(eta=-1), "eta"), (MixtureRule(mode="worst"), "needs --weighting tilt"), (MixtureRule(mode="best"), "mode"),
                           (MixtureRule(smoothing=2), "smoothing")):
         with pytest.raises(CurateError, match=message):
             rule.check()
@@ -364,10 +364,10 @@ def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, t
     target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:4]])
     out = tmp_path / "out"
     for options, message in (({"tokens": "100B"}, "epochs"), ({"tokens": "lots"}, "not understood"), ({"eta": 0.0}, "eta"),
-                             ({"mode": "worst"}, "one part"), ({"domain_field": "colour"}, "no 'colour' field"),
+                             ({"mode": "worst"}, "needs --weighting tilt"), ({"domain_field": "colour"}, "no 'colour' field"),
                              ({"domain_field": "groups"}, "recovery groups"), ({"out_data": str(out)}, "own folder"),
                              ({"method": "bm25", "rule": "domain-regression"}, "reads STRIDE's measurements"),
-                             ({"weighting": "proportional", "mode": "worst"}, "no worst mode")):
+                             ({"mode": "worst", "weighting": "tilt"}, "one part")):
         with pytest.raises(CurateError, match=message):
             run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), **options))
         assert not out.exists()

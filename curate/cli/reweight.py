@@ -49,10 +49,10 @@ def given_weights(value) -> dict[str, float] | None:
 @click.option("--out-data", type=click.Path(path_type=Path), default=None, help="Also write the corpus resampled to the new weights here.")
 @click.option("--mode", default="target", show_default=True, type=click.Choice(MODES),
               help="target: the whole target; average: each part of the target an equal say; worst: the part served worst (DRO).")
-@click.option("--eta", default=1.0, show_default=True, type=float, help="How far influence moves the weights (per standard deviation across domains).")
-@click.option("--weighting", default="tilt", show_default=True, type=click.Choice(WEIGHTINGS),
-              help="tilt: w ∝ prior·exp(eta·score); proportional: each domain's share of the target's total influence "
-                   "(a log-law loss's optimum; no eta); measured in docs/reweight.md.")
+@click.option("--eta", default=1.0, show_default=True, type=float, help="With --weighting tilt: how far influence moves the weights (per standard deviation across domains).")
+@click.option("--weighting", default="proportional", show_default=True, type=click.Choice(WEIGHTINGS),
+              help="proportional: each domain's share of the target's total positive influence (a log-law loss's "
+                   "optimum; no eta); tilt: w ∝ prior·exp(eta·score) (needed for --mode worst); measured in docs/reweight.md.")
 @click.option("--smoothing", default=0.2, show_default=True, type=float, help="Share of the prior mixed back into the weights.")
 @click.option("--max-epochs", default=4.0, show_default=True, type=float, help="No domain repeated more than this many times at the budget (UniMax).")
 @click.option("--prior", default="natural", show_default=True, type=click.Choice(PRIORS), help="The mixture the weights start from.")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from stride_engine.artifacts import atomic_write_text
+from stride_engine.groups import groups_file
 
 from ..core.run import Run
 from ..errors import CurateError
@@ -217,7 +218,9 @@ class _Plan:
 
     def _reweight(self, method: str, target: str, target_file: str, runs=lambda seconds: None, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         mode, signal = REWEIGHT_ARMS[method]
-        rule = self.study.recipe["reweight"].get("rule") or {}
+        rule = dict(self.study.recipe["reweight"].get("rule") or {})
+        if mode == "worst":  # the worst part is defined for the tilt only (the proportional weighting has no worst mode)
+            rule["weighting"] = "tilt"
         folder = self.out / "weights" / target / (name or method)
         started = time.perf_counter()
         manifest = _reweighted(ReweightRequest(run=str(self.study.run), target=target_file, out=str(folder), mode=mode,

@@ -53,7 +53,7 @@ class MixtureRule:
     max_epochs: float = 4.0
     mode: str = "target"
     prior: str = "natural"
-    weighting: str = "tilt"
+    weighting: str = "proportional"  # or "tilt" (benchmarks/results/reweight_rule.md, docs/reweight.md)
 
     def check(self) -> None:
         if not self.eta > 0:
@@ -69,8 +69,8 @@ class MixtureRule:
         if self.weighting not in WEIGHTINGS:
             raise CurateError(f"weighting {self.weighting!r} is not one of {list(WEIGHTINGS)}")
         if self.weighting == "proportional" and self.mode == "worst":
-            raise CurateError("--weighting proportional has no worst mode (it averages the parts' optimal mixtures): "
-                              "use --mode target or average, or --weighting tilt")
+            raise CurateError("mode worst needs --weighting tilt: the proportional weighting (the default) has no worst "
+                              "mode, it averages the parts' optimal mixtures (--mode average)")
 
 
 @dataclass(frozen=True)
