@@ -10,7 +10,7 @@ arithmetic word problem helps a GSM8K item a little), which the sparse recovery 
 standard errors across documents say nothing of the recovery's own noise. Where it stands (benchmarks/results/
 reweight_rule.md, reweight_demo.md): on the shared corpus it gives each part of the mixed target its own domain and
 the best STRIDE mixture there; on the demo corpus it reads the arithmetic domain as harmful to arithmetic problems
-(the operators trained on more of it raise those problems' loss), and the mixture it makes costs +0.23 bits per byte.
+(the operators trained on more of it raise those problems' loss), and the mixture it makes costs +0.23 bits per byte (tilt; +0.47 proportional).
 It reads what the operators measure, sign included, so it is only as right as that measurement.
 
 Hence the own-domain check (own_domain_check), which `--rule auto` runs first: the same regression with some of
@@ -88,7 +88,7 @@ def trusts_domain_reading(check: pl.DataFrame) -> bool:
     Wikipedia domain reads −2.4 to −0.7 over three draws while its mixture is the best STRIDE has there), and a
     single noisy domain should not decide. Measured (benchmarks/results/reweight_own_domain.md): the pooled z is +3.5
     to +5.9 on the shared corpus's study run, whose domain-level mixtures beat natural, and −3.8 to −5.7 on the demo
-    corpus's run, whose domain-level mixture costs +0.23 bits per byte; +4.3 to +8.6 on the demo corpus with a planted
+    corpus's run, whose domain-level mixture costs +0.23 bits per byte (tilt); +4.3 to +8.6 on the demo corpus with a planted
     noise domain, where the domain-level reading is still wrong for an arithmetic target.
     """
     return pooled_z(check) > TRUST_Z

@@ -43,7 +43,9 @@ class ReweightRequest:
     weighting: str = "proportional"
     # How STRIDE's measurements become each domain's influence (RULES). The default stays "positive" (the positive parts
     # of each document's scores, summed over the domain's tokens): it passes the planted checks on the demo corpus
-    # (tests/test_reweight_planted.py) and loses to natural on the shared corpus's study. "auto" (the regression when
+    # (tests/test_reweight_planted.py); with the proportional weighting it edges past natural on the shared corpus's
+    # study (it reads score spread too, so its gains are small; the signed readings gain more there and collapse on
+    # the demo runs: benchmarks/results/reweight_rule.md, reweight_null.md). "auto" (the regression when
     # the run passes the own-domain check, else "positive") picks the better reading on the study run and on the demo
     # run, but on the demo corpus with a planted noise domain its check passes and the regression cuts arithmetic for
     # an arithmetic target, failing the planted test (benchmarks/results/reweight_own_domain.md): an option.
