@@ -92,6 +92,17 @@ def arithmetic_target(path: Path, rng: random.Random | None = None) -> Path:
     return path
 
 
+def null_target(path: Path) -> Path:
+    """The planted tests' null target: 60 fresh documents of every demo domain in the corpus's proportions (another
+    seed of the same generator, none of them in the pool), written to `path`."""
+    from curate.demo.corpus import generate_demo_corpus
+
+    fresh = generate_demo_corpus(seed=99, num_entities=20, num_filler=200).documents
+    sample = random.Random(3).sample(fresh, 60)
+    path.write_text("".join(json.dumps({"id": f"like-{i}", "text": d["text"]}) + "\n" for i, d in enumerate(sample)))
+    return path
+
+
 def main() -> None:
     from curate.demo.corpus import _arithmetic
     from curate.studies.results import commit, machine

@@ -14,7 +14,6 @@ its natural one.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ WEIGHTINGS = ("tilt", "proportional")
 
 
 def main() -> None:
-    from benchmarks.reweight_demo_check import WORK, arithmetic_target, fitted_demo_run, fitted_noisy_demo_run
-    from curate.demo.corpus import generate_demo_corpus
+    from benchmarks.reweight_demo_check import WORK, arithmetic_target, fitted_demo_run, fitted_noisy_demo_run, null_target
     from curate.reweight.mixture import compute_mixture
     from curate.reweight.request import ReweightRequest
     from curate.studies.notes import keep_notes
@@ -35,13 +33,7 @@ def main() -> None:
     started = time.perf_counter()
     _, clean = fitted_demo_run()
     _, noisy = fitted_noisy_demo_run()
-    targets = {"arithmetic": arithmetic_target(WORK / "sums.jsonl")}
-    # the planted test's null target: fresh documents of every demo domain in the corpus's proportions
-    fresh = generate_demo_corpus(seed=99, num_entities=20, num_filler=200).documents
-    null = WORK / "like.jsonl"
-    null.write_text("".join(json.dumps({"id": f"like-{i}", "text": d["text"]}) + "\n"
-                            for i, d in enumerate(random.Random(3).sample(fresh, 60))))
-    targets["null (like the corpus)"] = null
+    targets = {"arithmetic": arithmetic_target(WORK / "sums.jsonl"), "null (like the corpus)": null_target(WORK / "like.jsonl")}
     rows = []
     for run_name, run in (("demo", clean), ("demo + planted noise", noisy)):
         for target_name, target in targets.items():

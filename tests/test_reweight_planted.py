@@ -50,14 +50,10 @@ def test_the_helpful_domain_gains_and_the_noise_domain_does_not(noisy_run, tmp_p
 
 @pytest.mark.slow
 def test_a_target_like_the_whole_corpus_leaves_the_weights_near_natural(noisy_run, tmp_path):
-    from curate.demo.corpus import generate_demo_corpus
+    from benchmarks.reweight_demo_check import null_target
 
-    run, documents = noisy_run
-    # fresh documents of every demo domain in the corpus's proportions (another seed of the same generator: none of
-    # them in the pool)
-    fresh = generate_demo_corpus(seed=99, num_entities=20, num_filler=200).documents
-    sample = random.Random(3).sample(fresh, 60)
-    target = write_jsonl(tmp_path / "like.jsonl", [{"id": f"like-{i}", "text": d["text"]} for i, d in enumerate(sample)])
+    run, _ = noisy_run
+    target = null_target(tmp_path / "like.jsonl")
     weights = _weights(run_reweight(ReweightRequest(run=str(run), target=str(target), out=str(tmp_path / "out"))))
     clean = {d: w for d, w in weights.items() if d != "noise"}
     assert all(0.5 < w["weight"] / w["natural"] < 2.0 for w in clean.values()), {d: round(w["weight"] / w["natural"], 2) for d, w in weights.items()}

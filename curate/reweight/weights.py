@@ -197,59 +197,51 @@ def cap_epochs(weights: np.ndarray, tokens: np.ndarray, budget_tokens: float, ma
 
 
 def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens: float) -> dict[str, np.ndarray]:
-    """The new mixture and what it came from: {"weights", "prior", "natural", "uniform", "score", "part_weights"}."""
+    """The new mixture and what it came from: {"weights", "prior", "natural", "uniform", "score", "part_weights"}
+    ("score": each domain's z under the tilt, its share of the influence under the proportional weighting)."""
     rule.check()
     if budget_tokens < 1:
         raise CurateError(f"the token budget must be at least 1 token, got {budget_tokens}")
-    if rule.weighting == "proportional":
-        return _proportional_weights(influence, rule, budget_tokens)
-    z = evidence_scores(influence.per_token, influence.standard_error)
     prior = prior_weights(influence.tokens, rule.prior)
     parts = list(influence.parts)
     own_parts = [j for j, p in enumerate(parts) if p != WHOLE_TARGET]
+    whole = parts.index(WHOLE_TARGET) if WHOLE_TARGET in parts else 0
     part_weights = np.zeros(len(parts))
-    if rule.mode == "target" or not own_parts:
-        column = parts.index(WHOLE_TARGET) if WHOLE_TARGET in parts else 0
-        score = z[:, column]
-        part_weights[column] = 1.0
-    elif rule.mode == "average":
-        # the gradient of the parts' mean loss: the parts' influence averaged in its own units (loss per token), then
-        # scored like one target. A part whose loss the domains move most has most to gain, and keeps that say.
-        mean = influence.per_token[:, own_parts].mean(axis=1, keepdims=True)
-        error = np.sqrt((influence.standard_error[:, own_parts] ** 2).sum(axis=1, keepdims=True)) / len(own_parts)
-        score = evidence_scores(mean, error)[:, 0]
-        part_weights[own_parts] = 1.0 / len(own_parts)
+    if rule.weighting == "proportional":
+        columns = own_parts if rule.mode == "average" and own_parts else [whole]
+        score = _influence_shares(influence, columns, prior)
+        part_weights[columns] = 1.0 / len(columns)
+        unsmoothed = score
     else:
-        score, mix = _worst_scores(prior, z[:, own_parts], rule.eta)
-        part_weights[own_parts] = mix
-    tilted = _tilted(prior, score, rule.eta)
-    smoothed = (1 - rule.smoothing) * tilted + rule.smoothing * prior
+        z = evidence_scores(influence.per_token, influence.standard_error)
+        if rule.mode == "target" or not own_parts:
+            score = z[:, whole]
+            part_weights[whole] = 1.0
+        elif rule.mode == "average":
+            # the gradient of the parts' mean loss: the parts' influence averaged in its own units (loss per token),
+            # then scored like one target. A part whose loss the domains move most has most to gain, and keeps that say.
+            mean = influence.per_token[:, own_parts].mean(axis=1, keepdims=True)
+            error = np.sqrt((influence.standard_error[:, own_parts] ** 2).sum(axis=1, keepdims=True)) / len(own_parts)
+            score = evidence_scores(mean, error)[:, 0]
+            part_weights[own_parts] = 1.0 / len(own_parts)
+        else:
+            score, mix = _worst_scores(prior, z[:, own_parts], rule.eta)
+            part_weights[own_parts] = mix
+        unsmoothed = _tilted(prior, score, rule.eta)
+    smoothed = (1 - rule.smoothing) * unsmoothed + rule.smoothing * prior
     weights = cap_epochs(smoothed, influence.tokens, budget_tokens, rule.max_epochs)
     return {"weights": weights, "prior": prior, "natural": prior_weights(influence.tokens, "natural"),
             "uniform": prior_weights(influence.tokens, "uniform"), "score": score, "part_weights": part_weights}
 
 
-def _proportional_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens: float) -> dict[str, np.ndarray]:
-    """Each domain's share of the target's total positive influence (the log-law optimum; see the module's docstring),
-    per part, then averaged over the parts in mode "average"; smoothed towards the prior and capped like the tilt."""
-    prior = prior_weights(influence.tokens, rule.prior)
-    parts = list(influence.parts)
-    own_parts = [j for j, p in enumerate(parts) if p != WHOLE_TARGET]
-    if rule.mode == "average" and own_parts:
-        columns = own_parts
-    else:
-        columns = [parts.index(WHOLE_TARGET) if WHOLE_TARGET in parts else 0]
+def _influence_shares(influence: DomainInfluence, columns: list[int], prior: np.ndarray) -> np.ndarray:
+    """Each domain's share of the target's total positive influence (the log-law optimum; see the module's docstring)
+    in each of `columns`, averaged over them."""
     total = np.clip(influence.per_token[:, columns], 0.0, None) * influence.tokens[:, None]
     sums = total.sum(axis=0, keepdims=True)
     # a part that no domain helps has no optimum of its own: it keeps the prior
     shares = np.where(sums > 0, total / np.where(sums > 0, sums, 1.0), prior[:, None])
-    optimum = shares.mean(axis=1)
-    part_weights = np.zeros(len(parts))
-    part_weights[columns] = 1.0 / len(columns)
-    smoothed = (1 - rule.smoothing) * optimum + rule.smoothing * prior
-    weights = cap_epochs(smoothed, influence.tokens, budget_tokens, rule.max_epochs)
-    return {"weights": weights, "prior": prior, "natural": prior_weights(influence.tokens, "natural"),
-            "uniform": prior_weights(influence.tokens, "uniform"), "score": optimum, "part_weights": part_weights}
+    return shares.mean(axis=1)
 
 
 def check_user_weights(weights: dict[str, float], domains: tuple[str, ...]) -> np.ndarray:
