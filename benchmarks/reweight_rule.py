@@ -7,8 +7,10 @@ each on the target's evaluation items. Choices are made on the `mixed` target; `
 
     python benchmarks/reweight_rule.py                       # about 15 minutes on 2 cores with the study's stages cached
     python benchmarks/reweight_rule.py --smoke               # the recipe's smoke tier (CI-sized)
+    python benchmarks/reweight_rule.py --variants operators  # the domain-operators reading, beside the grid's best points
 
-Writes benchmarks/results/reweight_rule.{json,md} (with --smoke: under the smoke study's output folder).
+Writes benchmarks/results/reweight_rule.{json,md}, or reweight_operators.{json,md} for --variants operators (with
+--smoke: under the smoke study's output folder).
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ VARIANTS = [
     ("wiki-military", "proportional: mean, target", {"rule": "mean", "mode": "target", "weighting": "proportional"}),
     ("wiki-military", "proportional: regression, target", {"rule": "domain-regression", "mode": "target", "weighting": "proportional"}),
 ]
+# The reading from operators trained on whole domains (curate.reweight.domain_operators), in both weightings, beside
+# the grid's best mixture of each target (reweight.md: all Wikipedia for wiki-military; 0 / 0.5 / 0.25 / 0.25 wiki /
+# shakespeare / tales / math for mixed) trained on the same seeds, so the gap to the grid is closed or not on one run
+OPERATOR_VARIANTS = [
+    ("mixed", "operators, proportional, average", {"rule": "domain-operators", "mode": "average", "weighting": "proportional"}),
+    ("mixed", "operators, proportional, target", {"rule": "domain-operators", "mode": "target", "weighting": "proportional"}),
+    ("mixed", "operators, tilt, average", {"rule": "domain-operators", "mode": "average", "weighting": "tilt"}),
+    ("wiki-military", "operators, proportional, target", {"rule": "domain-operators", "mode": "target", "weighting": "proportional"}),
+    ("wiki-military", "operators, tilt, target", {"rule": "domain-operators", "mode": "target", "weighting": "tilt"}),
+]
+FIXED = {"operators": [("mixed", "grid-best", {"wiki": 0.0, "shakespeare": 0.5, "tales": 0.25, "math": 0.25}),
+                       ("wiki-military", "grid-best", {"wiki": 1.0, "shakespeare": 0.0, "tales": 0.0, "math": 0.0})]}
+SETS = {"rule": (VARIANTS, RESULTS), "operators": (OPERATOR_VARIANTS, RESULTS.with_name("reweight_operators.json"))}
 BASELINES = ("natural", "uniform")
 
 
@@ -61,7 +76,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--variants", choices=sorted(SETS), default="rule")
     args = parser.parse_args()
+    chosen, results = SETS[args.variants]
     started = time.perf_counter()
     recipe = load_recipe(RECIPE, args.smoke)
     recipe["progress"] = False
@@ -69,7 +86,7 @@ def main() -> None:
     plan = _Plan(study)
     targets = study.files["targets"]
     seeds = recipe["proxy"]["seeds"]
-    variants = [(t, label, settings) for t, label, settings in VARIANTS if t in targets]
+    variants = [(t, label, settings) for t, label, settings in chosen if t in targets]
     mixtures = []
     for target in sorted({t for t, _, _ in variants}):
         mixtures += [(target, "natural", plan.natural), (target, "uniform", np.full(len(plan.domains), 1 / len(plan.domains)))]
@@ -78,6 +95,9 @@ def main() -> None:
                                                        tokens=str(plan.budget), max_epochs=4.0, **settings))
         by_domain = {d["domain"]: d["weight"] for d in record["domains"]}
         mixtures.append((target, label, np.array([by_domain[d] for d in plan.domains])))
+    for target, label, given in FIXED.get(args.variants, []):
+        if target in targets:
+            mixtures.append((target, label, np.array([given[d] for d in plan.domains])))
     jobs = {(target, label, seed): plan.job(weights, seed) for target, label, weights in mixtures for seed in seeds}
     measured = run_proxy_jobs(list({job["key"]: job for job in jobs.values()}.values()), recipe.get("workers", 2))
     rows = []
@@ -88,9 +108,10 @@ def main() -> None:
                      "target_bpb": measured[job["key"]]["values"][f"{task_name('target', target)}|bits_per_byte"],
                      "domain_bpb": {d: measured[job["key"]]["values"][f"{task_name('domain', d)}|bits_per_byte"] for d in plan.domains}})
     stamp = {"commit": commit(), "machine": machine(), "smoke": args.smoke,
-             "command": "python benchmarks/reweight_rule.py" + (" --smoke" if args.smoke else ""),
+             "command": "python benchmarks/reweight_rule.py" + (" --smoke" if args.smoke else "")
+                        + (f" --variants {args.variants}" if args.variants != "rule" else ""),
              "seconds": round(time.perf_counter() - started, 1)}
-    destination = study.out / "reweight_rule.json" if args.smoke else RESULTS
+    destination = study.out / results.name if args.smoke else results
     destination.write_text(json.dumps([{**row, **stamp} for row in rows], indent=1))
     destination.with_suffix(".md").write_text(keep_notes(destination.with_suffix(".md"), report(rows, stamp, plan.domains), stamp["commit"]))
     print(destination.with_suffix(".md").read_text())

@@ -264,6 +264,21 @@ def test_a_target_of_the_planted_facts_takes_weight_from_the_domains_that_never_
         assert (tmp_path / "out" / name).stat().st_size > 0
 
 
+def test_the_domain_operators_reading_gives_a_target_of_the_planted_facts_to_the_domains_that_state_them(fitted_run, demo_assets, tmp_path):
+    """`--rule domain-operators` trains one operator per whole domain and reads the target's loss change under each:
+    the facts are stated in stories and encyclopedia documents only, so those domains take weight from the others."""
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:24]])
+    result = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--target", str(target), "--out", str(tmp_path / "out"),
+                                       "--rule", "domain-operators", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    weights = _weights(manifest)
+    assert manifest["weights"]["aggregation"] == "domain-operators"
+    for domain in ("arithmetic", "recipes"):
+        assert weights[domain]["weight"] < weights[domain]["natural"]
+    assert sum(weights[d]["weight"] for d in ("stories", "encyclopedia")) > sum(weights[d]["natural"] for d in ("stories", "encyclopedia"))
+
+
 def test_a_target_of_arithmetic_problems_gives_weight_to_the_arithmetic_domain(fitted_run, tmp_path):
     rng = random.Random(5)
     target = write_jsonl(tmp_path / "sums.jsonl", [{"id": f"sum-{i}", "text": _arithmetic(rng)} for i in range(30)])

@@ -30,6 +30,7 @@ from ..errors import CurateError
 from .mixture import check_mixture
 from .pipeline import reweight_executors, reweight_pipelines
 from .domain_effects import DOMAIN_REGRESSION
+from .domain_operators import DOMAIN_OPERATORS
 from .request import GROUPS_AS_DOMAINS, REQUEST_FILE, RULES, SIGNALS, ReweightRequest
 
 
@@ -45,8 +46,8 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
         raise CurateError(f"method {request.method!r} is not stride or one of the baselines {list(SIGNALS)}")
     if request.rule not in RULES:
         raise CurateError(f"aggregation rule {request.rule!r} is not one of {list(RULES)}")
-    if request.rule == DOMAIN_REGRESSION and request.method != "stride" and request.target is not None:
-        raise CurateError(f"--rule {DOMAIN_REGRESSION} reads STRIDE's measurements; a baseline's scores (--method "
+    if request.rule in (DOMAIN_REGRESSION, DOMAIN_OPERATORS) and request.method != "stride" and request.target is not None:
+        raise CurateError(f"--rule {request.rule} reads STRIDE's measurements; a baseline's scores (--method "
                           f"{request.method}) aggregate per document: use --rule positive (or mean, topk-hits)")
     if request.output_format not in ("jsonl", "parquet"):
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")

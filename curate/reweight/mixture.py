@@ -20,6 +20,7 @@ from ..core.influence import influence_table
 from ..core.run import Run
 from ..core.targets import Target, target_for_run
 from ..errors import CurateError
+from .domain_operators import DOMAIN_OPERATORS, operator_influence
 from .domain_effects import DOMAIN_REGRESSION, design_influence, own_domain_check, pooled_z, trusts_domain_reading
 from .request import AUTO, AUTO_FALLBACK, GROUPS_AS_DOMAINS, ReweightRequest
 from .weights import (WHOLE_TARGET, DomainInfluence, cap_epochs, check_user_weights, domain_influence, mixture_weights,
@@ -92,7 +93,7 @@ def check_mixture(run: Run, request: ReweightRequest) -> tuple[pl.DataFrame, boo
 
 def domain_documents(run: Run, request: ReweightRequest) -> DomainReading:
     stride = request.method == "stride"
-    if request.weights is not None or (stride and request.rule in (AUTO, DOMAIN_REGRESSION)):
+    if request.weights is not None or (stride and request.rule in (AUTO, DOMAIN_REGRESSION, DOMAIN_OPERATORS)):
         table = documents_with_domains(run, request)
         if request.weights is not None:
             return DomainReading(table)
@@ -105,6 +106,8 @@ def domain_documents(run: Run, request: ReweightRequest) -> DomainReading:
         rule = AUTO_FALLBACK
     if rule == DOMAIN_REGRESSION:
         return DomainReading(table, design_influence(run, target, table, by_part), target.name, rule, check)
+    if rule == DOMAIN_OPERATORS:
+        return DomainReading(table, operator_influence(run, target, table, by_part), target.name, rule, check)
     table = influence_table(run, request.target, rule, 10, [Path(d) for d in request.task_dirs], request.target_limit,
                             method=request.method, by_part=by_part, part_field=request.part_field)
     table = table.with_columns(_domains(run, request, table).alias("domain"))

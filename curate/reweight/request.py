@@ -10,16 +10,17 @@ from typing import Any
 from ..core.executors import Execution
 from ..core.run import AGGREGATION_RULES
 from .domain_effects import DOMAIN_REGRESSION
+from .domain_operators import DOMAIN_OPERATORS
 from .weights import MixtureRule
 
 REQUEST_FILE = Path(".work") / "request.json"  # inside OUT: what the weights were made with
 GROUPS_AS_DOMAINS = "groups"  # --domain-field groups: the run's recovery groups stand in for missing domain labels
 # How STRIDE's measurements become per-domain influence: the regression on the design (curate.reweight.domain_effects),
-# or an aggregation of per-document scores summed per domain (curate.core.run.document_influence)
+# operators trained on whole domains (curate.reweight.domain_operators), or an aggregation of per-document scores summed per domain (curate.core.run.document_influence)
 # `auto`: the regression when the run passes the own-domain check (curate.reweight.domain_effects.own_domain_check),
 # else the positive parts of each document's scores
 AUTO, AUTO_FALLBACK = "auto", "positive"
-RULES = (AUTO, DOMAIN_REGRESSION, *AGGREGATION_RULES)
+RULES = (AUTO, DOMAIN_REGRESSION, DOMAIN_OPERATORS, *AGGREGATION_RULES)
 SIGNALS = ("bm25", "embedding", "dsir")  # the baselines whose document scores can stand in for influence (not random)
 
 
