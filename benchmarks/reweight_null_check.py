@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reweight_null.json"
-RULES = ("positive", "mean", "topk-hits", "domain-regression")
+RULES = ("positive", "mean", "topk-hits", "domain-regression", "domain-operators")
 WEIGHTINGS = ("tilt", "proportional")
 
 
