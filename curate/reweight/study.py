@@ -41,9 +41,12 @@ from .request import ReweightRequest
 
 log = logging.getLogger(__name__)
 
-# method -> (curate reweight's mode, its signal); the rest are computed in _weights
-REWEIGHT_ARMS = {"stride": ("target", "stride"), "stride-average": ("average", "stride"),
-                 "stride-worst": ("worst", "stride"), "similarity": ("target", "bm25")}
+# method -> (curate reweight's mode, its signal, its reading); the rest are computed in _weights. "parts": mode average
+# where the target has several parts, else target (benchmarks/results/reweight_operators.md: mode target follows the
+# items the methods see, not the parts' equal shares in the evaluation)
+REWEIGHT_ARMS = {"stride": ("target", "stride", None), "stride-average": ("average", "stride", None),
+                 "stride-worst": ("worst", "stride", None), "stride-operators": ("parts", "stride", "domain-operators"),
+                 "similarity": ("target", "bm25", None)}
 PART_MODES = ("stride-average", "stride-worst")  # modes over the target's parts: only for a target with several
 TARGET_FREE = ("natural", "uniform", "unimax", "doremi")  # the same weights for every target
 SEARCH = "search"  # OUT/eval/search/...: RegMix's proxies scored on the target items the methods see
@@ -217,8 +220,12 @@ class _Plan:
         raise CurateError(f"no such method {method!r}")
 
     def _reweight(self, method: str, target: str, target_file: str, runs=lambda seconds: None, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        mode, signal = REWEIGHT_ARMS[method]
+        mode, signal, reading = REWEIGHT_ARMS[method]
         rule = dict(self.study.recipe["reweight"].get("rule") or {})
+        if reading is not None:
+            rule["rule"] = reading
+        if mode == "parts":
+            mode = "average" if len({item.get("part") for item in _items(target_file)}) > 1 else "target"
         if mode == "worst":  # the worst part is defined for the tilt only (the proportional weighting has no worst mode)
             rule["weighting"] = "tilt"
         folder = self.out / "weights" / target / (name or method)
