@@ -8,8 +8,9 @@ each on the target's evaluation items. Choices are made on the `mixed` target; `
     python benchmarks/reweight_rule.py                       # about 15 minutes on 2 cores with the study's stages cached
     python benchmarks/reweight_rule.py --smoke               # the recipe's smoke tier (CI-sized)
     python benchmarks/reweight_rule.py --variants operators  # the domain-operators reading, beside the grid's best points
+    python benchmarks/reweight_rule.py --variants smoothing  # that reading at more smoothing (the macro bpb's price)
 
-Writes benchmarks/results/reweight_rule.{json,md}, or reweight_operators.{json,md} for --variants operators (with
+Writes benchmarks/results/reweight_rule.{json,md}, or reweight_operators / reweight_smoothing.{json,md} for --variants operators / smoothing (with
 --smoke: under the smoke study's output folder).
 """
 
@@ -59,9 +60,16 @@ OPERATOR_VARIANTS = [
     ("wiki-military", "operators, proportional, target", {"rule": "domain-operators", "mode": "target", "weighting": "proportional"}),
     ("wiki-military", "operators, tilt, target", {"rule": "domain-operators", "mode": "target", "weighting": "tilt"}),
 ]
+# How far the smoothing (the prior's share mixed back) trades the target's gain for the other domains' bits per byte
+SMOOTHING_VARIANTS = [
+    ("mixed", f"operators, proportional, average, smoothing {v}", {"rule": "domain-operators", "mode": "average", "weighting": "proportional", "smoothing": v})
+    for v in (0.5,)] + [
+    ("wiki-military", f"operators, proportional, target, smoothing {v}", {"rule": "domain-operators", "mode": "target", "weighting": "proportional", "smoothing": v})
+    for v in (0.5, 0.8)]
 FIXED = {"operators": [("mixed", "grid-best", {"wiki": 0.0, "shakespeare": 0.5, "tales": 0.25, "math": 0.25}),
                        ("wiki-military", "grid-best", {"wiki": 1.0, "shakespeare": 0.0, "tales": 0.0, "math": 0.0})]}
-SETS = {"rule": (VARIANTS, RESULTS), "operators": (OPERATOR_VARIANTS, RESULTS.with_name("reweight_operators.json"))}
+SETS = {"rule": (VARIANTS, RESULTS), "operators": (OPERATOR_VARIANTS, RESULTS.with_name("reweight_operators.json")),
+        "smoothing": (SMOOTHING_VARIANTS, RESULTS.with_name("reweight_smoothing.json"))}
 BASELINES = ("natural", "uniform")
 
 
