@@ -29,7 +29,7 @@ from curate.reweight.steps import WEIGHTS_FILE, copies_of
 from curate.reweight.weights import WHOLE_TARGET, cap_epochs, check_user_weights, domain_influence, mixture_weights
 
 from fake_slurm import FakeSlurm
-from tiny import write_jsonl
+from tiny import write_jsonl, written_ids
 
 
 def _documents(effects: dict[str, float], counts: dict[str, int], noise: float, seed: int = 0) -> pl.DataFrame:
@@ -441,14 +441,6 @@ def test_the_similarity_ablation_puts_bm25_scores_through_the_same_rule(fitted_r
         run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(tmp_path / "other"), method="random"))
 
 
-def _written_ids(folder: Path) -> list[str]:
-    ids = []
-    for path in folder.rglob("*.jsonl*"):
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
-            ids += [orjson.loads(line)["id"] for line in handle]
-    return sorted(ids)
-
-
 @pytest.mark.slow
 def test_a_resampling_submitted_to_slurm_runs_as_its_nodes_would_run_it(fitted_run, demo_assets, tmp_path, monkeypatch):
     """The sbatch scripts datatrove writes, run task by task in fresh processes by a stand-in scheduler (fake_slurm.py):
@@ -468,7 +460,7 @@ def test_a_resampling_submitted_to_slurm_runs_as_its_nodes_would_run_it(fitted_r
                                          out_data=str(tmp_path / "local-mix"), tokens="60000"))
     assert on_slurm["weights"]["domains"] == local["weights"]["domains"]
     assert on_slurm["sampled"] == local["sampled"]
-    assert _written_ids(tmp_path / "slurm-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
+    assert written_ids(tmp_path / "slurm-mix") == written_ids(tmp_path / "local-mix") and written_ids(tmp_path / "local-mix")
 
 
 @pytest.mark.slow
@@ -493,7 +485,7 @@ def test_the_ray_executor_writes_the_same_mixture(fitted_run, demo_assets, tmp_p
                                          out_data=str(tmp_path / "local-mix"), tokens="60000"))
     assert on_ray["weights"]["domains"] == local["weights"]["domains"]
     assert on_ray["sampled"] == local["sampled"]
-    assert _written_ids(tmp_path / "ray-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
+    assert written_ids(tmp_path / "ray-mix") == written_ids(tmp_path / "local-mix") and written_ids(tmp_path / "local-mix")
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ stand-in the default run uses). Skipped when `sinfo` finds no idle node."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -14,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
 from curate.reweight import ReweightRequest, run_reweight
 
-from tiny import write_jsonl
+from tiny import write_jsonl, written_ids
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +39,6 @@ def _wait_for_queue(timeout: float = 900) -> None:
     raise AssertionError(f"Slurm jobs still queued after {timeout:.0f} s: {queue}")
 
 
-def _written_ids(folder: Path) -> list[str]:
-    ids = []
-    for path in folder.rglob("*.jsonl*"):
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
-            ids += [orjson.loads(line)["id"] for line in handle]
-    return sorted(ids)
-
-
 @pytest.mark.skipif(not _cluster_is_up(), reason="no Slurm cluster (start one with .ci/slurm-one-node)")
 def test_a_reweighting_submitted_to_a_real_slurm_cluster_writes_what_the_local_executor_writes(demo_run, demo_assets, tmp_path, monkeypatch):
     # slurmd starts each job with the submitter's environment (sbatch --export=ALL): the interpreter's folder on PATH
@@ -68,4 +58,4 @@ def test_a_reweighting_submitted_to_a_real_slurm_cluster_writes_what_the_local_e
     local = run_reweight(ReweightRequest(**request, out=str(tmp_path / "local"), out_data=str(tmp_path / "local-mix")))
     assert on_slurm["weights"]["domains"] == local["weights"]["domains"]
     assert on_slurm["sampled"] == local["sampled"]
-    assert _written_ids(tmp_path / "slurm-mix") == _written_ids(tmp_path / "local-mix") and _written_ids(tmp_path / "local-mix")
+    assert written_ids(tmp_path / "slurm-mix") == written_ids(tmp_path / "local-mix") and written_ids(tmp_path / "local-mix")

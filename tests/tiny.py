@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import random
 from pathlib import Path
 
@@ -57,3 +58,12 @@ def save_tiny_model(folder: Path, arch: str = "llama", texts: list[str] | None =
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
     return path
+
+
+def written_ids(folder: Path) -> list[str]:
+    """The ids of every record in a folder's JSONL files (gzipped or not), sorted: what a datatrove writer wrote."""
+    ids = []
+    for path in folder.rglob("*.jsonl*"):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
+            ids += [orjson.loads(line)["id"] for line in handle]
+    return sorted(ids)
