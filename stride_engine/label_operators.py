@@ -84,8 +84,8 @@ class LabelOperators:
     @classmethod
     def fit(cls, stride: "Stride", labels: Sequence[str], replicates: int = 4, steps: int = 200,
             rows_per_operator: int = 8) -> "LabelOperators":
-        """Train (or read back) one operator per replicate half of each label, on the fitted run's model and examples
-        (`labels`: one per training example, in the run's order)."""
+        """Train (or read back) `replicates` operators per label, each on all of the label's examples, on the fitted
+        run's model and examples (`labels`: one per training example, in the run's order)."""
         stride._require_fit()
         examples: Examples = stride._examples
         if len(labels) != len(examples):
