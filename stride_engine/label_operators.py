@@ -41,7 +41,6 @@ from .design import Membership
 from .errors import ConfigError
 from .operators import SteeringBank
 from .responses import measure_responses
-from .training import new_bank, train_operators
 
 if TYPE_CHECKING:
     from .corpus import Queries
@@ -125,22 +124,13 @@ class LabelOperators:
         return LabelResponses(self.labels, tuple(query_ids), per_label.mean(axis=2), error, per_label)
 
     def _bank(self) -> SteeringBank:
-        shape = json.loads((self.folder / "bank.json").read_text())
-        bank = SteeringBank(shape["num_operators"], shape["in_dim"], shape["out_dim"], shape["rank"], shape["basis"],
-                            shape["hidden"], shape.get("readout", "full"))
-        return bank.load(self.folder / "bank.safetensors").to(self.stride.device).eval()
+        return SteeringBank.from_folder(self.folder).to(self.stride.device).eval()
 
 
 def _train(stride: "Stride", examples: "Examples", membership: Membership, config, folder: Path, settings: dict,
            names: tuple[str, ...]) -> None:
     partial = folder.with_name(folder.name + ".partial")
-    cache = stride._state_cache(examples, partial / "states.bin")
-    probe_states, probe_batch = cache.rows(np.arange(1))
-    out_dim = probe_states.shape[-1]
-    if config.form == "logit" and config.logit_bank == "full":
-        out_dim = stride.adapter.finish(probe_states, probe_batch, "logit", stride.layer).shape[-1]
-    bank = new_bank(config, membership.num_subsets, probe_states.shape[-1], out_dim).to(stride.device)
-    log = train_operators(stride.adapter, cache, membership, bank, config, stride.layer, partial / "checkpoints", stride.progress)
+    bank, log = stride.train_bank(examples, membership, config, partial / "checkpoints", partial / "states.bin")
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         bank.save(tmp / "bank.safetensors")

@@ -10,6 +10,8 @@ Rows of one batch may use different operators: one forward pass serves many oper
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -44,6 +46,14 @@ class SteeringBank(nn.Module):
     def load(self, path: Path) -> "SteeringBank":
         self.load_state_dict(load_file(str(path)))
         return self
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "SteeringBank":
+        """A bank saved as folder/bank.json (its shape) and folder/bank.safetensors (its weights)."""
+        shape = json.loads((Path(folder) / "bank.json").read_text())
+        bank = cls(shape["num_operators"], shape["in_dim"], shape["out_dim"], shape["rank"], shape["basis"], shape["hidden"],
+                   shape.get("readout", "full"))
+        return bank.load(Path(folder) / "bank.safetensors")
 
 
 def steered_logits(

@@ -601,11 +601,15 @@ class Stride:
             self._write_operators(bank, training_log, stage)
 
     def _trained_bank(self, examples: Examples, membership: Membership, stage: Stage, on_step):
-        """The trained bank and its curves. The state cache lives in this frame only: a frame that an exception
-        caught later keeps alive (plotting's imports do) would otherwise hold all n states until the run ends."""
-        config = self.config
-        checkpoints = self.run.path("operators.partial", stage.fingerprint)
-        cache = self._state_cache(examples, self.run.path("operators.partial", f"states-{stage.fingerprint}.bin"))
+        return self.train_bank(examples, membership, self.config, self.run.path("operators.partial", stage.fingerprint),
+                               self.run.path("operators.partial", f"states-{stage.fingerprint}.bin"), on_step)
+
+    def train_bank(self, examples: Examples, membership: Membership, config: StrideConfig, checkpoints: Path,
+                   state_file: Path, on_step=None):
+        """A bank of membership's operators trained under `config` on this model's states of `examples` (resumed from
+        `checkpoints`), and its curves. The state cache lives in this frame only: a frame that an exception caught
+        later keeps alive (plotting's imports do) would otherwise hold all n states until the run ends."""
+        cache = self._state_cache(examples, state_file)
         probe_states, probe_batch = cache.rows(np.arange(1))
         out_dim = probe_states.shape[-1]
         if config.form == "logit" and config.logit_bank == "full":
@@ -665,10 +669,7 @@ class Stride:
         return torch.from_file(str(path), shared=True, size=size, dtype=dtype).view(shape)
 
     def _load_bank(self) -> SteeringBank:
-        shape = json.loads(self.run.path("operators", "bank.json").read_text())
-        bank = SteeringBank(shape["num_operators"], shape["in_dim"], shape["out_dim"], shape["rank"], shape["basis"], shape["hidden"],
-                            shape.get("readout", "full"))
-        return bank.load(self.run.path("operators", "bank.safetensors")).to(self.device).eval()
+        return SteeringBank.from_folder(self.run.path("operators")).to(self.device).eval()
 
     def _query_batch(self, queries: Queries | Examples) -> tuple[Batch, list[str]]:
         if isinstance(queries, Examples):

@@ -58,7 +58,7 @@ def given_weights(value) -> dict[str, float] | None:
 @click.option("--prior", default="natural", show_default=True, type=click.Choice(PRIORS), help="The mixture the weights start from.")
 @click.option("--rule", default="positive", show_default=True, type=click.Choice(RULES),
               help="How influence is read per domain: domain-regression (the responses regressed on each subset's "
-                   "tokens of each domain), domain-operators (operators trained on halves of each whole domain), a per-document aggregation summed over the domain's tokens (positive, "
+                   "tokens of each domain), domain-operators (operators trained on each whole domain), a per-document aggregation summed over the domain's tokens (positive, "
                    "topk-hits, mean, standardized), or auto: domain-regression when the run passes the own-domain "
                    "check, else positive; measured in docs/reweight.md.")
 @click.option("--part-field", default="part", show_default=True, help="The target items' field naming their part (for --mode average/worst).")

@@ -30,7 +30,7 @@ from .domain_effects import _design
 from .weights import WHOLE_TARGET, DomainInfluence
 
 DOMAIN_OPERATORS = "domain-operators"
-REPLICATES = 4  # halves per domain: their spread is the reading's standard error
+REPLICATES = 4  # operators per domain: their spread is the reading's standard error
 STEPS = 200  # optimiser steps of the domain bank (every operator every step)
 ROWS_PER_OPERATOR = 8  # member rows per operator and step: the dose is STEPS x this, the same for every domain
 
