@@ -9,8 +9,9 @@ each on the target's evaluation items. Choices are made on the `mixed` target; `
     python benchmarks/reweight_rule.py --smoke               # the recipe's smoke tier (CI-sized)
     python benchmarks/reweight_rule.py --variants operators  # the domain-operators reading, beside the grid's best points
     python benchmarks/reweight_rule.py --variants smoothing  # that reading at more smoothing (the macro bpb's price)
+    python benchmarks/reweight_rule.py --variants guard      # that reading with and without the macro guard
 
-Writes benchmarks/results/reweight_rule.{json,md}, or reweight_operators / reweight_smoothing.{json,md} for --variants operators / smoothing (with
+Writes benchmarks/results/reweight_rule.{json,md}, or reweight_<variants>.{json,md} for the other --variants (with
 --smoke: under the smoke study's output folder).
 """
 
@@ -66,10 +67,27 @@ SMOOTHING_VARIANTS = [
     for v in (0.5,)] + [
     ("wiki-military", f"operators, proportional, target, smoothing {v}", {"rule": "domain-operators", "mode": "target", "weighting": "proportional", "smoothing": v})
     for v in (0.5, 0.8)]
+# The guards (curate.reweight.weights.macro_guard): the domain-operators mixture moved towards the domains' own optimum
+# until their predicted mean loss is no worse than natural's, the slopes assumed alike (macro) or read from the doses on
+# held-out chunks (measured); beside the unguarded reading, on the two targets the reading was designed on and on gsm8k,
+# the target added after it
+GUARD_VARIANTS = [
+    (target, f"operators, proportional, {mode}{f', guard {guard}' if guard else ''}",
+     {"rule": "domain-operators", "mode": mode, "weighting": "proportional", **({"guard": guard} if guard else {})})
+    for target, mode in (("mixed", "average"), ("wiki-military", "target"), ("gsm8k", "target"))
+    for guard in (None, "measured", "macro")] + [
+    # the macro guard needs no measurement: the default reading and the BM25 ablation under it, for a comparison at the
+    # same constraint on the other domains
+    (target, f"{label}{', guard macro' if guard else ''}", {**settings, "mode": mode, **({"guard": "macro"} if guard else {})})
+    for target, mode in (("mixed", "average"), ("wiki-military", "target"), ("gsm8k", "target"))
+    for label, settings in (("positive, proportional", {"rule": "positive", "weighting": "proportional"}),
+                            ("similarity (bm25), proportional", {"method": "bm25", "rule": "positive", "weighting": "proportional"}))
+    for guard in (False, True)]
 FIXED = {"operators": [("mixed", "grid-best", {"wiki": 0.0, "shakespeare": 0.5, "tales": 0.25, "math": 0.25}),
                        ("wiki-military", "grid-best", {"wiki": 1.0, "shakespeare": 0.0, "tales": 0.0, "math": 0.0})]}
 SETS = {"rule": (VARIANTS, RESULTS), "operators": (OPERATOR_VARIANTS, RESULTS.with_name("reweight_operators.json")),
-        "smoothing": (SMOOTHING_VARIANTS, RESULTS.with_name("reweight_smoothing.json"))}
+        "smoothing": (SMOOTHING_VARIANTS, RESULTS.with_name("reweight_smoothing.json")),
+        "guard": (GUARD_VARIANTS, RESULTS.with_name("reweight_guard.json"))}
 BASELINES = ("natural", "uniform")
 
 

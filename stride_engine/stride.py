@@ -87,6 +87,7 @@ class Stride:
         if config.form == "activation" or config.layer is not None:
             adapter.check_layer(self.layer)  # an explicit layer is checked even where the logit form ignores it
         self._examples: Examples | None = None
+        self._has_operators = False  # fit(operators=False) prepares the chunks only (label operators train their own)
         self._fused_peer: Peer | None = None
 
     @classmethod
@@ -96,8 +97,11 @@ class Stride:
 
     # ------------------------------------------------------------------------------------------- stages
 
-    def fit(self, train: Documents | Examples, force: bool = False, on_step: Callable[[int], None] | None = None) -> "Stride":
-        """Chunk the corpus, draw the design, train the operators (each stage skipped when already done)."""
+    def fit(self, train: Documents | Examples, force: bool = False, on_step: Callable[[int], None] | None = None,
+            operators: bool = True) -> "Stride":
+        """Chunk the corpus, draw the design, train the operators (each stage skipped when already done). With
+        operators=False the run stops before training them: its chunks serve the label operators
+        (label_operators.py), which train a bank of their own, and attribution refuses it until a full fit."""
         stages = self._training_stages(train)
         examples = self._examples_from(train, stages["chunks"])
         membership = self._membership(examples, stages["design"])  # drawn (and checked) before anything is written
@@ -108,30 +112,33 @@ class Stride:
                 self._write_training_inputs(train, examples, membership, stages)
         if not distributed.is_main():
             membership = Membership.load(self.run.path("design.npz"))
-        if not self.run.is_done(stages["operators"]):
+        if operators and not self.run.is_done(stages["operators"]):
             with self._memory_advice("operator training"):
                 self._train(examples, membership, stages["operators"], on_step)
             distributed.barrier()  # the operators are written before any process reads them
         self._examples = examples
         self._operators_stage = stages["operators"]
-        if self.config.fuse != "none":
+        self._has_operators = self.run.is_done(stages["operators"])
+        if self.config.fuse != "none" and self._has_operators:
             with distributed.main_first():  # fitted once, by the first process; the others find it done
                 self._peer().fit()
         return self
 
-    def reopen(self) -> "Stride | None":
+    def reopen(self, operators: bool = True) -> "Stride | None":
         """The fitted engine read back from what a finished run saved (its chunks' tokens, chunk table and document
         list), without reading or tokenising the corpus: what `fit` on the corpus it was fit on gives. The model, the
         tokenizer and the configuration are checked as `fit` checks them (a changed one is refused); the corpus is not,
         since the operators were trained on the saved chunks. None when the run cannot be read back so: not finished,
-        fitted on given examples, or fitted before the tokens were kept (then `fit(documents)`)."""
+        fitted on given examples, or fitted before the tokens were kept (then `fit(documents)`). With operators=False a
+        run prepared without them (fit(operators=False)) reopens too."""
         record = self.run.record("chunks")
         saved = (CHUNK_TOKENS, DOCUMENT_LIST, "chunks.parquet")
         if (record is None or self.tokenizer is None or not record.get("inputs", {}).get("tokenizer")
                 or not all(self.run.path(name).is_file() for name in saved)):
             return None
         stages = self._stages_of(record["inputs"]["corpus"], self._tokenizer_digest)
-        if not all(self.run.is_done(stage) for stage in stages.values()):  # raises on a changed model or setting
+        needed = [stage for name, stage in stages.items() if operators or name != "operators"]
+        if not all(self.run.is_done(stage) for stage in needed):  # raises on a changed model or setting
             return None
         self._check_saved_config(force=False)
         chunks = self._saved_chunks(stages["chunks"])
@@ -140,7 +147,8 @@ class Stride:
         batch = token_batch(chunks.input_ids, chunks.lengths, None)
         self._examples = Examples(batch, documents["doc_id"].to_list(), chunks.doc_index, documents["domain"].to_list())
         self._operators_stage = stages["operators"]
-        if self.config.fuse != "none":
+        self._has_operators = self.run.is_done(stages["operators"])
+        if self.config.fuse != "none" and self._has_operators:
             with distributed.main_first():
                 self._peer().fit()
         return self
@@ -680,7 +688,19 @@ class Stride:
         max_length = getattr(window, "max_position_embeddings", None) or getattr(window, "n_positions", None) or 1 << 30
         return encode_queries(queries, self.tokenizer, max_length), list(queries.ids)
 
+    @property
+    def has_operators(self) -> bool:
+        """Whether the fitted run holds STRIDE's trained operators (False for fit(operators=False))."""
+        return self._has_operators
+
     def _require_fit(self) -> None:
+        self._require_examples()
+        if not self._has_operators:
+            raise StrideError(f"run {self.run.root} was prepared without STRIDE's operators (fit with operators=False, "
+                              "`curate fit --chunks-only`): fit them (`curate fit` with the same settings) for responses "
+                              "and recovery")
+
+    def _require_examples(self) -> None:
         if self._examples is None:
             raise StrideError("call fit(train) first: responses and recovery need the trained operators and the design")
 

@@ -9,7 +9,8 @@ import pytest
 
 from stride_engine import Stride, preset, read_documents, read_queries
 from stride_engine.errors import ConfigError
-from stride_engine.label_operators import FOLDER, LabelOperators, label_membership
+from stride_engine.design import Membership
+from stride_engine.label_operators import FOLDER, LabelOperators, held_out_examples, label_membership
 
 from tiny import write_jsonl
 
@@ -66,3 +67,28 @@ def test_the_fact_domains_operators_lower_the_loss_of_the_planted_facts_and_the_
 def test_one_label_per_training_example_is_required(engine):
     with pytest.raises(ConfigError, match="one label per example"):
         LabelOperators.fit(engine, ["a", "b"], replicates=2, steps=5)
+
+
+def test_held_out_text_is_whole_documents_at_most_a_quarter_of_each_label():
+    # label a: 10 documents of 3 chunks; label b: 2 documents of 2 chunks (a quarter is 1 chunk: none fits)
+    doc_index = np.array([d for d in range(10) for _ in range(3)] + [10, 10, 11, 11])
+    labels = ["a"] * 30 + ["b"] * 4
+    held = held_out_examples(labels, doc_index, per_label=8, seed=0)
+    assert len(held) == 6 and all(labels[i] == "a" for i in held)  # two whole documents: a third would pass 8
+    for document in np.unique(doc_index[held]):
+        assert set(np.flatnonzero(doc_index == document)) <= set(held.tolist())
+    assert np.array_equal(held, held_out_examples(labels, doc_index, per_label=8, seed=0))  # the same draw again
+
+
+def test_held_out_examples_are_never_trained_on_and_every_labels_dose_is_measured_on_them(engine):
+    labels = _domain_labels(engine)
+    bank = LabelOperators.fit(engine, labels, replicates=2, steps=20, held_out=8)
+    assert 0 < len(bank.held_out) <= 8 * 4
+    trained = Membership.load(bank.folder / "membership.npz")
+    assert trained.num_examples == len(labels) - len(bank.held_out)  # neither members nor stability rows
+    on_text = bank.held_out_responses()
+    assert on_text.query_ids == tuple(labels[i] for i in bank.held_out)
+    assert on_text.mean.shape == (len(bank.held_out), 4) and np.isfinite(on_text.mean).all()
+    assert LabelOperators.fit(engine, labels, replicates=2, steps=20).folder != bank.folder  # its own bank
+    with pytest.raises(ConfigError, match="held_out"):
+        LabelOperators.fit(engine, labels, replicates=2, steps=20, held_out=-1)

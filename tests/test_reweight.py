@@ -26,7 +26,8 @@ from curate.demo.corpus import _arithmetic
 from curate.errors import CurateError
 from curate.reweight import MixtureRule, MixtureSampler, ReweightRequest, run_reweight
 from curate.reweight.steps import WEIGHTS_FILE, copies_of
-from curate.reweight.weights import WHOLE_TARGET, cap_epochs, check_user_weights, domain_influence, mixture_weights
+from curate.reweight.weights import (WHOLE_TARGET, DomainInfluence, cap_epochs, check_user_weights, domain_influence,
+                                     mixture_weights)
 
 from fake_slurm import FakeSlurm
 from tiny import write_jsonl, written_ids
@@ -89,6 +90,66 @@ def test_proportional_weighting_averages_the_parts_optimal_mixtures_and_has_no_w
         MixtureRule(weighting="proportional", mode="worst").check()
     with pytest.raises(CurateError, match="weighting"):
         MixtureRule(weighting="linear").check()
+
+
+def _guarded_influence(target: list[float], tokens: list[float], on_domains: np.ndarray | None = None) -> DomainInfluence:
+    d = len(tokens)
+    return DomainInfluence(tuple("abcd"[:d]), np.array(tokens, float), np.ones(d), (WHOLE_TARGET,),
+                           np.array(target, float)[:, None], np.full((d, 1), 1e-3), on_domains)
+
+
+def _macro_change(weights: np.ndarray, natural: np.ndarray) -> float:
+    """The macro guard's predicted change of the domains' mean loss (positive: worse than natural)."""
+    return float(-np.log(weights / natural).mean())
+
+
+def test_the_macro_guard_buys_the_targets_gain_only_where_the_other_domains_lose_nothing():
+    # every domain's own loss falls alike with the log of its share: the domains' mean loss is lowest at the uniform
+    # mixture, and no worse than natural's wherever the weights' geometric mean is no lower than natural's
+    tokens, natural = [600.0, 200.0, 200.0], np.array([0.6, 0.2, 0.2])
+    free = dict(weighting="proportional", smoothing=0.0, max_epochs=100)
+    guarded = MixtureRule(**free, guard="macro")
+    # a target helped only by the small domain "b": unguarded it takes everything; guarded, "b" gains as far as the
+    # domains' mean loss allows, and not a bit further
+    small = _guarded_influence([0.0, 1.0, 0.0], tokens)
+    np.testing.assert_allclose(mixture_weights(small, MixtureRule(**free), 1000)["weights"], [0, 1, 0], atol=1e-12)
+    made = mixture_weights(small, guarded, 1000)
+    weights, guard = made["weights"], made["guard"]
+    np.testing.assert_allclose(guard["shares"], [1 / 3, 1 / 3, 1 / 3])
+    assert 0 < guard["alpha"] < 1 and 0.2 < weights[1] < 1 and guard["predicted_before"] is None  # "a", "c" left out
+    assert _macro_change(weights, natural) == pytest.approx(0, abs=1e-9)
+    less = (1 - 0.99 * guard["alpha"]) * np.array([0, 1, 0]) + 0.99 * guard["alpha"] * np.full(3, 1 / 3)
+    assert _macro_change(less, natural) > 0  # any closer to the target's optimum and the domains lose
+    # a target helped only by "a", which the corpus already over-weights against the domains' own optimum: any more
+    # of it costs the others, so the guard keeps the corpus as it is
+    large = _guarded_influence([1.0, 0.0, 0.0], tokens)
+    np.testing.assert_allclose(mixture_weights(large, guarded, 1000)["weights"], natural, atol=1e-6)
+    # a target whose own optimum already serves the domains better than natural: nothing to hold back
+    broad = _guarded_influence([0.2 / 600, 0.4 / 200, 0.4 / 200], tokens)  # per token: shares .2, .4, .4
+    made = mixture_weights(broad, guarded, 1000)
+    assert made["guard"]["alpha"] == 0 and made["guard"]["predicted_before"] < 0
+    np.testing.assert_allclose(made["weights"], [0.2, 0.4, 0.4])
+
+
+def test_the_measured_guard_reads_each_domains_slope_from_its_doses_on_held_out_text():
+    tokens = [600.0, 200.0, 200.0]
+    measured = MixtureRule(weighting="proportional", smoothing=0.0, max_epochs=100, guard="measured")
+    # each dose helps only its own text, the same per document: the same slopes as the macro guard assumes
+    alike = _guarded_influence([0.0, 1.0, 0.0], tokens, np.diag([1 / 600, 1 / 200, 1 / 200]))
+    np.testing.assert_allclose(mixture_weights(alike, measured, 1000)["weights"],
+                               mixture_weights(alike, MixtureRule(**{**measured.__dict__, "guard": "macro"}), 1000)["weights"])
+    # each helping its own text in proportion to its tokens: natural is the domains' own optimum, and the guard keeps
+    # it whatever the target wants
+    even = _guarded_influence([0.0, 1.0, 0.0], tokens, np.eye(3) * 0.01)
+    np.testing.assert_allclose(mixture_weights(even, measured, 1000)["weights"], [0.6, 0.2, 0.2], atol=1e-6)
+    # no held-out measurement: refused, naming the reading that makes one
+    with pytest.raises(CurateError, match="domain-operators"):
+        mixture_weights(_guarded_influence([1.0, 0.0, 0.0], tokens), measured, 1000)
+    # no dose helps any held-out text (a model that memorised its corpus): the rule's mixture stands, and says why
+    harmful = _guarded_influence([1.0, 0.0, 0.0], tokens, -np.ones((3, 3)))
+    made = mixture_weights(harmful, measured, 1000)
+    np.testing.assert_allclose(made["weights"], [1.0, 0.0, 0.0])
+    assert made["guard"]["alpha"] == 0 and "nothing to guard" in made["guard"]["note"]
 
 
 def test_domains_that_differ_only_by_noise_keep_the_prior():
@@ -277,6 +338,17 @@ def test_the_domain_operators_reading_gives_a_target_of_the_planted_facts_to_the
     for domain in ("arithmetic", "recipes"):
         assert weights[domain]["weight"] < weights[domain]["natural"]
     assert sum(weights[d]["weight"] for d in ("stories", "encyclopedia")) > sum(weights[d]["natural"] for d in ("stories", "encyclopedia"))
+    # the measured guard reads the same bank's doses on every domain's held-out chunks (no new training): the mixture
+    # it writes lies between the rule's and the domains' own optimum, and the report says how far it moved
+    guarded = CliRunner().invoke(main, ["reweight", "--run", str(fitted_run), "--target", str(target), "--out", str(tmp_path / "guarded"),
+                                        "--rule", "domain-operators", "--guard", "measured", "--smoothing", "0", "--quiet"])
+    assert guarded.exit_code == 0, guarded.output
+    record = json.loads((tmp_path / "guarded" / "manifest.json").read_text())["weights"]
+    guard = record["guard"]
+    assert record["rule"]["guard"] == "measured" and 0 <= guard["alpha"] <= 1
+    assert "Macro guard" in (tmp_path / "guarded" / "report.md").read_text()
+    if "note" not in guard:  # some dose helps some domain's held-out text: the guard holds the domains' mean loss
+        assert guard["predicted_after"] <= 1e-9
 
 
 def test_a_target_of_arithmetic_problems_gives_weight_to_the_arithmetic_domain(fitted_run, tmp_path):
@@ -382,7 +454,8 @@ def test_bad_requests_stop_before_anything_is_written(fitted_run, demo_assets, t
                              ({"mode": "worst"}, "needs --weighting tilt"), ({"domain_field": "colour"}, "no 'colour' field"),
                              ({"domain_field": "groups"}, "recovery groups"), ({"out_data": str(out)}, "own folder"),
                              ({"method": "bm25", "rule": "domain-regression"}, "reads STRIDE's measurements"),
-                             ({"mode": "worst", "weighting": "tilt"}, "one part")):
+                             ({"mode": "worst", "weighting": "tilt"}, "one part"),
+                             ({"guard": "measured"}, "only --rule domain-operators"), ({"guard": "micro"}, "guard")):
         with pytest.raises(CurateError, match=message):
             run_reweight(ReweightRequest(run=str(fitted_run), target=str(target), out=str(out), **options))
         assert not out.exists()
@@ -519,3 +592,34 @@ def test_the_target_attributed_by_several_tasks_gives_the_weights_one_task_gives
         assert not (run / "parts").exists() or not any((run / "parts").iterdir())  # merged, then removed
     assert [d for d, _ in weights[2]] == [d for d, _ in weights[1]]
     np.testing.assert_allclose([w for _, w in weights[2]], [w for _, w in weights[1]], rtol=1e-9)
+
+
+def test_a_run_prepared_without_operators_reweights_by_domain_operators_and_refuses_what_needs_them(demo_assets, tmp_path, monkeypatch):
+    """`curate fit --chunks-only` stops before STRIDE's operators: the domain-operators reading trains a bank of its
+    own on the run's chunks, every reading that needs the run's operators is refused by name, and a later full fit
+    trains them in the same folder."""
+    import curate.reweight.domain_operators as domain_operators
+
+    monkeypatch.setattr(domain_operators, "STEPS", 20)  # the reading's bank, shortened: what it measures is tested above
+    run = tmp_path / "run"
+    fit = ["fit", "--model", str(demo_assets.model_dir), "--train", str(demo_assets.corpus_path), "--out", str(run),
+           "--preset", "cpu-smoke", "--set", "steps=10", "--quiet"]
+    prepared = CliRunner().invoke(main, [*fit, "--chunks-only"])
+    assert prepared.exit_code == 0, prepared.output
+    assert "chunks only" in prepared.output and not (run / "operators").exists()
+    assert json.loads((run / "inputs.json").read_text())["operators"] is False
+    target = write_jsonl(tmp_path / "facts.jsonl", [{k: q[k] for k in ("id", "prompt", "completion")} for q in demo_assets.queries[:8]])
+    reweighted = CliRunner().invoke(main, ["reweight", "--run", str(run), "--target", str(target), "--out", str(tmp_path / "w"),
+                                           "--rule", "domain-operators", "--guard", "measured", "--quiet"])
+    assert reweighted.exit_code == 0, reweighted.output
+    weights = _weights(json.loads((tmp_path / "w" / "manifest.json").read_text()))
+    assert sorted(weights) == ["arithmetic", "encyclopedia", "recipes", "stories"]
+    assert not (run / "operators").exists()  # the run's own operators were never trained
+    for command, folder in ((["reweight", "--run", str(run), "--target", str(target)], "r"),
+                            (["select", "--run", str(run), "--target", str(target), "--budget", "10%"], "s")):
+        refused = CliRunner().invoke(main, [*command, "--out", str(tmp_path / folder), "--quiet"])
+        assert refused.exit_code != 0 and "--chunks-only" in refused.output, refused.output
+        assert not (tmp_path / folder).exists()
+    trained = CliRunner().invoke(main, fit)
+    assert trained.exit_code == 0, trained.output
+    assert (run / "operators" / "bank.safetensors").is_file() and "operators" not in json.loads((run / "inputs.json").read_text())

@@ -123,11 +123,14 @@ def test_the_smoke_study_trains_every_arm_at_equal_tokens_on_the_mixture_it_name
     assert all(0 <= r["max_weight_difference"] <= 1 for r in stability.values())
     assert {"target", "method", "seed", "target_bpb", "domain_bpb", "weights"} <= set(rows[0])
     methods = {r["method"] for r in rows}
-    assert {"natural", "uniform", "unimax", "stride", "stride-average", "stride-worst", "stride-operators", "similarity",
-            "doremi", "doge", "mixmin", "regmix", "grid-best", "grid"} == methods
+    assert {"natural", "uniform", "unimax", "stride", "stride-average", "stride-worst", "stride-operators", "stride-guarded",
+            "similarity", "similarity-guarded", "doremi", "doge", "mixmin", "regmix", "grid-best", "grid"} == methods
     out = tmp_path / "runs" / "reweight_pretraining_mix-smoke"
     operators = json.loads((out / "reweight" / "weights" / "mixed" / "stride-operators" / "manifest.json").read_text())
     assert (operators["weights"]["aggregation"], operators["request"]["mode"]) == ("domain-operators", "average")
+    guarded = json.loads((out / "reweight" / "weights" / "mixed" / "stride-guarded" / "manifest.json").read_text())
+    assert guarded["weights"]["rule"]["guard"] == "macro" and guarded["weights"]["guard"]["predicted_after"] <= 1e-9
+    assert "`stride-guarded`" in path.with_suffix(".md").read_text()
     for row in rows + transfer:
         assert sum(row["weights"].values()) == pytest.approx(1.0, abs=1e-3)
         training = json.loads((out / "proxies" / row["job"] / "training.json").read_text())

@@ -9,7 +9,7 @@ import click
 from ..core.executors import EXECUTORS
 from ..errors import CurateError
 from ..reweight.request import RULES, SIGNALS
-from ..reweight.weights import MODES, PRIORS, WEIGHTINGS
+from ..reweight.weights import GUARDS, MODES, PRIORS, WEIGHTINGS
 from .common import USER_ERRORS, fail, parse_overrides, quiet_progress, saved_config_option
 
 _SAVED_NAMES = {"run": "run_dir", "weights": "given"}  # request field -> this command's parameter
@@ -53,6 +53,10 @@ def given_weights(value) -> dict[str, float] | None:
 @click.option("--weighting", default="proportional", show_default=True, type=click.Choice(WEIGHTINGS),
               help="proportional: each domain's share of the target's total positive influence (a log-law loss's "
                    "optimum; no eta); tilt: w ∝ prior·exp(eta·score) (needed for --mode worst); measured in docs/reweight.md.")
+@click.option("--guard", default="none", show_default=True, type=click.Choice(GUARDS),
+              help="macro: move the mixture towards the domains' own optimum until their predicted mean loss is no "
+                   "worse than the natural mixture's (the weights' geometric mean no lower than natural's); measured: "
+                   "each domain's slope read from the domain operators' doses on held-out chunks (--rule domain-operators).")
 @click.option("--smoothing", default=0.2, show_default=True, type=float, help="Share of the prior mixed back into the weights.")
 @click.option("--max-epochs", default=4.0, show_default=True, type=float, help="No domain repeated more than this many times at the budget (UniMax).")
 @click.option("--prior", default="natural", show_default=True, type=click.Choice(PRIORS), help="The mixture the weights start from.")
@@ -72,7 +76,7 @@ def given_weights(value) -> dict[str, float] | None:
 @click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE", help="Passed to the executor (e.g. partition=cpu for Slurm).")
 @click.option("--overwrite", is_flag=True, help="Replace a reweighting in OUT (and its dataset) made with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def reweight_command(run_dir, target, given, method, out, domain_field, tokens, out_data, mode, eta, weighting, smoothing, max_epochs, prior, rule, part_field,
+def reweight_command(run_dir, target, given, method, out, domain_field, tokens, out_data, mode, eta, weighting, guard, smoothing, max_epochs, prior, rule, part_field,
                      task_dirs, target_limit, seed, output_format, executor, tasks, workers, executor_options, overwrite, quiet, config_path):
     """New mixture weights for the corpus's domains from their influence on a target, beside the natural and uniform
     mixtures, and optionally the corpus resampled to them at a token budget."""
@@ -85,7 +89,7 @@ def reweight_command(run_dir, target, given, method, out, domain_field, tokens, 
         raise fail(err) from err
     request = ReweightRequest(
         run=str(run_dir), target=str(target) if target else None, out=str(out), method=method, weights=given, domain_field=domain_field, tokens=tokens,
-        out_data=str(out_data) if out_data else None, mode=mode, eta=eta, weighting=weighting, smoothing=smoothing, max_epochs=max_epochs, prior=prior,
+        out_data=str(out_data) if out_data else None, mode=mode, eta=eta, weighting=weighting, guard=guard, smoothing=smoothing, max_epochs=max_epochs, prior=prior,
         rule=rule, part_field=part_field, task_dirs=tuple(map(str, task_dirs)), target_limit=target_limit, seed=seed,
         output_format=output_format, executor=executor, tasks=tasks, workers=workers,
         executor_options=parse_overrides(executor_options, "--executor-option"),
@@ -101,6 +105,8 @@ def reweight_command(run_dir, target, given, method, out, domain_field, tokens, 
     click.echo(f"{'domain':<16} {'natural':>8} {'uniform':>8} {'weight':>8} {'epochs':>7}")
     for d in record["domains"]:
         click.echo(f"{d['domain']:<16} {d['natural']:>8.3f} {d['uniform']:>8.3f} {d['weight']:>8.3f} {d['epochs']:>7.2f}")
+    if record.get("guard"):
+        click.echo(f"macro guard: moved {record['guard']['alpha']:.2f} of the way to the domains' own optimum")
     click.echo(f"weights: {Path(out) / 'weights.json'}   report: {Path(out) / 'report.md'}")
     if out_data:
         click.echo(f"resampled dataset: {out_data}")

@@ -79,20 +79,29 @@ def _config(preset_name, config_path, overrides, text_field, id_field, device) -
 
 @click.command()
 @_run_options
-def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, text_field, id_field, layers_path, device, overwrite, quiet):
+@click.option("--chunks-only", is_flag=True,
+              help="Chunk the pool and stop before training STRIDE's operators: enough for `curate reweight --rule "
+                   "domain-operators`, which trains its own (minutes instead of the fit); a later `curate fit` without "
+                   "it trains them in the same run.")
+def fit(model_dir, train_files, run_dir, preset_name, config_path, overrides, text_field, id_field, layers_path, device, overwrite, quiet,
+        chunks_only):
     """Train the steering operators on a training pool, once; then attribute any target to it (select, top)."""
     quiet_progress(quiet)
     try:
         config = _config(preset_name, config_path, overrides, text_field, id_field, device)
         documents = read_documents(train_files, config.text_field, config.id_field, config.domain_field)
         stride = Stride.from_pretrained(model_dir, config, run_dir, layers_path=layers_path, progress=not quiet)
-        echo(f"{len(documents)} documents; {config.form} form, K={config.num_subsets}, {config.steps} steps")
-        stride.fit(documents, force=overwrite)
+        echo(f"{len(documents)} documents; " + ("chunks only, no operators" if chunks_only else
+                                                 f"{config.form} form, K={config.num_subsets}, {config.steps} steps"))
+        stride.fit(documents, force=overwrite, operators=not chunks_only)
         if distributed.is_main():
-            RunInputs(Path(model_dir), [Path(p) for p in train_files]).save(Path(run_dir))
+            RunInputs(Path(model_dir), [Path(p) for p in train_files], operators=stride.has_operators).save(Path(run_dir))
     except USER_ERRORS as err:
         raise fail(err) from err
     echo(f"run: {run_dir}")
+    if not stride.has_operators:
+        echo(f"reweight from it: curate reweight --run {run_dir} --rule domain-operators --target TARGET.jsonl --out OUT")
+        return
     echo(f"select for a target: curate select --run {run_dir} --target TARGET.jsonl --budget 20% --out OUT")
 
 

@@ -87,7 +87,9 @@ def _check_model_inputs(request: AuditRequest) -> None:
         from ..core.run import Run
         from .attribution import check_run_corpus
 
-        check_run_corpus(Run(request.run), request.train, request.text_field, request.id_field)
+        run = Run(request.run)
+        run.require_operators("the audit's attribution signal")
+        check_run_corpus(run, request.train, request.text_field, request.id_field)
     for name, folder in (("--model", request.model), ("--reference-model", request.reference_model)):
         if folder and not (Path(folder) / "config.json").is_file():
             raise CurateError(f"{name} {folder} is not a Hugging Face model folder (no config.json)")

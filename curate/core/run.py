@@ -34,6 +34,7 @@ class RunInputs:
     model: Path
     train: list[Path]
     train_files: list[dict] | None = None  # each training file's size and modification time when the run was fit
+    operators: bool = True  # False: prepared by `curate fit --chunks-only` (chunks, no STRIDE operators)
 
     @classmethod
     def load(cls, run_dir: Path | str) -> "RunInputs":
@@ -44,11 +45,11 @@ class RunInputs:
                 "`curate fit --model MODEL --train FILE --out RUN`"
             )
         values = json.loads(path.read_text())
-        return cls(Path(values["model"]), [Path(p) for p in values["train"]], values.get("train_files"))
+        return cls(Path(values["model"]), [Path(p) for p in values["train"]], values.get("train_files"), values.get("operators", True))
 
     def save(self, run_dir: Path | str, **extra) -> None:
         values = {"model": str(self.model), "train": [str(p) for p in self.train],
-                  "train_files": [_file_stat(p) for p in self.train], **extra}
+                  "train_files": [_file_stat(p) for p in self.train], **({} if self.operators else {"operators": False}), **extra}
         atomic_write_text(Path(run_dir) / "inputs.json", json.dumps(values, indent=2))
 
     def train_files_changed(self) -> bool:
@@ -78,6 +79,12 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.root)!r})"
+
+    def require_operators(self, use: str) -> None:
+        """Refuse a run prepared with `curate fit --chunks-only` for `use`, which reads STRIDE's operators."""
+        if not self.inputs.operators:
+            raise CurateError(f"run {self.root} was prepared with --chunks-only (no STRIDE operators), and {use} reads "
+                              "them: fit them with `curate fit` (same settings, same folder)")
 
     # ------------------------------------------------------------------------------------- what it was fit on
 
@@ -112,9 +119,10 @@ class Run:
         not read the corpus. A training file changed since the fit is read and checked: a changed corpus is refused."""
         try:
             stride = Stride.from_pretrained(self.inputs.model, self.config, self.root, progress=False)
-            reopened = None if self.inputs.train_files_changed() else stride.reopen()
+            operators = self.inputs.operators  # a run prepared with --chunks-only reopens without them, never trains them
+            reopened = None if self.inputs.train_files_changed() else stride.reopen(operators)
             # fit() on a finished run only checks the stages' fingerprints: a changed corpus or model is refused.
-            return reopened or stride.fit(self.documents)
+            return reopened or stride.fit(self.documents, operators=operators)
         except StrideError as err:
             raise CurateError(f"cannot reopen run {self.root}: {err}") from err
 

@@ -15,6 +15,11 @@ text. The proportional weighting's log-law loss, L(w) = c - sum_d a[d] log w[d],
 natural mixture w0 equal to a[d] / w0[d] per unit of share, so a[d] = w0[d] * r[d]: the reading reports
 r[d] / (corpus tokens) as the influence per token, whose product with d's tokens is a[d] up to one constant. The
 standard error is the replicates' spread. What it measured: benchmarks/results/reweight_operators.md.
+
+HELD_OUT chunks of every domain (whole documents) are kept out of the bank's training, and every domain's dose is
+measured on them too: r[d, e], what a dose of d does to unseen text of domain e. That is what the macro guard
+(curate.reweight.weights, `--guard macro`) reads to keep a mixture from buying the target's gain with the other
+domains' loss.
 """
 
 from __future__ import annotations
@@ -33,13 +38,15 @@ DOMAIN_OPERATORS = "domain-operators"
 REPLICATES = 4  # operators per domain: their spread is the reading's standard error
 STEPS = 200  # optimiser steps of the domain bank (every operator every step)
 ROWS_PER_OPERATOR = 8  # member rows per operator and step: the dose is STEPS x this, the same for every domain
+HELD_OUT = 32  # chunks per domain kept out of the bank's training: the domains' own unseen text (at most a quarter)
 
 
 def operator_influence(run: Run, target: Target, documents: pl.DataFrame, by_part: bool) -> DomainInfluence:
     """Per domain (documents: doc_id, domain, tokens) and per part of the target (the whole first, then each part when
     `by_part`): its dose's loss drop on the target over the corpus's tokens, and the replicates' standard error."""
     design = _design(run, documents)
-    bank = LabelOperators.fit(run.engine, [design.domains[i] for i in design.labels], REPLICATES, STEPS, ROWS_PER_OPERATOR)
+    bank = LabelOperators.fit(run.engine, [design.domains[i] for i in design.labels], REPLICATES, STEPS, ROWS_PER_OPERATOR,
+                              held_out=HELD_OUT)
     order = [bank.labels.index(d) for d in design.domains]
     per_part = {label: bank.responses(queries, name).replicates[:, order] for label, (name, queries) in part_sets(target).items()}
     columns = {WHOLE_TARGET: np.concatenate(list(per_part.values())).mean(axis=0)}  # (D, R): the mean over queries
@@ -50,4 +57,14 @@ def operator_influence(run: Run, target: Target, documents: pl.DataFrame, by_par
     errors = np.column_stack([values.std(axis=1, ddof=1) / np.sqrt(values.shape[1]) for values in columns.values()]) / corpus_tokens
     sums = design.sums
     return DomainInfluence(design.domains, sums["tokens"].to_numpy().astype(float), sums["documents"].to_numpy(),
-                           tuple(columns), means, errors)
+                           tuple(columns), means, errors, _on_domains(bank, order, design.domains) / corpus_tokens)
+
+
+def _on_domains(bank: LabelOperators, order: list[int], domains: tuple[str, ...]) -> np.ndarray:
+    """(D, D): each domain's dose (rows) on each domain's held-out chunks (columns), the mean over those chunks and
+    the replicates; a domain with no held-out chunk (too few documents) gets a column of NaN."""
+    measured = bank.held_out_responses()
+    text = np.asarray(measured.query_ids)
+    effects = measured.mean[:, order]  # (held-out chunks, D)
+    return np.column_stack([effects[text == d].mean(axis=0) if (text == d).any() else np.full(len(domains), np.nan)
+                            for d in domains])

@@ -49,17 +49,23 @@ def check_request(request: ReweightRequest, overwrite: bool = False) -> tuple[bo
     if request.rule in (DOMAIN_REGRESSION, DOMAIN_OPERATORS) and request.method != "stride" and request.target is not None:
         raise CurateError(f"--rule {request.rule} reads STRIDE's measurements; a baseline's scores (--method "
                           f"{request.method}) aggregate per document: use --rule positive (or mean, topk-hits)")
+    if request.guard == "measured" and request.rule != DOMAIN_OPERATORS and request.target is not None:
+        raise CurateError(f"--guard measured reads every domain's effect on the domains' own held-out text, which only "
+                          f"--rule domain-operators measures (got --rule {request.rule}); --guard macro needs no measurement")
     if request.output_format not in ("jsonl", "parquet"):
         raise CurateError(f"output format {request.output_format!r} is not 'jsonl' or 'parquet'")
     if not (Path(request.run) / "config.yaml").is_file():
         raise CurateError(f"run {request.run} is not a fitted run (no config.yaml): fit one with `curate fit`")
+    run = Run(request.run)
+    if request.target is not None and request.method == "stride" and request.rule != DOMAIN_OPERATORS:
+        run.require_operators(f"--rule {request.rule} (--rule domain-operators trains operators of its own)")
     finished = finished_rerun(request.out, Path(request.out) / REQUEST_FILE, request.fingerprint(), overwrite, "reweighting")
     if request.out_data:
         check_data_folder(request.out_data, request.out, Path(request.out) / REQUEST_FILE, finished, overwrite,
                           "resampled dataset", "--out-data")
     # every problem of the data, the target and the budget shows here, before OUT exists; the target's attribution and
     # the weights are the pipeline's work (its first stages, on the executor's tasks)
-    documents, by_part = check_mixture(Run(request.run), request)
+    documents, by_part = check_mixture(run, request)
     domains_of = None
     if request.out_data and request.domain_field == GROUPS_AS_DOMAINS:
         domains_of = dict(zip(documents["doc_id"], documents["domain"]))

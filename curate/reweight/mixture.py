@@ -175,7 +175,7 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
             "domains": reading.own_domain_check.to_dicts(), "pooled_z": pooled_z(reading.own_domain_check),
             "trusted": reading.rule == DOMAIN_REGRESSION},
         "budget_tokens": budget, "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
-        "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])},
+        "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])}, "guard": made.get("guard"),
         "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": target_name,
         "model": str(run.inputs.model), "domain_field": request.domain_field,
     }

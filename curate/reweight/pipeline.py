@@ -14,6 +14,7 @@ from ..core.executors import chain_executors
 from ..core.readers import pool_readers
 from ..core.run import Run
 from ..core.targets import TargetQuerySets
+from .domain_operators import DOMAIN_OPERATORS
 from .request import ReweightRequest
 from .steps import DomainWeights, MixtureSampler, ReweightReport
 
@@ -50,5 +51,6 @@ def reweight_executors(request: ReweightRequest, pipelines: dict[str, list]) -> 
 
 def _attributes_target(request: ReweightRequest) -> bool:
     """Whether the weights read the run's attribution of the target: every STRIDE rule does (the aggregations its score
-    stores, the domain regression its responses, which the same stages write); a given mixture and a baseline do not."""
-    return request.weights is None and request.method == "stride"
+    stores, the domain regression its responses, which the same stages write) but the domain operators, which measure
+    the target with a bank of their own; a given mixture and a baseline do not."""
+    return request.weights is None and request.method == "stride" and request.rule != DOMAIN_OPERATORS

@@ -36,6 +36,8 @@ def weights_plot(record: dict[str, Any]) -> bytes:
 def _read_as(record: dict[str, Any]) -> str:
     if record.get("aggregation") == "domain-regression":
         return "read per domain by regressing the target's responses on each subset's tokens of each domain"
+    if record.get("aggregation") == "domain-operators":
+        return "read per domain as the target's loss drop under operators trained on each whole domain"
     return f"per document ({record.get('aggregation') or 'positive'}) and summed over each domain's tokens"
 
 
@@ -55,7 +57,7 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
     for d in record["domains"]:
         lines.append(f"| {d['domain']} | {d['documents']:,} | {d['tokens']:,} | {d['natural']:.3f} | {d['uniform']:.3f} | "
                      f"**{d['weight']:.3f}** | {d['epochs']:.2f} | {d['influence_per_token']:.3g} | {d['standard_error']:.2g} |")
-    lines += _check_lines(record)
+    lines += _check_lines(record) + _guard_lines(record)
     if len(record.get("parts", {})) > 1:
         lines += ["", "Parts of the target and their say in the weights: "
                   + ", ".join(f"{p} {w:.2f}" for p, w in record["parts"].items()) + "."]
@@ -90,6 +92,23 @@ def _check_lines(record: dict[str, Any]) -> list[str]:
              "| domain | effect on its own held-out chunks, per token, beyond the mean | ± s.e. | z |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {c['domain']} | {c['own_effect']:.3g} | {c['standard_error']:.2g} | {c['z']:+.1f} |" for c in check["domains"]]
     return lines
+
+
+def _guard_lines(record: dict[str, Any]) -> list[str]:
+    guard = record.get("guard")
+    if not guard:
+        return []
+    if guard.get("note"):
+        return ["", f"Macro guard: {guard['note']}; the weights are the rule's."]
+    shares = ", ".join(f"{d['domain']} {share:.2f}" for d, share in zip(record["domains"], guard["shares"]))
+    how = ("each domain's slope read from the domain operators' doses on held-out chunks"
+           if record["rule"]["guard"] == "measured" else "every domain's loss falling alike with the log of its share")
+    before = "it leaves out a domain" if guard["predicted_before"] is None else f"{guard['predicted_before']:+.3f}"
+    moved = (f"the rule's mixture raises it ({before}), so the weights moved {guard['alpha']:.2f} of the way to that "
+             "optimum, where it is back to natural's" if guard["alpha"] > 0 else
+             f"the rule's mixture does not raise it ({before}): the weights are the rule's")
+    return ["", f"Macro guard ({how}): the domains' mean loss is lowest at {shares}; {moved} (before smoothing and the "
+            "epoch cap)."]
 
 
 def _given_markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str, dict[str, int]] | None) -> str:

@@ -42,6 +42,10 @@ class ReweightRequest:
     # Proportional is the default: on the study it beats natural on both targets where the tilt loses on both, and on
     # the demo runs it moves no domain as far (benchmarks/results/reweight_rule.md, reweight_null.md)
     weighting: str = "proportional"
+    # "macro": the mixture moved towards the domains' own optimum until their predicted mean loss is no worse than the
+    # natural mixture's, every domain's loss falling alike with the log of its share; "measured": those slopes read
+    # from the domain operators' doses on held-out chunks (rule domain-operators only). curate.reweight.weights
+    guard: str = "none"
     # How STRIDE's measurements become each domain's influence (RULES). The default stays "positive" (the positive parts
     # of each document's scores, summed over the domain's tokens): it passes the planted checks on the demo corpus
     # (tests/test_reweight_planted.py); with the proportional weighting it edges past natural on the shared corpus's
@@ -68,7 +72,7 @@ class ReweightRequest:
     executor_options: dict[str, Any] = field(default_factory=dict)
 
     def mixture_rule(self) -> MixtureRule:
-        return MixtureRule(self.eta, self.smoothing, self.max_epochs, self.mode, self.prior, self.weighting)
+        return MixtureRule(self.eta, self.smoothing, self.max_epochs, self.mode, self.prior, self.weighting, self.guard)
 
     def execution(self) -> Execution:
         return Execution(self.executor, self.tasks, self.workers, dict(self.executor_options))
@@ -80,4 +84,6 @@ class ReweightRequest:
             values.pop(key)
         if values["weighting"] == "tilt":  # the only weighting before it was an option: older outputs still match it
             values.pop("weighting")
+        if values["guard"] == "none":  # reweightings made before the guard existed still match
+            values.pop("guard")
         return json.loads(json.dumps(values))

@@ -35,6 +35,7 @@ from ..errors import CurateError
 from ..studies.proxies import proxy_job, run_proxy_jobs, tasks_digest
 from ..studies.recipe import save_base, task_name
 from ..studies.study import Study
+from .domain_operators import DOMAIN_OPERATORS
 from .job import run_reweight
 from .methods.mixtures import dirichlet_mixtures, mixture_key, simplex_grid, unimax
 from .request import ReweightRequest
@@ -44,9 +45,10 @@ log = logging.getLogger(__name__)
 # method -> (curate reweight's mode, its signal, its reading); the rest are computed in _weights. "parts": mode average
 # where the target has several parts, else target (benchmarks/results/reweight_operators.md: mode target follows the
 # items the methods see, not the parts' equal shares in the evaluation)
-REWEIGHT_ARMS = {"stride": ("target", "stride", None), "stride-average": ("average", "stride", None),
-                 "stride-worst": ("worst", "stride", None), "stride-operators": ("parts", "stride", "domain-operators"),
-                 "similarity": ("target", "bm25", None)}
+REWEIGHT_ARMS = {"stride": ("target", "stride", {}), "stride-average": ("average", "stride", {}),
+                 "stride-worst": ("worst", "stride", {}), "stride-operators": ("parts", "stride", {"rule": DOMAIN_OPERATORS}),
+                 "stride-guarded": ("parts", "stride", {"rule": DOMAIN_OPERATORS, "guard": "macro"}),
+                 "similarity": ("target", "bm25", {}), "similarity-guarded": ("target", "bm25", {"guard": "macro"})}
 PART_MODES = ("stride-average", "stride-worst")  # modes over the target's parts: only for a target with several
 TARGET_FREE = ("natural", "uniform", "unimax", "doremi")  # the same weights for every target
 SEARCH = "search"  # OUT/eval/search/...: RegMix's proxies scored on the target items the methods see
@@ -220,10 +222,9 @@ class _Plan:
         raise CurateError(f"no such method {method!r}")
 
     def _reweight(self, method: str, target: str, target_file: str, runs=lambda seconds: None, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        mode, signal, reading = REWEIGHT_ARMS[method]
-        rule = dict(self.study.recipe["reweight"].get("rule") or {})
-        if reading is not None:
-            rule["rule"] = reading
+        mode, signal, settings = REWEIGHT_ARMS[method]
+        rule = {**(self.study.recipe["reweight"].get("rule") or {}), **settings}
+        reading = rule.get("rule")
         if mode == "parts":
             mode = "average" if len({item.get("part") for item in _items(target_file)}) > 1 else "target"
         if mode == "worst":  # the worst part is defined for the tilt only (the proportional weighting has no worst mode)
@@ -236,10 +237,15 @@ class _Plan:
         seconds = time.perf_counter() - started
         cost: dict[str, Any] = {"weight_seconds": round(seconds, 1), "weight_proxy_runs": runs(seconds)}
         if signal == "stride":  # the attribution itself: the reference model's training and STRIDE's fit
-            fit = self.study.run_fit_seconds or 0.0
             reference = json.loads((self.study.reference / "training.json").read_text())["seconds"]
-            cost = {"weight_seconds": round(seconds + fit + reference, 1), "weight_proxy_runs": runs(seconds + fit + reference),
-                    "fit_seconds": fit, "reference_seconds": reference}
+            if reading == DOMAIN_OPERATORS:  # its own bank, not the run's operators (`curate fit --chunks-only` will do)
+                bank = _label_bank_seconds(self.study.run, started)
+                cost = {"weight_seconds": round(seconds + bank + reference, 1), "weight_proxy_runs": runs(seconds + bank + reference),
+                        "bank_seconds": bank, "reference_seconds": reference}
+            else:
+                fit = self.study.run_fit_seconds or 0.0
+                cost = {"weight_seconds": round(seconds + fit + reference, 1), "weight_proxy_runs": runs(seconds + fit + reference),
+                        "fit_seconds": fit, "reference_seconds": reference}
         return weights, cost
 
     def _mixmin(self, target: str, target_file: str, vertex_jobs: list[dict], measured) -> tuple[np.ndarray, dict[str, Any]]:
@@ -417,3 +423,16 @@ def _reweighted(request: ReweightRequest) -> dict[str, Any]:
     if manifest.is_file() and saved.is_file() and json.loads(saved.read_text()) == request.fingerprint():
         return json.loads(manifest.read_text())
     return run_reweight(request, overwrite=out.exists())
+
+
+def _label_bank_seconds(run: Path, started: float) -> float:
+    """The training time of the run's newest domain bank when an earlier call trained it (0 when this call did: its
+    seconds count it already)."""
+    from stride_engine.label_operators import FOLDER
+
+    banks = sorted(Path(run).glob(f"{FOLDER}/*/settings.json"), key=lambda p: p.stat().st_mtime)
+    if not banks:
+        return 0.0
+    newest = banks[-1]
+    trained_now = newest.stat().st_mtime >= time.time() - (time.perf_counter() - started)
+    return 0.0 if trained_now else float(json.loads(newest.read_text()).get("train_seconds", 0.0))

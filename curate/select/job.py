@@ -54,6 +54,7 @@ def check_request(request: SelectionRequest, overwrite: bool = False) -> tuple[T
     task_dirs = [Path(d) for d in request.task_dirs]
     target = target_for_run(run, request.target, task_dirs, request.target_limit, request.part_field)
     if request.method == "stride":  # attributed by the pipeline's first stages, on the executor's tasks
+        run.require_operators("selection by influence")
         budget.limit(run.document_count, int(run.document_tokens()["tokens"].sum()))  # a budget larger than the pool fails here
         if request.allocation == "proportional" and not run.config.groups:
             raise CurateError(NO_GROUPS)
