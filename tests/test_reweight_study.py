@@ -100,6 +100,13 @@ def test_the_goals_say_plainly_where_stride_wins_and_loses():
     assert "**no** (1 of 1: t)" in text  # one target is not two
     assert "closes 50% of natural's gap" in text and "worse than doge" in text
 
+    # the oracle under the same constraint on the other domains: the best grid mixture whose macro is within 1% of
+    # natural's (the all-"a" point is better for the target, and costs the macro 5%)
+    grid = [{"target": "t", "method": "grid", "grid_point": p, "seed": 0, "target_bpb": bpb, "macro_bpb": macro,
+             "weights": {"a": a, "b": 1 - a}} for p, (a, bpb, macro) in enumerate([(1.0, 0.80, 1.06), (0.75, 0.90, 1.015), (0.5, 1.0, 1.01)])]
+    text = "\n".join(goals(table, "stride", rows + grid))
+    assert "closes 50% of the gap to the grid's best mixture within 1% macro (0.75 / 0.25: 0.9000" in text
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "corpus").is_dir(), reason="needs the shared corpus (../shared/data)")
