@@ -42,10 +42,10 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import save_file
 
+from .adapters import select_rows
 from .artifacts import atomic_path, remove_path
 from .design import Membership
 from .errors import ConfigError
-from .adapters import select_rows
 from .operators import SteeringBank
 from .responses import measure_responses
 

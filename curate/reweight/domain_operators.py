@@ -17,8 +17,8 @@ r[d] / (corpus tokens) as the influence per token, whose product with d's tokens
 standard error is the replicates' spread. What it measured: benchmarks/results/reweight_operators.md.
 
 HELD_OUT chunks of every domain (whole documents) are kept out of the bank's training, and every domain's dose is
-measured on them too: r[d, e], what a dose of d does to unseen text of domain e. That is what the macro guard
-(curate.reweight.weights, `--guard macro`) reads to keep a mixture from buying the target's gain with the other
+measured on them too: r[d, e], what a dose of d does to unseen text of domain e. That is what the measured guard
+(curate.reweight.weights, `--guard measured`) reads to keep a mixture from buying the target's gain with the other
 domains' loss.
 """
 

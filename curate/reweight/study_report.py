@@ -233,13 +233,13 @@ def transfer_lines(small: dict[str, dict[str, dict]], large: dict[str, dict[str,
              "steps; Spearman's rho between the arms' mean target bpb at the two scales"
              + (", and between the grid mixtures' (the grid at the transfer seeds)." if any(r["method"] == "grid" for r in large_rows) else "."), ""]
     for target, entries in large.items():
-        grid_line = grid_transfer_line(small_rows, large_rows, target)
-        if grid_line:
-            lines += [grid_line, ""]
         methods = [m for m in entries if m in small.get(target, {})]
         rho = spearmanr([small[target][m]["bpb"] for m in methods], [entries[m]["bpb"] for m in methods]).statistic if len(methods) > 2 else None
-        lines += [f"### {target}: rho = {rho:.2f} over {len(methods)} arms" if rho is not None else f"### {target}", "",
-                  "| method | small proxy bpb | larger proxy bpb | larger: vs natural |", "| --- | ---: | ---: | --- |"]
+        lines += [f"### {target}: rho = {rho:.2f} over {len(methods)} arms" if rho is not None else f"### {target}", ""]
+        grid_line = grid_transfer_line(small_rows, large_rows, target)  # under its target's heading
+        if grid_line:
+            lines += [grid_line, ""]
+        lines += ["| method | small proxy bpb | larger proxy bpb | larger: vs natural |", "| --- | ---: | ---: | --- |"]
         for method in sorted(methods, key=lambda m: entries[m]["bpb"]):
             lines.append(f"| {method} | {small[target][method]['bpb']:.4f} | {entries[method]['bpb']:.4f} ± {entries[method]['std']:.4f} | "
                          f"{_change(entries[method].get('vs_natural'))} |")
