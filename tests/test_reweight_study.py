@@ -126,7 +126,7 @@ def test_the_smoke_study_trains_every_arm_at_equal_tokens_on_the_mixture_it_name
     assert {r["grid_point"] for r in transfer if r["method"] == "grid"} == {r["grid_point"] for r in rows if r["method"] == "grid"}
     assert "Grid: Spearman's rho" in path.with_suffix(".md").read_text()
     stability = {r["method"]: r for r in everything if r.get("diagnostic") == "stability"}
-    assert set(stability) == {"stride", "similarity", "doremi", "doge"}
+    assert set(stability) == {"stride", "stride-guarded", "similarity", "doremi", "doge"}
     assert all(0 <= r["max_weight_difference"] <= 1 for r in stability.values())
     assert {"target", "method", "seed", "target_bpb", "domain_bpb", "weights"} <= set(rows[0])
     methods = {r["method"] for r in rows}

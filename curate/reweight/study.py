@@ -331,12 +331,13 @@ class _Plan:
     # -------------------------------------------------------------------- diagnostics (rows without a proxy)
 
     def stability(self, methods: list[str]) -> list[dict[str, Any]]:
-        """How much each method's weights move when its input does: STRIDE and the similarity ablation on each half of
-        the target's items, DoReMi and DoGE at another seed. One row per target and method: the weights of each
-        variant and the largest difference of any domain's weight between them."""
+        """How much each method's weights move when its input does: STRIDE (the default and the guarded domain-operators
+        reading) and the similarity ablation on each half of the target's items, DoReMi and DoGE at another seed. One
+        row per target and method: the weights of each variant and the largest difference of any domain's weight
+        between them."""
         rows = []
         for target, target_file in self.study.files["targets"].items():
-            for method in [m for m in ("stride", "similarity") if m in methods]:
+            for method in [m for m in ("stride", "stride-guarded", "similarity") if m in methods]:
                 variants = [self._reweight(method, target, half, name=f"{method}-half{k}")[0]
                             for k, half in enumerate(self.target_halves(target, target_file))]
                 rows.append(self._stability_row(target, method, "target halves", variants))

@@ -164,7 +164,8 @@ def markdown(rows: list[dict], recipe: dict) -> str:
     stability = [r for r in diagnostics if r["diagnostic"] == "stability"]
     if stability:
         lines += ["## Stability of the weights", "", "The largest change of any domain's weight when the method's input changes "
-                  "(STRIDE and the similarity ablation: each half of the target's items; DoReMi and DoGE: seed 0 and 1).", "",
+                  "(STRIDE's default and guarded arms and the similarity ablation: each half of the target's items; DoReMi and DoGE: "
+                  "seed 0 and 1).", "",
                   "| target | method | varied | weights (" + " / ".join(domains) + ") | largest difference |", "| --- | --- | --- | --- | ---: |"]
         for r in stability:
             variants = "; ".join(" / ".join(f"{v.get(d, 0):.2f}" for d in domains) for v in r["variants"])
