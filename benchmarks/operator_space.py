@@ -17,7 +17,7 @@ retraining ground truth, as planted (what a perfect operator measures) and after
 subset sums (the design of the benchmark's rows: K = 512, d = 8, λ = 0.1·λ_max), which is what a perfect operator
 would give a user. No operator is trained: this bounds the logit form on these settings; it does not run STRIDE.
 
-    python benchmarks/operator_space.py      # about 2 minutes on 2 cores
+    python -m benchmarks.operator_space      # about 2 minutes on 2 cores
 
 Writes benchmarks/results/operator_space.{json,md}.
 """
@@ -56,7 +56,7 @@ def main() -> None:
                              "damping": damping, "lds_planted": planted, "lds_recovered": float(np.mean(after)),
                              "lds_recovered_per_seed": after, "subsets": SUBSETS})
                 print(rows[-1], flush=True)
-    write_study(RESULTS, rows, "python benchmarks/operator_space.py", started, report)
+    write_study(RESULTS, rows, "python -m benchmarks.operator_space", started, report)
 
 
 def _features(setting):
