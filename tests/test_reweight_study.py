@@ -138,6 +138,13 @@ def test_the_smoke_study_trains_every_arm_at_equal_tokens_on_the_mixture_it_name
     guarded = json.loads((out / "reweight" / "weights" / "mixed" / "stride-guarded" / "manifest.json").read_text())
     assert guarded["weights"]["rule"]["guard"] == "macro" and guarded["weights"]["guard"]["predicted_after"] <= 1e-9
     assert "`stride-guarded`" in path.with_suffix(".md").read_text()
+    # Planted by the target's construction: `mixed` holds tales, Shakespeare and GSM8K items and no Wikipedia, so the
+    # domain-operators reading, guarded or not, must raise the three domains it holds above natural and cut Wikipedia
+    natural = {d["domain"]: d["natural"] for d in operators["weights"]["domains"]}
+    for manifest in (operators, guarded):
+        weights = {d["domain"]: d["weight"] for d in manifest["weights"]["domains"]}
+        assert weights["wiki"] < natural["wiki"], weights
+        assert all(weights[d] > natural[d] for d in ("tales", "shakespeare", "math")), weights
     for row in rows + transfer:
         assert sum(row["weights"].values()) == pytest.approx(1.0, abs=1e-3)
         training = json.loads((out / "proxies" / row["job"] / "training.json").read_text())
