@@ -208,6 +208,9 @@ def _lm_plan(setting: str, ablate: bool = False) -> SettingPlan:
             *combined({**LM_STRIDE, "form": "logit"}, dict(proj_dim=1024), fused_ensemble=False),
             *variants,
             *fused_k1024(),
+            # the factorised bank (each a_k d_model x r, its edit through the frozen head) at the lm preset's K = 1,024:
+            # the bank a real vocabulary needs (issue: scale-out), measured at the configuration users are told to run
+            _m("stride-logit K=1024 head-bank", STRIDE, "ablation", False, logit_bank="head", **LM_K1024),
         ),
     )
 
