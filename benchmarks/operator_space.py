@@ -85,8 +85,7 @@ def _scores(train, queries, rank: int, dampings: tuple[float, ...] = DAMPINGS):
     gq = torch.einsum("nc,nd->ncd", pq - yq, bq).reshape(len(bq), -1)
     yield "first order", None, (gq @ gt.T).numpy()
     # G = mean over training examples of (diag p − p pᵀ) ⊗ b bᵀ, the curvature the stability term's KL supplies
-    curvature = torch.einsum("nc,ne->nce", pt, torch.ones_like(pt)) * torch.eye(pt.shape[1], dtype=torch.float64) \
-        - torch.einsum("nc,ne->nce", pt, pt)
+    curvature = torch.diag_embed(pt) - torch.einsum("nc,ne->nce", pt, pt)
     gram = torch.einsum("nce,nd,nf->cdef", curvature, bt, bt).reshape(gt.shape[1], gt.shape[1]) / len(bt)
     scale = torch.linalg.eigvalsh(gram).mean()
     for damping in dampings:
