@@ -74,6 +74,11 @@ def converged_rows(base: dict) -> tuple[MethodSpec, ...]:
         _m("stride-logit converged ensemble=2", f"{COMBINED}:ensemble", "ablation", False, fits=2, **config),
         _m("stride-logit converged + logra", f"{COMBINED}:fused", "ablation", False, peer=f"{GRADIENTS}:logra", peer_options={}, **config),
         _m("stride-logit converged fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac", **config),
+        # the same training in the activation form after the first hidden layer: its edits pass through the layers
+        # above the cut, a wider space than the last layer's (results/operator_space.md bounds the logit form there)
+        _m("stride-activation converged layer=1", STRIDE, "ablation", False, **{**config, "form": "activation", "layer": 1}),
+        _m("stride-activation converged layer=1 fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac",
+           **{**config, "form": "activation", "layer": 1}),
     )
 
 
