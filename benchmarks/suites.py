@@ -79,6 +79,9 @@ def converged_rows(base: dict) -> tuple[MethodSpec, ...]:
         _m("stride-activation converged layer=1", STRIDE, "ablation", False, **{**config, "form": "activation", "layer": 1}),
         _m("stride-activation converged layer=1 fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac",
            **{**config, "form": "activation", "layer": 1}),
+        # its seed spread (design, initialisation), before it can become a preset
+        *(_m(f"stride-activation converged layer=1 seed={seed}", STRIDE, "ablation", False,
+             **{**config, "form": "activation", "layer": 1, "seed": seed}) for seed in (1, 2)),
     )
 
 
