@@ -82,6 +82,9 @@ def converged_rows(base: dict) -> tuple[MethodSpec, ...]:
         # its seed spread (design, initialisation), before it can become a preset
         *(_m(f"stride-activation converged layer=1 seed={seed}", STRIDE, "ablation", False,
              **{**config, "form": "activation", "layer": 1, "seed": seed}) for seed in (1, 2)),
+        # the three seeds' fits averaged (seeds 0-2): does averaging tame cancer's seed spread?
+        _m("stride-activation converged layer=1 ensemble=3", f"{COMBINED}:ensemble", "ablation", False, fits=3,
+           **{**config, "form": "activation", "layer": 1}),
     )
 
 
