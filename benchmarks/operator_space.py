@@ -17,13 +17,14 @@ retraining ground truth, as planted (what a perfect operator measures) and after
 subset sums (the design of the benchmark's rows: K = 512, d = 8, λ = 0.1·λ_max), which is what a perfect operator
 would give a user. No operator is trained: this bounds the logit form on these settings; it does not run STRIDE.
 
-    python -m benchmarks.operator_space      # about 2 minutes on 2 cores
+    python -m benchmarks.operator_space      # about 15 seconds on 2 cores
 
 Writes benchmarks/results/operator_space.{json,md}.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -114,8 +115,6 @@ def report(rows: list[dict], stamp: dict) -> str:
 
 def _peers(setting: str) -> dict[str, float]:
     """The committed benchmark's LDS of each method on `setting` (results/full.json), for reference."""
-    import json
-
     rows = json.loads((RESULTS.parent / "full.json").read_text())
     return {r["method"]: r["lds_mean"] for r in rows if r["setting"] == setting and r.get("status") == "ok"}
 

@@ -69,6 +69,7 @@ def converged_rows(base: dict) -> tuple[MethodSpec, ...]:
     """The converged configuration alone, averaged over two fits, fused with LoGra, and fused with EK-FAC as the
     product runs it (`curate attribute --fuse ekfac`). Added after the ground truth on both classifiers."""
     config = {**base, "form": "logit", **CONVERGED}
+    activation = {**config, "form": "activation", "layer": 1}
     return (
         _m("stride-logit converged", STRIDE, "ablation", False, **config),
         _m("stride-logit converged ensemble=2", f"{COMBINED}:ensemble", "ablation", False, fits=2, **config),
@@ -76,15 +77,13 @@ def converged_rows(base: dict) -> tuple[MethodSpec, ...]:
         _m("stride-logit converged fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac", **config),
         # the same training in the activation form after the first hidden layer: its edits pass through the layers
         # above the cut, a wider space than the last layer's (results/operator_space.md bounds the logit form there)
-        _m("stride-activation converged layer=1", STRIDE, "ablation", False, **{**config, "form": "activation", "layer": 1}),
-        _m("stride-activation converged layer=1 fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac",
-           **{**config, "form": "activation", "layer": 1}),
+        _m("stride-activation converged layer=1", STRIDE, "ablation", False, **activation),
+        _m("stride-activation converged layer=1 fuse=ekfac", STRIDE, "ablation", False, fuse="ekfac", **activation),
         # its seed spread (design, initialisation), before it can become a preset
-        *(_m(f"stride-activation converged layer=1 seed={seed}", STRIDE, "ablation", False,
-             **{**config, "form": "activation", "layer": 1, "seed": seed}) for seed in (1, 2)),
+        *(_m(f"stride-activation converged layer=1 seed={seed}", STRIDE, "ablation", False, **{**activation, "seed": seed})
+          for seed in (1, 2)),
         # the three seeds' fits averaged (seeds 0-2): does averaging tame cancer's seed spread?
-        _m("stride-activation converged layer=1 ensemble=3", f"{COMBINED}:ensemble", "ablation", False, fits=3,
-           **{**config, "form": "activation", "layer": 1}),
+        _m("stride-activation converged layer=1 ensemble=3", f"{COMBINED}:ensemble", "ablation", False, fits=3, **activation),
     )
 
 

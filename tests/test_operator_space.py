@@ -29,8 +29,8 @@ def test_the_converged_score_at_full_rank_is_the_last_layers_influence_in_the_mo
 
     (ht, pt, yt), (hq, pq, yq) = train, queries
     gt, gq = gradients(ht, yt), gradients(hq, yq)
-    jac = torch.einsum("nc,nd->ncd", torch.ones_like(pt), torch.cat([ht, torch.ones(len(ht), 1, dtype=torch.float64)], 1))
-    gram = sum(torch.kron(torch.diag(p) - torch.outer(p, p), torch.outer(j[0], j[0])) for p, j in zip(pt, jac)) / len(ht)
+    inputs = torch.cat([ht, torch.ones(len(ht), 1, dtype=torch.float64)], 1)  # the head's input, with its bias
+    gram = sum(torch.kron(torch.diag(p) - torch.outer(p, p), torch.outer(x, x)) for p, x in zip(pt, inputs)) / len(ht)
     expected = (gq @ torch.linalg.pinv(gram, hermitian=True, rtol=1e-10) @ gt.T).detach().numpy()
     assert np.corrcoef(converged.ravel(), expected.ravel())[0, 1] > 0.999
     # the first-order score does depend on the coordinates: it is a different ranking, not a rescaling
