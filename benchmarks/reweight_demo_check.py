@@ -115,7 +115,7 @@ def main() -> None:
 
     mixtures = {}
     for rule in RULES:
-        curate("reweight", "--run", str(run), "--target", str(target), "--out", str(WORK / "weights" / rule), "--rule", rule, "--overwrite")
+        curate("reweight", "--run", str(run), "--target", str(target), "--out", str(WORK / "weights" / rule), "--rule", rule, "--guard", "none", "--overwrite")
         record = json.loads((WORK / "weights" / rule / "weights.json").read_text())
         mixtures[rule] = {d["domain"]: d["weight"] for d in record["domains"]}
     mixtures = {"natural": {d["domain"]: d["natural"] for d in record["domains"]}, **mixtures}

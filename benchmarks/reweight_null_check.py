@@ -40,7 +40,7 @@ def main() -> None:
             for rule in RULES:
                 for weighting in WEIGHTINGS:
                     record, _, _ = compute_mixture(ReweightRequest(run=str(run), target=str(target), out=str(WORK / "unused"),
-                                                                   rule=rule, weighting=weighting))
+                                                                   rule=rule, weighting=weighting, guard="none"))
                     rows.append({"task": "reweight-null", "run": run_name, "target": target_name, "rule": rule,
                                  "weighting": weighting,
                                  "ratio": {d["domain"]: round(d["weight"] / d["natural"], 3) for d in record["domains"]}})

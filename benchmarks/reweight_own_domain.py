@@ -55,7 +55,7 @@ def _arithmetic_weight(run: Path) -> dict:
     (WORK / "own-domain").mkdir(parents=True, exist_ok=True)
     target = arithmetic_target(WORK / "own-domain" / "sums.jsonl")
     out = WORK / "own-domain" / run.name
-    manifest = run_reweight(ReweightRequest(run=str(run), target=str(target), out=str(out), rule=DOMAIN_REGRESSION),
+    manifest = run_reweight(ReweightRequest(run=str(run), target=str(target), out=str(out), rule=DOMAIN_REGRESSION, guard="none"),
                             overwrite=True)
     arithmetic = next(d for d in manifest["weights"]["domains"] if d["domain"] == "arithmetic")
     return {"weight": arithmetic["weight"], "natural": arithmetic["natural"]}

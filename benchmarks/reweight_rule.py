@@ -118,7 +118,7 @@ def main() -> None:
         mixtures += [(target, "natural", plan.natural), (target, "uniform", np.full(len(plan.domains), 1 / len(plan.domains)))]
     for target, label, settings in variants:
         record, _, _ = compute_mixture(ReweightRequest(run=str(study.run), target=targets[target], out=str(study.out / "unused"),
-                                                       tokens=str(plan.budget), max_epochs=4.0, **settings))
+                                                       tokens=str(plan.budget), max_epochs=4.0, **{"guard": "none", **settings}))
         by_domain = {d["domain"]: d["weight"] for d in record["domains"]}
         mixtures.append((target, label, np.array([by_domain[d] for d in plan.domains])))
     for target, label, given in FIXED.get(args.variants, []):

@@ -53,18 +53,21 @@ def given_weights(value) -> dict[str, float] | None:
 @click.option("--weighting", default="proportional", show_default=True, type=click.Choice(WEIGHTINGS),
               help="proportional: each domain's share of the target's total positive influence (a log-law loss's "
                    "optimum; no eta); tilt: w ∝ prior·exp(eta·score) (needed for --mode worst); measured in docs/reweight.md.")
-@click.option("--guard", default="none", show_default=True, type=click.Choice(GUARDS),
+@click.option("--guard", default="macro", show_default=True, type=click.Choice(GUARDS),
               help="macro: move the mixture towards the domains' own optimum until their predicted mean loss is no "
                    "worse than the natural mixture's (the weights' geometric mean no lower than natural's); measured: "
-                   "each domain's slope read from the domain operators' doses on held-out chunks (--rule domain-operators).")
+                   "each domain's slope read from the domain operators' doses on held-out chunks (--rule domain-operators); "
+                   "none: the rule's mixture as it is, whatever it costs the other domains.")
 @click.option("--smoothing", default=0.2, show_default=True, type=float, help="Share of the prior mixed back into the weights.")
 @click.option("--max-epochs", default=4.0, show_default=True, type=float, help="No domain repeated more than this many times at the budget (UniMax).")
 @click.option("--prior", default="natural", show_default=True, type=click.Choice(PRIORS), help="The mixture the weights start from.")
-@click.option("--rule", default="positive", show_default=True, type=click.Choice(RULES),
-              help="How influence is read per domain: domain-regression (the responses regressed on each subset's "
-                   "tokens of each domain), domain-operators (operators trained on each whole domain), a per-document aggregation summed over the domain's tokens (positive, "
-                   "topk-hits, mean, standardized), or auto: domain-regression when the run passes the own-domain "
-                   "check, else positive; measured in docs/reweight.md.")
+@click.option("--rule", default=None, type=click.Choice(RULES),
+              help="How influence is read per domain: domain-operators (operators trained on each whole domain; the "
+                   "default for --method stride, and all a run prepared with `curate fit --chunks-only` serves), "
+                   "domain-regression (the responses regressed on each subset's tokens of each domain), a per-document "
+                   "aggregation of the run's scores summed over the domain's tokens (positive, the default for a "
+                   "baseline's scores; topk-hits, mean, standardized), or auto: domain-regression when the run passes "
+                   "the own-domain check, else positive; measured in docs/reweight.md.")
 @click.option("--part-field", default="part", show_default=True, help="The target items' field naming their part (for --mode average/worst).")
 @click.option("--task-dir", "task_dirs", multiple=True, type=click.Path(path_type=Path), help="Extra folder of lm-eval task YAMLs.")
 @click.option("--target-limit", type=click.IntRange(min=1), default=None, help="Use only the first N target items.")
@@ -81,6 +84,7 @@ def reweight_command(run_dir, target, given, method, out, domain_field, tokens, 
     """New mixture weights for the corpus's domains from their influence on a target, beside the natural and uniform
     mixtures, and optionally the corpus resampled to them at a token budget."""
     from ..reweight import ReweightRequest, run_reweight
+    from ..reweight.report import unhelped_note
 
     quiet_progress(quiet)
     try:
@@ -105,6 +109,8 @@ def reweight_command(run_dir, target, given, method, out, domain_field, tokens, 
     click.echo(f"{'domain':<16} {'natural':>8} {'uniform':>8} {'weight':>8} {'epochs':>7}")
     for d in record["domains"]:
         click.echo(f"{d['domain']:<16} {d['natural']:>8.3f} {d['uniform']:>8.3f} {d['weight']:>8.3f} {d['epochs']:>7.2f}")
+    if unhelped_note(record):
+        click.echo(f"note: {unhelped_note(record)}")
     if record.get("guard"):
         click.echo(f"macro guard: moved {record['guard']['alpha']:.2f} of the way to the domains' own optimum")
     click.echo(f"weights: {Path(out) / 'weights.json'}   report: {Path(out) / 'report.md'}")

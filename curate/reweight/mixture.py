@@ -176,6 +176,7 @@ def compute_mixture(request: ReweightRequest) -> tuple[dict[str, Any], pl.DataFr
             "trusted": reading.rule == DOMAIN_REGRESSION},
         "budget_tokens": budget, "corpus_tokens": int(influence.tokens.sum()), "domains": domains,
         "parts": {p: float(w) for p, w in zip(influence.parts, made["part_weights"])}, "guard": made.get("guard"),
+        "unhelped_parts": made.get("unhelped", []),
         "run": str(Path(request.run).resolve()), "target": request.target, "target_run_name": target_name,
         "model": str(run.inputs.model), "domain_field": request.domain_field,
     }

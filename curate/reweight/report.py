@@ -57,7 +57,7 @@ def markdown(record: dict[str, Any], request: dict[str, Any], sampled: dict[str,
     for d in record["domains"]:
         lines.append(f"| {d['domain']} | {d['documents']:,} | {d['tokens']:,} | {d['natural']:.3f} | {d['uniform']:.3f} | "
                      f"**{d['weight']:.3f}** | {d['epochs']:.2f} | {d['influence_per_token']:.3g} | {d['standard_error']:.2g} |")
-    lines += _check_lines(record) + _guard_lines(record)
+    lines += _unhelped_lines(record) + _check_lines(record) + _guard_lines(record)
     if len(record.get("parts", {})) > 1:
         lines += ["", "Parts of the target and their say in the weights: "
                   + ", ".join(f"{p} {w:.2f}" for p, w in record["parts"].items()) + "."]
@@ -74,6 +74,23 @@ def _rule_line(rule: dict[str, Any]) -> str:
                f"(mode `{rule['mode']}`)")
     return (f"{how}, smoothed with {rule['smoothing']:.0%} of the {rule['prior']} mixture, at most "
             f"{rule['max_epochs']:g} epochs of any domain.")
+
+
+def unhelped_note(record: dict[str, Any]) -> str | None:
+    """What to tell a user whose target no domain helps: the weights are the prior's for want of evidence, not a finding."""
+    unhelped = record.get("unhelped_parts") or []
+    if not unhelped:
+        return None
+    used = {part for part, say in record["parts"].items() if say > 0}
+    which = "the target" if set(unhelped) >= used else "parts " + ", ".join(unhelped) + " of the target"
+    return (f"no domain's influence on {which} is positive, so the {record['rule']['prior']} mixture is kept there: the "
+            "reading found nothing to move it by (a model that has memorised its corpus reads every dose as harmful to "
+            "unseen text); check a mixture with a proxy (`curate retrain`, `curate eval`)")
+
+
+def _unhelped_lines(record: dict[str, Any]) -> list[str]:
+    note = unhelped_note(record)
+    return ["", note[0].upper() + note[1:] + "."] if note else []
 
 
 def _check_lines(record: dict[str, Any]) -> list[str]:

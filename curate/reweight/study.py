@@ -45,10 +45,15 @@ log = logging.getLogger(__name__)
 # method -> (curate reweight's mode, its signal, its reading); the rest are computed in _weights. "parts": mode average
 # where the target has several parts, else target (benchmarks/results/reweight_operators.md: mode target follows the
 # items the methods see, not the parts' equal shares in the evaluation)
-REWEIGHT_ARMS = {"stride": ("target", "stride", {}), "stride-average": ("average", "stride", {}),
-                 "stride-worst": ("worst", "stride", {}), "stride-operators": ("parts", "stride", {"rule": DOMAIN_OPERATORS}),
+# Every arm names its reading and guard, so that its committed rows keep their meaning when curate reweight's defaults
+# move: `stride` is the per-document `positive` reading unguarded (the default before 2026-12), `stride-guarded` the
+# default since (domain-operators under the macro guard).
+PER_DOCUMENT = {"rule": "positive", "guard": "none"}
+REWEIGHT_ARMS = {"stride": ("target", "stride", PER_DOCUMENT), "stride-average": ("average", "stride", PER_DOCUMENT),
+                 "stride-worst": ("worst", "stride", PER_DOCUMENT),
+                 "stride-operators": ("parts", "stride", {"rule": DOMAIN_OPERATORS, "guard": "none"}),
                  "stride-guarded": ("parts", "stride", {"rule": DOMAIN_OPERATORS, "guard": "macro"}),
-                 "similarity": ("target", "bm25", {}), "similarity-guarded": ("target", "bm25", {"guard": "macro"})}
+                 "similarity": ("target", "bm25", PER_DOCUMENT), "similarity-guarded": ("target", "bm25", {"rule": "positive", "guard": "macro"})}
 PART_MODES = ("stride-average", "stride-worst")  # modes over the target's parts: only for a target with several
 TARGET_FREE = ("natural", "uniform", "unimax", "doremi")  # the same weights for every target
 SEARCH = "search"  # OUT/eval/search/...: RegMix's proxies scored on the target items the methods see

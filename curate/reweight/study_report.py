@@ -82,9 +82,11 @@ def summary(rows: list[dict]) -> dict[str, dict[str, dict]]:
     return table
 
 
-# the STRIDE arms the goals are checked for: the default rule, and the domain operators under the macro guard
-GOAL_ARMS = {"stride": "the default reading, mode target",
-             "stride-guarded": "the domain-operators reading under the macro guard, mode average on a target with parts"}
+# the STRIDE arms the goals are checked for: curate reweight's defaults (the domain operators under the macro guard),
+# and the per-document reading that was the default until 2026-12
+GOAL_ARMS = {"stride-guarded": "curate reweight's defaults: the domain-operators reading under the macro guard, mode "
+                               "average on a target with parts",
+             "stride": "the per-document `positive` reading, unguarded (the default until 2026-12), mode target"}
 
 
 def goals(table: dict[str, dict[str, dict]], method: str = "stride", rows: list[dict] | None = None) -> list[str]:
@@ -164,7 +166,7 @@ def markdown(rows: list[dict], recipe: dict) -> str:
     stability = [r for r in diagnostics if r["diagnostic"] == "stability"]
     if stability:
         lines += ["## Stability of the weights", "", "The largest change of any domain's weight when the method's input changes "
-                  "(STRIDE's default and guarded arms and the similarity ablation: each half of the target's items; DoReMi and DoGE: "
+                  "(STRIDE's per-document and guarded arms and the similarity ablation: each half of the target's items; DoReMi and DoGE: "
                   "seed 0 and 1).", "",
                   "| target | method | varied | weights (" + " / ".join(domains) + ") | largest difference |", "| --- | --- | --- | --- | ---: |"]
         for r in stability:

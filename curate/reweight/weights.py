@@ -238,6 +238,9 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
         columns = own_parts if rule.mode == "average" and own_parts else [whole]
         score = _influence_shares(influence, columns, prior)
         part_weights[columns] = 1.0 / len(columns)
+        # the parts no domain's influence helps: they keep the prior, for want of anything to move it by
+        helped = (np.clip(influence.per_token[:, columns], 0.0, None) * influence.tokens[:, None]).sum(axis=0) > 0
+        unhelped = [parts[j] for j, h in zip(columns, helped) if not h]
         unsmoothed = score
     else:
         z = evidence_scores(influence.per_token, influence.standard_error)
@@ -255,6 +258,7 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
             score, mix = _worst_scores(prior, z[:, own_parts], rule.eta)
             part_weights[own_parts] = mix
         unsmoothed = _tilted(prior, score, rule.eta)
+        unhelped = []  # the tilt reads differences between domains, not their sign
     natural = prior_weights(influence.tokens, "natural")
     guard = None
     if rule.guard != "none":
@@ -263,7 +267,7 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
     weights = cap_epochs(smoothed, influence.tokens, budget_tokens, rule.max_epochs)
     return {"weights": weights, "prior": prior, "natural": natural,
             "uniform": prior_weights(influence.tokens, "uniform"), "score": score, "part_weights": part_weights,
-            "guard": guard}
+            "guard": guard, "unhelped": unhelped}
 
 
 def guard_slopes(influence: DomainInfluence, guard: str) -> np.ndarray:
