@@ -28,6 +28,9 @@ class StrideConfig:
     num_subsets: int = 256  # K
     subsets_per_example: int = 8  # d: each example is a member of d of the K subsets
     seed: int = 0
+    # The design's own seed (None: `seed`). Set apart, `seed` varies only what the operators' training draws (their
+    # start, the rows of each step, the recovery's folds) on one design (benchmarks/results/seed_spread.md).
+    design_seed: int | None = None
     # --- steering operators (METHOD step 2) -----------------------------------------------------------
     form: str = "activation"  # "activation" (edit the residual stream after `layer`) | "logit"
     layer: int | None = None  # decoder layer whose output is steered; None -> `layer_fraction` of depth
@@ -200,7 +203,7 @@ def preset(name: str, **overrides: Any) -> StrideConfig:
 # stage, and every stage downstream of it, stale.
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "chunks": ("chunk_length", "text_field", "id_field", "domain_field"),
-    "design": ("num_subsets", "subsets_per_example", "seed"),
+    "design": ("num_subsets", "subsets_per_example", "seed", "design_seed"),
     "operators": (
         "form", "layer", "layer_fraction", "rank", "basis", "basis_hidden", "steps", "operators_per_step",
         "fidelity_batch", "stability_batch", "full_batch", "learning_rate", "optimizer", "fidelity_weight", "stability_weight",
@@ -219,7 +222,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 # value is left out of its stage's fingerprint, so a run fitted before the field existed is still up to date.
 ADDED_FIELDS: dict[str, Any] = {"loss_positions": 0, "optimizer": "adam", "measurement": "loss", "full_batch": False,
                                  "logit_bank": "full", "state_dtype": "float32", "model_dtype": "float32",
-                                 "fuse": "none", "fuse_weight": 0.5}
+                                 "fuse": "none", "fuse_weight": 0.5, "design_seed": None}
 
 
 def stage_fields(config: StrideConfig, stage: str) -> dict[str, Any]:
@@ -269,6 +272,9 @@ def _validate(config: StrideConfig) -> None:
         raise ConfigError(f"cv_folds must be at least 2 for lambda_rule='cv', got {config.cv_folds}")
     if config.cv_folds > config.num_subsets:
         raise ConfigError(f"cv_folds ({config.cv_folds}) cannot exceed num_subsets ({config.num_subsets})")
+    if config.design_seed is not None and (not isinstance(config.design_seed, int) or isinstance(config.design_seed, bool)
+                                           or config.design_seed < 0):
+        raise ConfigError(f"design_seed must be a non-negative integer or null (the design then follows seed), got {config.design_seed!r}")
     if config.layer is not None and (not isinstance(config.layer, int) or config.layer < 0):
         raise ConfigError(f"layer must be a non-negative layer index or null, got {config.layer!r}")
     if not 0.0 < config.layer_fraction <= 1.0:

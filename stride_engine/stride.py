@@ -542,7 +542,8 @@ class Stride:
                     "the run directory is damaged (its operators were trained on the lost design); use a new one"
                 )
             return Membership.load(path)
-        return random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, self.config.seed)
+        design_seed = self.config.seed if self.config.design_seed is None else self.config.design_seed
+        return random_membership(len(examples), self.config.num_subsets, self.config.subsets_per_example, design_seed)
 
     def _training_stages(self, train: Documents | Examples) -> dict[str, Stage]:
         source = _digest_documents(train) if isinstance(train, Documents) else _digest_batch(train.batch, train.doc_ids)

@@ -56,6 +56,7 @@ def test_a_draw_with_an_empty_subset_is_redrawn_from_the_same_seed():
         (dict(rank=-1), "rank must be a positive integer"),
         (dict(form="logit", loss_positions=-3), "loss_positions must be 0"),
         (dict(form="activation", loss_positions=32), "loss_positions needs form='logit'"),
+        (dict(design_seed=-1), "design_seed must be a non-negative integer or null"),
     ],
 )
 def test_out_of_range_configuration_is_named(changes, message):
@@ -71,3 +72,30 @@ def test_too_many_subsets_for_the_corpus_is_named():
 def test_unknown_config_key_is_named():
     with pytest.raises(ConfigError, match="unknown configuration key.*'rnak'"):
         StrideConfig().replace(rnak=4)
+
+
+def test_a_design_seed_holds_the_design_while_seed_moves_the_operators(tmp_path):
+    """Several fits on one design (an ensemble over the operators' start): with `design_seed` set, `seed` changes the
+    trained operators and not the membership; without it, `seed` draws the design too."""
+    import torch
+    from safetensors.torch import load_file
+    from torch import nn
+
+    from stride_engine import Examples, SequentialClassifierAdapter, Stride, preset
+    from stride_engine.config import stage_fields
+
+    torch.manual_seed(0)
+    x = torch.randn(120, 6)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    train = Examples({"x": x, "y": y}, [f"ex{i}" for i in range(120)], np.arange(120), [None] * 120)
+    fits = {}
+    for name, changes in {"a": dict(seed=0, design_seed=5), "b": dict(seed=1, design_seed=5), "c": dict(seed=1)}.items():
+        config = preset("cpu-smoke", num_subsets=32, subsets_per_example=4, steps=5, rank=2, linearity_weight=0.0, **changes)
+        Stride(SequentialClassifierAdapter(model), config, tmp_path / name, progress=False).fit(train)
+        fits[name] = (Membership.load(tmp_path / name / "design.npz").matrix, load_file(str(tmp_path / name / "operators" / "bank.safetensors")))
+    assert (fits["a"][0] != fits["b"][0]).nnz == 0 and (fits["a"][0] != random_membership(120, 32, 4, seed=5).matrix).nnz == 0
+    assert not torch.equal(fits["a"][1]["basis.weight"], fits["b"][1]["basis.weight"])
+    assert (fits["b"][0] != fits["c"][0]).nnz > 0
+    # a run fitted before the field existed (design_seed null) keeps its fingerprint
+    assert "design_seed" not in stage_fields(StrideConfig(), "design") and stage_fields(StrideConfig(design_seed=3), "design")["design_seed"] == 3
