@@ -342,3 +342,19 @@ def test_cli_eval_scores_every_domain_of_a_held_out_file(world, tmp_path):
     missing = write_jsonl(tmp_path / "nodomain.jsonl", [{"id": "x", "text": "alpha beta"}])
     refused = CliRunner().invoke(eval_command, ["--model", str(world["proxy_greek"]), "--domains", str(missing), "--out", str(tmp_path / "y")])
     assert refused.exit_code == 1 and "no 'domain' field" in refused.output and not (tmp_path / "y").exists()
+
+
+def test_a_proxys_evaluation_is_kept_when_its_items_move_and_redone_when_they_change(tmp_path):
+    """The study keys each proxy's evaluation on its tasks: the same items in another folder (a study moved, or run
+    from another checkout) give the same key; another item gives another."""
+    from curate.proxy.evaluate import target_task
+    from curate.studies.proxies import tasks_digest
+
+    records = [{"id": f"t{i}", "text": f"item number {i}"} for i in range(5)]
+    keys = []
+    for name, items in (("here", records), ("moved", records), ("changed", records[:4] + [{"id": "t4", "text": "another item"}])):
+        folder = tmp_path / name
+        (folder / "data").mkdir(parents=True)
+        target_task("target_x", write_jsonl(folder / "data" / "eval.jsonl", items), folder=folder / "tasks")
+        keys.append(tasks_digest(folder / "tasks", ["target_x"]))
+    assert keys[0] == keys[1] and keys[2] != keys[0]

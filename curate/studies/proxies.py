@@ -36,12 +36,19 @@ def proxy_job(key, data, out, base, recipe, seed, tasks, task_dir) -> dict[str, 
 
 
 def tasks_digest(task_dir: Path, tasks: list[str]) -> str:
-    """What the proxies are evaluated on: each task's YAML (from `target_task`) and the bytes of its items."""
+    """What the proxies are evaluated on: each task's settings (its YAML from `target_task`), the template it includes
+    and the bytes of its items. Not where those files lie: the YAML holds absolute paths, and a study moved or read
+    from another checkout scores its proxies on the same items (their evaluations are kept)."""
     digest = hashlib.sha1()
     for task in sorted(tasks):
-        config = (Path(task_dir) / f"{task}.yaml").read_text()
-        items = Path(yaml.safe_load(config)["dataset_kwargs"]["data_files"]["test"]).read_bytes()
-        digest.update(b"\0".join([task.encode(), config.encode(), items, b""]))
+        settings = yaml.safe_load((Path(task_dir) / f"{task}.yaml").read_text())
+        items = Path(settings["dataset_kwargs"]["data_files"]["test"]).read_bytes()
+        template = b""
+        if settings.get("include"):
+            included = Path(settings["include"])
+            template = (included if included.is_absolute() else Path(task_dir) / included).read_bytes()
+        placeless = {**settings, "include": None, "dataset_kwargs": {**settings["dataset_kwargs"], "data_files": None}}
+        digest.update(b"\0".join([task.encode(), json.dumps(placeless, sort_keys=True).encode(), template, items, b""]))
     return digest.hexdigest()
 
 
