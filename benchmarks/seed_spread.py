@@ -8,8 +8,9 @@ design and everything the operators' training draws (their initialisation, the s
     design 0, start 0 / 1 / 2     the spread from the operators' start alone
     design 0 / 1 / 2, start 0     the spread from the design alone
 
-and averages the three fits of each line two ways: their scores as they are (what `ensemble` in the benchmark does)
-and each fit's scores per query divided by their spread first, so no fit weighs more for its scale.
+and averages the three fits of each line two ways: their scores as they are, and each fit's scores standardised per
+query first (`stride_engine.fusion.standardised`), so no fit weighs more for its scale (the benchmark's `ensemble`
+with and without `standardize`).
 
     python -m benchmarks.seed_spread                   # cancer, about 8 minutes on 2 cores
     python -m benchmarks.seed_spread --settings cancer,digits
@@ -34,6 +35,7 @@ def main() -> None:
     from benchmarks.methods.stride import stride
     from benchmarks.metrics import lds
     from benchmarks.suites import CONVERGED, DIGITS_STRIDE
+    from stride_engine.fusion import standardised
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="cancer")
@@ -54,16 +56,10 @@ def main() -> None:
             rows.append({"task": "seed-spread", "setting": name, "varied": varied, "lds_single": single,
                          "lds_mean_of_singles": float(np.mean(single)), "lds_spread": float(np.ptp(single)),
                          "lds_averaged": float(lds(np.mean([fits[k] for k in keys], axis=0), truth).mean()),
-                         "lds_averaged_standardized": float(lds(np.mean([_standardized(fits[k]) for k in keys], axis=0), truth).mean())})
+                         "lds_averaged_standardized": float(lds(np.mean([standardised(fits[k]) for k in keys], axis=0), truth).mean())})
             print(rows[-1], flush=True)
     write_study(RESULTS, rows, "python -m benchmarks.seed_spread" + (f" --settings {args.settings}" if args.settings != "cancer" else ""),
                 started, report)
-
-
-def _standardized(scores: np.ndarray) -> np.ndarray:
-    """Each query's scores over their standard deviation (a query with none left as it is)."""
-    spread = scores.std(axis=1, keepdims=True)
-    return scores / np.where(spread > 0, spread, 1.0)
 
 
 def report(rows: list[dict], stamp: dict) -> str:
