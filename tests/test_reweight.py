@@ -616,7 +616,7 @@ def test_the_target_attributed_by_several_tasks_gives_the_weights_one_task_gives
         run = tmp_path / f"run-{tasks}"
         shutil.copytree(demo_run, run)
         request = ReweightRequest(run=str(run), target=str(target), out=str(tmp_path / f"out-{tasks}"), mode="average",
-                                  tasks=tasks, workers=1)
+                                  tasks=tasks, workers=1, rule="positive", guard="none")  # a reading of the run's scores
         with monkeypatch.context() as patched:
             for method in ("score_store", "responses", "attribute_part", "merge_parts"):
                 patched.setattr(Run, method, lambda *a, **k: pytest.fail("the submitting process attributed the target"))
