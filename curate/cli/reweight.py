@@ -109,8 +109,9 @@ def reweight_command(run_dir, target, given, method, out, domain_field, tokens, 
     click.echo(f"{'domain':<16} {'natural':>8} {'uniform':>8} {'weight':>8} {'epochs':>7}")
     for d in record["domains"]:
         click.echo(f"{d['domain']:<16} {d['natural']:>8.3f} {d['uniform']:>8.3f} {d['weight']:>8.3f} {d['epochs']:>7.2f}")
-    if unhelped_note(record):
-        click.echo(f"note: {unhelped_note(record)}")
+    note = unhelped_note(record)
+    if note:
+        click.echo(f"note: {note}")
     if record.get("guard"):
         click.echo(f"macro guard: moved {record['guard']['alpha']:.2f} of the way to the domains' own optimum")
     click.echo(f"weights: {Path(out) / 'weights.json'}   report: {Path(out) / 'report.md'}")

@@ -236,10 +236,8 @@ def mixture_weights(influence: DomainInfluence, rule: MixtureRule, budget_tokens
     part_weights = np.zeros(len(parts))
     if rule.weighting == "proportional":
         columns = own_parts if rule.mode == "average" and own_parts else [whole]
-        score = _influence_shares(influence, columns, prior)
+        score, helped = _influence_shares(influence, columns, prior)
         part_weights[columns] = 1.0 / len(columns)
-        # the parts no domain's influence helps: they keep the prior, for want of anything to move it by
-        helped = (np.clip(influence.per_token[:, columns], 0.0, None) * influence.tokens[:, None]).sum(axis=0) > 0
         unhelped = [parts[j] for j, h in zip(columns, helped) if not h]
         unsmoothed = score
     else:
@@ -313,14 +311,14 @@ def macro_guard(weights: np.ndarray, slopes: np.ndarray, natural: np.ndarray) ->
                      "predicted_after": change(alpha)}
 
 
-def _influence_shares(influence: DomainInfluence, columns: list[int], prior: np.ndarray) -> np.ndarray:
+def _influence_shares(influence: DomainInfluence, columns: list[int], prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each domain's share of the target's total positive influence (the log-law optimum; see the module's docstring)
-    in each of `columns`, averaged over them."""
+    in each of `columns`, averaged over them; and whether any domain helps each column."""
     total = np.clip(influence.per_token[:, columns], 0.0, None) * influence.tokens[:, None]
     sums = total.sum(axis=0, keepdims=True)
-    # a part that no domain helps has no optimum of its own: it keeps the prior
+    # a part that no domain helps has no optimum of its own: it keeps the prior, for want of anything to move it by
     shares = np.where(sums > 0, total / np.where(sums > 0, sums, 1.0), prior[:, None])
-    return shares.mean(axis=1)
+    return shares.mean(axis=1), sums[0] > 0
 
 
 def check_user_weights(weights: dict[str, float], domains: tuple[str, ...]) -> np.ndarray:
